@@ -1,0 +1,33 @@
+"""Whetstone: turn a small general model into a reliable specialist, and keep it improving.
+
+import whetstone
+p = whetstone.open()                       # the project of the current folder
+rid = p.capture("addresses", "123 Main St", '{"city": ...}', model="addresses@3")
+p.correct(rid, '{"city": "Springfield"}', error_category="wrong_field")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from whetstone.project import Project
+
+
+def open(path: str | None = None, db: str | None = None) -> Project:
+    """Open the project found from `path` (default: current folder, then upwards)."""
+    from whetstone.project import Project
+
+    return Project.find(path, db=db)
+
+
+def init(path: str = ".", base_model: str | None = None, db: str | None = None) -> Project:
+    """Create a project in `path` and return it."""
+    from whetstone.project import Project
+
+    return Project.init(path, base_model=base_model, db=db)
+
+
+__all__ = ["__version__", "init", "open"]

@@ -1,0 +1,1 @@
+"""Thin Typer commands, one module per stage. They parse, call a stage's function, print."""

@@ -1,0 +1,1 @@
+"""Models: resolve and load base models, generate with confidence, embed text."""

@@ -1,0 +1,111 @@
+"""Run a model over text or stored records; write what it said back as record outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from whetstone.errors import InvalidInput
+from whetstone.models.generate import Generation, generate
+from whetstone.project import Project
+from whetstone.prompts import chat, normalise_answer
+from whetstone.records import Input, Record, Task
+
+
+@dataclass
+class Predictor:
+    """A loaded model ready to answer a task: the base model, or base + adapter `T@N`."""
+
+    task: Task
+    model: Any
+    tokenizer: Any
+    name: str  # what goes into Record.model: "base:<model>" or "T@N"
+
+    def __call__(
+        self,
+        inputs: list[Input],
+        *,
+        batch_size: int = 16,
+        max_new_tokens: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        chats = [chat(self.task, i) for i in inputs]
+        gens = generate(
+            self.model,
+            self.tokenizer,
+            chats,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            on_batch=on_batch,
+        )
+        for g in gens:
+            g.text = normalise_answer(self.task, g.text)
+        return gens
+
+
+def load_predictor(
+    project: Project, task: str, model: str = "base", base_model: str | None = None
+) -> Predictor:
+    """`model` is "base", a task name (its production adapter) or an exact version "T@N"."""
+    from whetstone.models import base as base_models
+
+    t = project.task(task)
+    if model == "base":
+        base = base_models.resolve(base_model or project.base_model)
+        m, tok = base_models.load(base)
+        return Predictor(task=t, model=m, tokenizer=tok, name=f"base:{base.name}")
+    from whetstone.registry import load_adapter_model
+
+    m, tok, name = load_adapter_model(project, model, task=task, base_model=base_model)
+    return Predictor(task=t, model=m, tokenizer=tok, name=name)
+
+
+def predict_records(
+    project: Project,
+    predictor: Predictor,
+    records: list[Record],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+) -> list[tuple[Record, Generation]]:
+    """Answer records that have no output yet and store output, model and confidence."""
+    from whetstone.progress import progress
+
+    todo = [r for r in records if r.output is None]
+    if len(todo) < len(records):
+        # A record's first output is its history; re-answering it is what `eval` is for.
+        skipped = len(records) - len(todo)
+        from whetstone.progress import console
+
+        console.print(f"[dim]{skipped} record(s) already have an output; left as they are[/dim]")
+    results: list[tuple[Record, Generation]] = []
+    with progress() as p:
+        tid = p.add_task("predict", total=len(todo), info="")
+        # Store as each chunk finishes, so an interrupted run keeps what it already did.
+        chunk = max(batch_size * 4, 1)
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            gens = predictor(
+                [r.input for r in part],
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                on_batch=lambda n: p.advance(tid, n),
+            )
+            for rec, g in zip(part, gens, strict=True):
+                assert rec.id is not None
+                project.store.set_output(
+                    rec.id,
+                    g.text,
+                    model=predictor.name,
+                    confidence=g.confidence,
+                    meta={"latency_ms": round(g.latency_ms, 2), "output_tokens": g.output_tokens},
+                )
+                results.append((rec, g))
+    return results
+
+
+def check_text(text: str | None) -> str:
+    if text is None or not text.strip():
+        raise InvalidInput("give a TEXT to answer, or --records STATUS to answer stored records")
+    return text

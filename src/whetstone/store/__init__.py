@@ -1,0 +1,472 @@
+"""The flywheel store: tasks, records and their review history, plus the lineage of what was
+derived from them. SQLite (WAL) by default, PostgreSQL by URL, through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from whetstone.errors import InvalidInput, NotFound, StoreError
+from whetstone.records import (
+    Correction,
+    Input,
+    Kind,
+    Record,
+    Source,
+    Status,
+    Task,
+    input_from_json,
+    input_text,
+    input_to_json,
+    utcnow,
+)
+from whetstone.store import schema
+from whetstone.store.migrations import migrate
+
+__all__ = ["Store", "normalise_url"]
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain `postgresql://` and file paths as well as SQLAlchemy URLs."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    return url
+
+
+def _ts(dt: datetime | None = None) -> str:
+    return (dt or utcnow()).isoformat(timespec="microseconds")
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see `_on_begin`).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Take the write lock up front: a deferred transaction that later upgrades to a writer
+        # can fail with SQLITE_BUSY at once, whatever the timeout, when writers race.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = normalise_url(url)
+        try:
+            if self.url.startswith("sqlite"):
+                self.engine = _sqlite_engine(self.url)
+            else:
+                self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+            migrate(self.engine)
+        except sa.exc.OperationalError as e:
+            raise StoreError(
+                f"cannot open the store at {self.display_url}: {_first_line(e)}"
+            ) from None
+        self.dialect = self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def begin(self) -> Any:
+        try:
+            return self.engine.begin()
+        except sa.exc.OperationalError as e:
+            raise StoreError(
+                f"cannot reach the store at {self.display_url}: {_first_line(e)}"
+            ) from None
+
+    # ---- tasks -------------------------------------------------------------------------
+    def create_task(self, task: Task) -> Task:
+        with self.begin() as c:
+            if c.execute(
+                sa.select(schema.tasks.c.name).where(schema.tasks.c.name == task.name)
+            ).first():
+                raise InvalidInput(f"task {task.name!r} already exists")
+            c.execute(
+                schema.tasks.insert().values(
+                    name=task.name,
+                    kind=task.kind.value,
+                    instruction=task.instruction,
+                    labels=json.dumps(task.labels) if task.labels is not None else None,
+                    schema=json.dumps(task.schema_) if task.schema_ is not None else None,
+                    metric=task.metric,
+                    created_at=_ts(task.created_at),
+                )
+            )
+        return task
+
+    def get_task(self, name: str) -> Task:
+        with self.begin() as c:
+            row = (
+                c.execute(sa.select(schema.tasks).where(schema.tasks.c.name == name))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                known = [r[0] for r in c.execute(sa.select(schema.tasks.c.name))]
+                hint = (
+                    f" (known tasks: {', '.join(known)})"
+                    if known
+                    else " (no tasks yet: whetstone task create)"
+                )
+                raise NotFound(f"unknown task {name!r}{hint}")
+        return _task(row)
+
+    def list_tasks(self) -> list[Task]:
+        with self.begin() as c:
+            rows = c.execute(sa.select(schema.tasks).order_by(schema.tasks.c.name)).mappings()
+            return [_task(r) for r in rows]
+
+    # ---- records -----------------------------------------------------------------------
+    def add_records(self, records: Sequence[Record]) -> list[int | None]:
+        """Insert records in one transaction. Returns each new id, or None for a row whose
+        `source_key` the task already holds (re-import of the same source row)."""
+        ids: list[int | None] = []
+        with self.begin() as c:
+            for rec in records:
+                ids.append(self._insert(c, rec))
+        return ids
+
+    def _insert(self, c: sa.Connection, rec: Record) -> int | None:
+        values = _row(rec)
+        if rec.source_key is not None:
+            exists = c.execute(
+                sa.select(schema.records.c.id).where(
+                    schema.records.c.task == rec.task, schema.records.c.source_key == rec.source_key
+                )
+            ).first()
+            if exists:
+                return None
+        return int(c.execute(schema.records.insert().values(**values)).inserted_primary_key[0])
+
+    def capture(
+        self,
+        task: str,
+        input: Input,
+        output: str | None = None,
+        *,
+        model: str | None = None,
+        confidence: float | None = None,
+        source: Source | str = Source.production,
+        reference: str | None = None,
+        tags: Iterable[str] = (),
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        t = self.get_task(task)
+        if reference is not None:
+            reference = t.check_reference(reference)
+        rec = Record(
+            task=task,
+            input=input,
+            output=output,
+            reference=reference,
+            model=model,
+            confidence=confidence,
+            source=Source(source),
+            tags=list(tags),
+            meta=meta or {},
+        )
+        with self.begin() as c:
+            rid = self._insert(c, rec)
+        assert rid is not None
+        return rid
+
+    def get_record(self, record_id: int) -> Record:
+        with self.begin() as c:
+            row = (
+                c.execute(sa.select(schema.records).where(schema.records.c.id == record_id))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFound(f"unknown record {record_id}")
+            events = c.execute(
+                sa.select(schema.record_events)
+                .where(schema.record_events.c.record_id == record_id)
+                .order_by(schema.record_events.c.id)
+            ).mappings()
+            history = [
+                Correction(
+                    reference=e["reference"],
+                    status=Status(e["status"]),
+                    error_category=e["error_category"],
+                    annotator=e["annotator"],
+                    comment=e["comment"],
+                    rating=e["rating"],
+                    created_at=datetime.fromisoformat(e["created_at"]),
+                )
+                for e in events
+            ]
+        rec = _record(row)
+        rec.history = history
+        return rec
+
+    def _filters(
+        self,
+        task: str | None,
+        status: str | Sequence[str] | None,
+        source: str | Sequence[str] | None,
+        tag: str | None,
+        has_reference: bool | None,
+        has_output: bool | None,
+        ids: Sequence[int] | None,
+    ) -> list[Any]:
+        r = schema.records.c
+        conds: list[Any] = []
+        if task is not None:
+            conds.append(r.task == task)
+        for col, val, enum in ((r.status, status, Status), (r.source, source, Source)):
+            if val is None:
+                continue
+            vals = [val] if isinstance(val, str) else list(val)
+            try:
+                vals = [enum(v).value for v in vals]
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise InvalidInput(f"unknown {col.name} {val!r} (choose from {choices})") from None
+            conds.append(col.in_(vals))
+        if tag is not None:
+            conds.append(r.tags.like(f"%{json.dumps(tag)}%"))
+        if has_reference is not None:
+            conds.append(r.reference.is_not(None) if has_reference else r.reference.is_(None))
+        if has_output is not None:
+            conds.append(r.output.is_not(None) if has_output else r.output.is_(None))
+        if ids is not None:
+            conds.append(r.id.in_(list(ids)))
+        return conds
+
+    def iter_records(
+        self,
+        task: str | None = None,
+        *,
+        status: str | Sequence[str] | None = None,
+        source: str | Sequence[str] | None = None,
+        tag: str | None = None,
+        has_reference: bool | None = None,
+        has_output: bool | None = None,
+        ids: Sequence[int] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> Iterator[Record]:
+        conds = self._filters(task, status, source, tag, has_reference, has_output, ids)
+        r = schema.records.c
+        q = sa.select(schema.records).where(*conds)
+        q = q.order_by(r.id.desc() if newest_first else r.id).offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.begin() as c:
+            rows = c.execute(q).mappings().all()
+        for row in rows:
+            yield _record(row)
+
+    def list_records(self, task: str | None = None, **kw: Any) -> list[Record]:
+        return list(self.iter_records(task, **kw))
+
+    def count_records(
+        self,
+        task: str | None = None,
+        *,
+        status: str | Sequence[str] | None = None,
+        source: str | Sequence[str] | None = None,
+        tag: str | None = None,
+        has_reference: bool | None = None,
+    ) -> int:
+        conds = self._filters(task, status, source, tag, has_reference, None, None)
+        with self.begin() as c:
+            return int(
+                c.execute(
+                    sa.select(sa.func.count()).select_from(schema.records).where(*conds)
+                ).scalar_one()
+            )
+
+    def set_output(
+        self,
+        record_id: int,
+        output: str,
+        *,
+        model: str | None,
+        confidence: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Record what a model said. The first output a record gets is never overwritten:
+        re-running a model over a record is an evaluation, stored apart."""
+        r = schema.records.c
+        with self.begin() as c:
+            row = c.execute(sa.select(r.output, r.meta).where(r.id == record_id)).first()
+            if row is None:
+                raise NotFound(f"unknown record {record_id}")
+            if row.output is not None:
+                raise InvalidInput(
+                    f"record {record_id} already has a model output; it is never overwritten"
+                )
+            merged = {**json.loads(row.meta), **(meta or {})}
+            c.execute(
+                schema.records.update()
+                .where(r.id == record_id)
+                .values(
+                    output=output,
+                    model=model,
+                    confidence=confidence,
+                    meta=json.dumps(merged),
+                    updated_at=_ts(),
+                )
+            )
+
+    def review(
+        self,
+        record_id: int,
+        status: Status | str,
+        *,
+        reference: str | None = None,
+        error_category: str | None = None,
+        annotator: str | None = None,
+        comment: str | None = None,
+        rating: int | None = None,
+    ) -> Record:
+        """Apply a human decision. `corrected` needs a reference, validated against the task;
+        every decision is appended to the record's history, nothing earlier is lost."""
+        status = Status(status)
+        rec = self.get_record(record_id)
+        task = self.get_task(rec.task)
+        if status == Status.corrected:
+            if reference is None:
+                raise InvalidInput("a correction needs a reference")
+            reference = task.check_reference(reference, where=f"record {record_id}: reference")
+        elif status == Status.accepted and reference is None:
+            # Accepting the model's answer makes it the ground truth.
+            if rec.output is None and rec.reference is None:
+                raise InvalidInput(f"record {record_id} has no output to accept")
+            if rec.reference is None and rec.output is not None:
+                try:
+                    reference = task.check_reference(
+                        rec.output, where=f"record {record_id}: output"
+                    )
+                except InvalidInput:
+                    reference = rec.output
+        now = _ts()
+        values: dict[str, Any] = {"status": status.value, "updated_at": now}
+        if reference is not None:
+            values["reference"] = reference
+        if error_category is not None or status == Status.corrected:
+            values["error_category"] = error_category
+        if annotator is not None:
+            values["annotator"] = annotator
+        with self.begin() as c:
+            c.execute(
+                schema.records.update().where(schema.records.c.id == record_id).values(**values)
+            )
+            c.execute(
+                schema.record_events.insert().values(
+                    record_id=record_id,
+                    status=status.value,
+                    reference=reference,
+                    error_category=error_category,
+                    annotator=annotator,
+                    comment=comment,
+                    rating=rating,
+                    created_at=now,
+                )
+            )
+        return self.get_record(record_id)
+
+    def add_tags(self, record_id: int, *tags: str) -> None:
+        r = schema.records.c
+        with self.begin() as c:
+            row = c.execute(sa.select(r.tags).where(r.id == record_id)).first()
+            if row is None:
+                raise NotFound(f"unknown record {record_id}")
+            have = json.loads(row.tags)
+            new = have + [t for t in tags if t not in have]
+            c.execute(schema.records.update().where(r.id == record_id).values(tags=json.dumps(new)))
+
+    def update_meta(self, record_id: int, **meta: Any) -> None:
+        r = schema.records.c
+        with self.begin() as c:
+            row = c.execute(sa.select(r.meta).where(r.id == record_id)).first()
+            if row is None:
+                raise NotFound(f"unknown record {record_id}")
+            merged = {**json.loads(row.meta), **meta}
+            c.execute(
+                schema.records.update().where(r.id == record_id).values(meta=json.dumps(merged))
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(getattr(e, "orig", None) or e)
+    return msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+
+
+def _task(row: Any) -> Task:
+    return Task(
+        name=row["name"],
+        kind=Kind(row["kind"]),
+        instruction=row["instruction"],
+        labels=json.loads(row["labels"]) if row["labels"] else None,
+        schema=json.loads(row["schema"]) if row["schema"] else None,
+        metric=row["metric"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )
+
+
+def _row(rec: Record) -> dict[str, Any]:
+    return {
+        "task": rec.task,
+        "input": input_to_json(rec.input),
+        "input_text": input_text(rec.input),
+        "output": rec.output,
+        "reference": rec.reference,
+        "status": rec.status.value,
+        "error_category": rec.error_category,
+        "source": rec.source.value,
+        "model": rec.model,
+        "confidence": rec.confidence,
+        "tags": json.dumps(rec.tags),
+        "annotator": rec.annotator,
+        "meta": json.dumps(rec.meta),
+        "source_key": rec.source_key,
+        "created_at": _ts(rec.created_at),
+        "updated_at": _ts(rec.updated_at),
+    }
+
+
+def _record(row: Any) -> Record:
+    return Record(
+        id=row["id"],
+        task=row["task"],
+        input=input_from_json(row["input"]),
+        output=row["output"],
+        reference=row["reference"],
+        status=Status(row["status"]),
+        error_category=row["error_category"],
+        source=Source(row["source"]),
+        model=row["model"],
+        confidence=row["confidence"],
+        tags=json.loads(row["tags"]),
+        annotator=row["annotator"],
+        meta=json.loads(row["meta"]),
+        source_key=row["source_key"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
