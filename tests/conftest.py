@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from pg import pg_server_url, pg_url, store_url  # noqa: F401  (PostgreSQL fixtures)
+
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
