@@ -1,0 +1,360 @@
+"""Metrics by task kind: pure functions of (prediction, reference) pairs.
+
+Every aggregate metric is written as a function of *column sums* over per-record numbers
+(`Columns`), so that the same formula gives the point value (plain sums) and every bootstrap
+resample (count-weighted sums) without re-running anything: see `whetstone.evaluate.stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from whetstone.records import Kind, Task
+
+# `S(column)` returns the (weighted) sum of one per-record column: a float for the point
+# value, an array of shape (resamples,) inside the bootstrap.
+Sums = Callable[[str], Any]
+Formula = Callable[[Sums], Any]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def normalise_text(s: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def normalise_label(s: str) -> str:
+    """Labels compare without case, surrounding/inner whitespace runs or punctuation, so
+    'Positive.' maps to 'positive' but 'not positive' does not."""
+    s = "".join(ch for ch in s.casefold() if ch not in _PUNCT)
+    return " ".join(s.split())
+
+
+def map_label(answer: str, labels: list[str]) -> str | None:
+    """The task label an answer names, or None when it names none of them."""
+    key = normalise_label(answer)
+    for label in labels:
+        if normalise_label(label) == key:
+            return label
+    return None
+
+
+def _field_value(v: Any) -> str:
+    if isinstance(v, str):
+        return " ".join(v.casefold().split())
+    return json.dumps(v, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _present_fields(obj: Any) -> dict[str, str]:
+    """Top-level keys with a value, normalised for comparison; null/"" count as absent so a
+    model is not rewarded or punished for spelling out an empty field."""
+    if not isinstance(obj, dict):
+        return {}
+    return {str(k): _field_value(v) for k, v in obj.items() if v is not None and v != ""}
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(text.strip())
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return False, None
+
+
+# ---------------------------------------------------------------- per record
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = normalise_text(prediction).split(), normalise_text(reference).split()
+    if not p and not r:
+        return 1.0
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def chrf(prediction: str, reference: str) -> float:
+    """Sentence chrF (sacrebleu, character 6-grams, beta 2) on a 0..1 scale."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().sentence_score(prediction, [reference]).score / 100.0
+
+
+def labels_of(task: Task, references: list[str] | None = None) -> list[str]:
+    """The task's label set; a classify task without declared labels uses the references'."""
+    if task.labels:
+        return list(task.labels)
+    return sorted({r.strip() for r in references or []})
+
+
+def per_example(
+    task: Task, prediction: str, reference: str, labels: list[str] | None = None
+) -> dict[str, float]:
+    """Every per-record metric value for one prediction (all floats, 0..1 or counts)."""
+    if task.kind == Kind.generate:
+        return {
+            "exact_match": float(normalise_text(prediction) == normalise_text(reference)),
+            "token_f1": token_f1(prediction, reference),
+            "chrf": chrf(prediction, reference),
+        }
+    if task.kind == Kind.classify:
+        labels = labels if labels is not None else labels_of(task, [reference])
+        got = map_label(prediction, labels)
+        want = map_label(reference, labels) or reference.strip()
+        return {
+            "accuracy": float(got is not None and got == want),
+            "valid_label": float(got is not None),
+        }
+    return _extract_example(task, prediction, reference)
+
+
+def _extract_example(task: Task, prediction: str, reference: str) -> dict[str, float]:
+    ok, obj = parse_json(prediction)
+    schema_ok = ok and _schema_valid(task, obj)
+    _, ref_obj = parse_json(reference)
+    got, want = _present_fields(obj), _present_fields(ref_obj)
+    tp = sum(1 for k, v in got.items() if want.get(k) == v)
+    fp, fn = len(got) - tp, len(want) - tp
+    f1 = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return {
+        "json_valid": float(ok),
+        "schema_valid": float(schema_ok),
+        "field_f1": f1,
+        "object_exact": float(ok and got == want),
+        "field_tp": float(tp),
+        "field_fp": float(fp),
+        "field_fn": float(fn),
+    }
+
+
+def _schema_valid(task: Task, obj: Any) -> bool:
+    if not task.schema_:
+        return True
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(task.schema_).is_valid(obj)
+
+
+def main_key(task: Task) -> str:
+    """The per-record value that says whether one record passed (1.0) or failed (<1)."""
+    return task.main_metric
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+@dataclass
+class Columns:
+    """Per-record numbers (one array of length n per column) plus the aggregate formulas
+    over their sums. `main` names the task's main aggregate metric."""
+
+    n: int
+    data: dict[str, np.ndarray]
+    formulas: dict[str, Formula]
+    main: str
+    # Aggregates that are 0/1 per record (a mean of a 0/1 column): McNemar applies to them.
+    binary: dict[str, str] = field(default_factory=dict)  # metric -> column
+
+    def point(self) -> dict[str, float]:
+        sums = {k: float(v.sum()) for k, v in self.data.items()}
+        return {name: float(f(sums.__getitem__)) for name, f in self.formulas.items()}
+
+
+def _mean(col: str) -> Formula:
+    return lambda S: _div(S(col), S("_n"))
+
+
+def _div(a: Any, b: Any) -> Any:
+    """a / b with 0 where b is 0 (sklearn's zero_division=0), for floats and arrays alike."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out = np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+    return out if out.ndim else float(out)
+
+
+def _f1(tp: str, fp: str, fn: str) -> Formula:
+    return lambda S: _div(2 * S(tp), 2 * S(tp) + S(fp) + S(fn))
+
+
+def columns(
+    task: Task,
+    predictions: list[str],
+    references: list[str],
+    scores: list[dict[str, float]] | None = None,
+) -> Columns:
+    """Build the per-record columns and aggregate formulas for a task's built-in metrics.
+    `scores` are the `per_example` dicts when already computed (they are not recomputed)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    n = len(predictions)
+    labels = labels_of(task, references) if task.kind == Kind.classify else None
+    if scores is None:
+        scores = [
+            per_example(task, p, r, labels) for p, r in zip(predictions, references, strict=True)
+        ]
+    data: dict[str, np.ndarray] = {"_n": np.ones(n)}
+    for key in scores[0] if scores else _empty_keys(task):
+        data[key] = np.array([s[key] for s in scores], dtype=float)
+    formulas: dict[str, Formula] = {}
+    binary: dict[str, str] = {}
+
+    if task.kind == Kind.generate:
+        for k in ("exact_match", "token_f1", "chrf"):
+            formulas[k] = _mean(k)
+        binary["exact_match"] = "exact_match"
+        main = "exact_match"
+    elif task.kind == Kind.classify:
+        assert labels is not None
+        formulas["accuracy"] = _mean("accuracy")
+        formulas["valid_label"] = _mean("valid_label")
+        binary["accuracy"] = "accuracy"
+        got = [map_label(p, labels) for p in predictions]
+        want = [map_label(r, labels) or r.strip() for r in references]
+        for lab in labels:
+            p = np.array([g == lab for g in got], dtype=float)
+            r = np.array([w == lab for w in want], dtype=float)
+            data[f"tp:{lab}"], data[f"fp:{lab}"], data[f"fn:{lab}"] = (
+                p * r,
+                p * (1 - r),
+                (1 - p) * r,
+            )
+            formulas[f"precision[{lab}]"] = _precision(lab)
+            formulas[f"recall[{lab}]"] = _recall(lab)
+        formulas["macro_f1"] = _macro_f1(labels)
+        main = "accuracy"
+    else:
+        formulas["field_f1"] = _f1("field_tp", "field_fp", "field_fn")
+        formulas["field_precision"] = lambda S: _div(S("field_tp"), S("field_tp") + S("field_fp"))
+        formulas["field_recall"] = lambda S: _div(S("field_tp"), S("field_tp") + S("field_fn"))
+        for k in ("json_valid", "schema_valid", "object_exact"):
+            formulas[k] = _mean(k)
+            binary[k] = k
+        for name in field_names(task, references):
+            tp, fp, fn = _field_counts(name, predictions, references)
+            data[f"tp:{name}"], data[f"fp:{name}"], data[f"fn:{name}"] = tp, fp, fn
+            formulas[f"f1[{name}]"] = _f1(f"tp:{name}", f"fp:{name}", f"fn:{name}")
+        main = "field_f1"
+    return Columns(n=n, data=data, formulas=formulas, main=main, binary=binary)
+
+
+def _empty_keys(task: Task) -> list[str]:
+    return {
+        Kind.generate: ["exact_match", "token_f1", "chrf"],
+        Kind.classify: ["accuracy", "valid_label"],
+        Kind.extract: [
+            "json_valid",
+            "schema_valid",
+            "field_f1",
+            "object_exact",
+            "field_tp",
+            "field_fp",
+            "field_fn",
+        ],
+    }[task.kind]
+
+
+def _precision(lab: str) -> Formula:
+    return lambda S: _div(S(f"tp:{lab}"), S(f"tp:{lab}") + S(f"fp:{lab}"))
+
+
+def _recall(lab: str) -> Formula:
+    return lambda S: _div(S(f"tp:{lab}"), S(f"tp:{lab}") + S(f"fn:{lab}"))
+
+
+def _macro_f1(labels: list[str]) -> Formula:
+    def f(S: Sums) -> Any:
+        parts = [_f1(f"tp:{lab}", f"fp:{lab}", f"fn:{lab}")(S) for lab in labels]
+        return sum(parts) / len(parts) if parts else 0.0
+
+    return f
+
+
+def field_names(task: Task, references: list[str]) -> list[str]:
+    """Schema properties first, then any other key a reference uses."""
+    names = list((task.schema_ or {}).get("properties", {}))
+    for r in references:
+        for k in _present_fields(parse_json(r)[1]):
+            if k not in names:
+                names.append(k)
+    return names
+
+
+def _field_counts(
+    name: str, predictions: list[str], references: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp, fp, fn = (np.zeros(len(predictions)) for _ in range(3))
+    for i, (p, r) in enumerate(zip(predictions, references, strict=True)):
+        got, want = _present_fields(parse_json(p)[1]), _present_fields(parse_json(r)[1])
+        hit = name in got and got[name] == want.get(name)
+        tp[i] = hit
+        fp[i] = name in got and not hit
+        fn[i] = name in want and not hit
+    return tp, fp, fn
+
+
+def aggregate(task: Task, predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Point values of every built-in aggregate metric."""
+    return columns(task, predictions, references).point()
+
+
+def main_score(task: Task, predictions: list[str], references: list[str]) -> float:
+    """The task's main metric on 0..1: normalised exact match (generate), accuracy (classify)
+    or field-level micro F1 (extract). A custom `module:function` metric is averaged."""
+    if not predictions:
+        raise ValueError("main_score needs at least one prediction")
+    metric = task.metric
+    if metric and ":" in metric:
+        from whetstone.evaluate.custom import load_metric, score_records
+
+        fn = load_metric(metric)
+        values = score_records(fn, metric, predictions, references, [None] * len(predictions))
+        return float(np.mean([v[metric_value_key(metric)] for v in values]))
+    cols = columns(task, predictions, references)
+    point = cols.point()
+    return point[metric] if metric and metric in point else point[cols.main]
+
+
+def metric_value_key(metric: str) -> str:
+    """The per-record key under which a custom metric's main value is stored."""
+    return metric.rsplit(":", 1)[-1]
+
+
+# ---------------------------------------------------------------- reports without intervals
+
+
+def confusion(task: Task, predictions: list[str], references: list[str]) -> dict[str, Any]:
+    """Confusion matrix (rows = reference label, columns = predicted label or '(none)') and
+    the answers that mapped to no label, with counts and a few examples."""
+    labels = labels_of(task, references)
+    cols = [*labels, "(none)"]
+    matrix = {r: dict.fromkeys(cols, 0) for r in labels}
+    unmapped: Counter[str] = Counter()
+    for p, r in zip(predictions, references, strict=True):
+        got = map_label(p, labels)
+        want = map_label(r, labels) or r.strip()
+        matrix.setdefault(want, dict.fromkeys(cols, 0))
+        matrix[want][got or "(none)"] += 1
+        if got is None:
+            unmapped[p.strip()] += 1
+    return {
+        "labels": labels,
+        "matrix": matrix,
+        "unmapped_count": sum(unmapped.values()),
+        "unmapped_examples": [a for a, _ in unmapped.most_common(5)],
+    }
