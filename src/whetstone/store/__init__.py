@@ -8,7 +8,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import pydantic
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from whetstone.errors import InvalidInput, NotFound, StoreError
 from whetstone.records import (
@@ -98,39 +101,46 @@ class Store:
 
     # ---- tasks -------------------------------------------------------------------------
     def create_task(self, task: Task) -> Task:
-        with self.begin() as c:
-            if c.execute(
-                sa.select(schema.tasks.c.name).where(schema.tasks.c.name == task.name)
-            ).first():
-                raise InvalidInput(f"task {task.name!r} already exists")
-            c.execute(
-                schema.tasks.insert().values(
-                    name=task.name,
-                    kind=task.kind.value,
-                    instruction=task.instruction,
-                    labels=json.dumps(task.labels) if task.labels is not None else None,
-                    schema=json.dumps(task.schema_) if task.schema_ is not None else None,
-                    metric=task.metric,
-                    created_at=_ts(task.created_at),
+        exists = InvalidInput(f"task {task.name!r} already exists")
+        try:
+            with self.begin() as c:
+                if c.execute(
+                    sa.select(schema.tasks.c.name).where(schema.tasks.c.name == task.name)
+                ).first():
+                    raise exists
+                c.execute(
+                    schema.tasks.insert().values(
+                        name=task.name,
+                        kind=task.kind.value,
+                        instruction=task.instruction,
+                        labels=json.dumps(task.labels) if task.labels is not None else None,
+                        schema=json.dumps(task.schema_) if task.schema_ is not None else None,
+                        metric=task.metric,
+                        created_at=_ts(task.created_at),
+                    )
                 )
-            )
+        except sa.exc.IntegrityError:
+            # Another process created it between our check and our insert.
+            raise exists from None
         return task
 
     def get_task(self, name: str) -> Task:
         with self.begin() as c:
-            row = (
-                c.execute(sa.select(schema.tasks).where(schema.tasks.c.name == name))
-                .mappings()
-                .first()
+            return self._task(c, name)
+
+    def _task(self, c: sa.Connection, name: str) -> Task:
+        row = (
+            c.execute(sa.select(schema.tasks).where(schema.tasks.c.name == name)).mappings().first()
+        )
+        if row is None:
+            names = sa.select(schema.tasks.c.name).order_by(schema.tasks.c.name)
+            known = [r[0] for r in c.execute(names)]
+            hint = (
+                f" (known tasks: {', '.join(known)})"
+                if known
+                else " (no tasks yet: whetstone task create)"
             )
-            if row is None:
-                known = [r[0] for r in c.execute(sa.select(schema.tasks.c.name))]
-                hint = (
-                    f" (known tasks: {', '.join(known)})"
-                    if known
-                    else " (no tasks yet: whetstone task create)"
-                )
-                raise NotFound(f"unknown task {name!r}{hint}")
+            raise NotFound(f"unknown task {name!r}{hint}")
         return _task(row)
 
     def list_tasks(self) -> list[Task]:
@@ -149,16 +159,38 @@ class Store:
         return ids
 
     def _insert(self, c: sa.Connection, rec: Record) -> int | None:
-        values = _row(rec)
-        if rec.source_key is not None:
-            exists = c.execute(
-                sa.select(schema.records.c.id).where(
-                    schema.records.c.task == rec.task, schema.records.c.source_key == rec.source_key
-                )
-            ).first()
-            if exists:
+        if rec.source_key is None:
+            rid = int(
+                c.execute(schema.records.insert().values(**_row(rec))).inserted_primary_key[0]
+            )
+        else:
+            # Let the unique (task, source_key) index decide rather than a SELECT first: two
+            # importers of one file on PostgreSQL would both see "absent", and one would crash.
+            insert = sqlite_insert if self.dialect == "sqlite" else pg_insert
+            new_id = c.execute(
+                insert(schema.records)
+                .values(**_row(rec))
+                .on_conflict_do_nothing()
+                .returning(schema.records.c.id)
+            ).scalar_one_or_none()
+            if new_id is None:
                 return None
-        return int(c.execute(schema.records.insert().values(**values)).inserted_primary_key[0])
+            rid = int(new_id)
+        # A restored record (lossless import) brings its review history along.
+        for ev in rec.history:
+            c.execute(
+                schema.record_events.insert().values(
+                    record_id=rid,
+                    status=ev.status.value,
+                    reference=ev.reference,
+                    error_category=ev.error_category,
+                    annotator=ev.annotator,
+                    comment=ev.comment,
+                    rating=ev.rating,
+                    created_at=_ts(ev.created_at),
+                )
+            )
+        return rid
 
     def capture(
         self,
@@ -173,24 +205,28 @@ class Store:
         tags: Iterable[str] = (),
         meta: dict[str, Any] | None = None,
     ) -> int:
-        t = self.get_task(task)
-        if reference is not None:
-            reference = t.check_reference(reference)
-        rec = Record(
-            task=task,
-            input=input,
-            output=output,
-            reference=reference,
-            model=model,
-            confidence=confidence,
-            source=Source(source),
-            tags=list(tags),
-            meta=meta or {},
-        )
+        try:
+            rec = Record(
+                task=task,
+                input=input,
+                output=output,
+                reference=reference,
+                model=model,
+                confidence=confidence,
+                source=Source(source),
+                tags=list(tags),
+                meta=meta or {},
+            )
+        except ValueError as e:  # pydantic's ValidationError, or an unknown source
+            raise InvalidInput(f"cannot capture for task {task!r}: {_why(e)}") from None
+        # One transaction per capture, task lookup included: this is the serving hot path.
         with self.begin() as c:
-            rid = self._insert(c, rec)
-        assert rid is not None
-        return rid
+            t = self._task(c, task)
+            if reference is not None:
+                rec.reference = t.check_reference(reference)
+            return int(
+                c.execute(schema.records.insert().values(**_row(rec))).inserted_primary_key[0]
+            )
 
     def get_record(self, record_id: int) -> Record:
         with self.begin() as c:
@@ -247,7 +283,8 @@ class Store:
                 raise InvalidInput(f"unknown {col.name} {val!r} (choose from {choices})") from None
             conds.append(col.in_(vals))
         if tag is not None:
-            conds.append(r.tags.like(f"%{json.dumps(tag)}%"))
+            # The quoted JSON string matches a whole tag; autoescape keeps '%' and '_' literal.
+            conds.append(r.tags.contains(json.dumps(tag), autoescape=True))
         if has_reference is not None:
             conds.append(r.reference.is_not(None) if has_reference else r.reference.is_(None))
         if has_output is not None:
@@ -411,6 +448,15 @@ class Store:
             c.execute(
                 schema.records.update().where(r.id == record_id).values(meta=json.dumps(merged))
             )
+
+
+def _why(e: ValueError) -> str:
+    """The first problem pydantic found, as `field: message`, or the error's own text."""
+    if isinstance(e, pydantic.ValidationError):
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return f"{where}: {err['msg']}" if where else err["msg"]
+    return str(e)
 
 
 def _first_line(e: BaseException) -> str:

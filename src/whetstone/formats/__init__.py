@@ -1,0 +1,224 @@
+"""Import and export records in the formats other tools speak.
+
+    from whetstone import formats
+    read = formats.read_file("train.jsonl", task)            # parse + validate, no writes
+    report = formats.import_file(project, "train.jsonl", "addresses")
+    n = formats.export_records(project, "addresses", "openai", "out.jsonl")
+
+Import is all or nothing: one bad row (bad JSON, a missing field, a label outside the task's
+set, a reference failing the task's schema) adds nothing, and the error names the file, the
+line (or row) and the field. `skip_invalid=True` imports the good rows and writes the bad
+ones, with reasons, to a JSONL file. Every record carries a hash of its source row, so
+importing the same file again adds nothing.
+
+Formats: see `jsonl` (openai, evals, instruction, jsonl), `tabular` (csv, parquet, hf) and
+`preference`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from whetstone.errors import InvalidInput, NotFound
+from whetstone.formats import jsonl, preference, tabular
+from whetstone.formats.detect import EXPORT_FORMATS, IMPORT_FORMATS, detect
+from whetstone.formats.rows import Context, ReadResult, Rejected
+from whetstone.records import Record, Source, Status, Task
+from whetstone.util import atomic_write_text, write_jsonl
+
+if TYPE_CHECKING:
+    from whetstone.project import Project
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "IMPORT_FORMATS",
+    "ImportReport",
+    "ReadResult",
+    "Rejected",
+    "detect",
+    "export_records",
+    "import_file",
+    "read_file",
+]
+
+# Formats whose rows are training examples, so a record without a reference has no row.
+NEEDS_REFERENCE = {"openai", "evals", "instruction", "preference"}
+
+
+@dataclass
+class ImportReport:
+    path: Path
+    format: str
+    added: int
+    duplicates: int
+    rejected: int
+    rejected_path: Path | None = None
+
+
+def _choice(value: Any, enum: Any, what: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(e.value for e in enum)
+        raise InvalidInput(f"unknown {what} {value!r} (choose from {choices})") from None
+
+
+def read_file(
+    path: str | os.PathLike[str],
+    task: Task,
+    fmt: str = "auto",
+    *,
+    input_col: str | None = None,
+    reference_col: str | None = None,
+    source: Source | str | None = None,
+    status: Status | str | None = None,
+) -> ReadResult:
+    """Parse and validate every row of `path` as records of `task`; write nothing.
+    `source` / `status` override what the file says; `input_col` / `reference_col` map the
+    columns of csv, parquet and hf files."""
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"{path}: no such file or folder")
+    fmt = detect(path) if fmt == "auto" else fmt
+    if fmt not in IMPORT_FORMATS:
+        raise InvalidInput(
+            f"unknown import format {fmt!r} (choose from auto, {', '.join(IMPORT_FORMATS)})"
+        )
+    if (input_col or reference_col) and fmt not in ("csv", "parquet", "hf"):
+        raise InvalidInput(f"--input-col / --reference-col apply to csv, parquet and hf, not {fmt}")
+    ctx = Context(
+        task=task,
+        fmt=fmt,
+        path=path,
+        source=_choice(source, Source, "source"),
+        status=_choice(status, Status, "status"),
+    )
+    try:
+        if fmt in jsonl.READERS:
+            return jsonl.read(path, ctx, jsonl.READERS[fmt])
+        if fmt == "preference":
+            return jsonl.read(path, ctx, preference.preference_row)
+        cols = tabular.Columns.of(input_col, reference_col)
+        reader = {"csv": tabular.read_csv, "parquet": tabular.read_parquet, "hf": tabular.read_hf}
+        return reader[fmt](path, ctx, cols)
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{path}: a folder; only the hf format reads folders") from None
+
+
+def rejected_path_for(path: Path) -> Path:
+    return path.with_name(path.name + ".rejected.jsonl")
+
+
+def import_file(
+    project: Project,
+    path: str | os.PathLike[str],
+    task: str | Task,
+    fmt: str = "auto",
+    *,
+    skip_invalid: bool = False,
+    rejected_out: str | os.PathLike[str] | None = None,
+    input_col: str | None = None,
+    reference_col: str | None = None,
+    source: Source | str | None = None,
+    status: Status | str | None = None,
+) -> ImportReport:
+    """Import `path` into `task` in one transaction. Any bad row aborts the whole import
+    unless `skip_invalid`, which writes the bad rows to `rejected_out` (default: beside the
+    input, `<name>.rejected.jsonl`)."""
+    t = project.task(task) if isinstance(task, str) else task
+    path = Path(path)
+    read = read_file(
+        path,
+        t,
+        fmt,
+        input_col=input_col,
+        reference_col=reference_col,
+        source=source,
+        status=status,
+    )
+    rejected_file = None
+    if read.rejected:
+        if not skip_invalid:
+            first = read.rejected[0].message
+            more = len(read.rejected) - 1
+            tail = f" (and {more} more bad row{'s' if more > 1 else ''})" if more else ""
+            raise InvalidInput(
+                f"{first}{tail}; nothing was imported (--skip-invalid imports the good rows)"
+            )
+        rejected_file = Path(rejected_out) if rejected_out else rejected_path_for(path)
+        write_jsonl(rejected_file, [jsonl_safe(r.as_json()) for r in read.rejected])
+    ids = project.store.add_records(read.records)
+    added = sum(1 for i in ids if i is not None)
+    return ImportReport(
+        path=path,
+        format=read.format,
+        added=added,
+        duplicates=len(ids) - added,
+        rejected=len(read.rejected),
+        rejected_path=rejected_file,
+    )
+
+
+def jsonl_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def select(
+    project: Project, task: Task, fmt: str, statuses: Sequence[Status | str] | None
+) -> Iterable[Record]:
+    """The records an export writes. By default: those with a reference that were not
+    rejected (corrected ones for preference pairs). Naming statuses selects exactly those,
+    and the full-record formats then include records without a reference too."""
+    if statuses:
+        wanted = [_choice(s, Status, "status") for s in statuses]
+        has_ref = True if fmt in NEEDS_REFERENCE else None
+        return project.store.iter_records(
+            task.name, status=[s.value for s in wanted], has_reference=has_ref
+        )
+    if fmt == "preference":
+        wanted = list(preference.DEFAULT_STATUSES)
+    else:
+        wanted = [s for s in Status if s != Status.rejected]
+    return project.store.iter_records(
+        task.name, status=[s.value for s in wanted], has_reference=True
+    )
+
+
+def export_records(
+    project: Project,
+    task: str | Task,
+    fmt: str,
+    out: str | os.PathLike[str],
+    statuses: Sequence[Status | str] | None = None,
+) -> int:
+    """Write the task's records to `out` in `fmt`, atomically; returns the number of rows."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(
+            f"unknown export format {fmt!r} (choose from {', '.join(EXPORT_FORMATS)})"
+        )
+    t = project.task(task) if isinstance(task, str) else task
+    out = Path(out)
+    records = select(project, t, fmt, statuses)
+    if fmt == "csv":
+        return tabular.write_csv(out, records)
+    if fmt == "parquet":
+        return tabular.write_parquet(out, records)
+    if fmt == "hf":
+        return tabular.write_hf(out, records)
+    rows = (
+        preference.preference_rows(t, records)
+        if fmt == "preference"
+        else jsonl.WRITERS[fmt](t, records)
+    )
+    text, n = jsonl.render(rows)
+    atomic_write_text(out, text)
+    return n

@@ -1,0 +1,325 @@
+"""Tables: CSV, Parquet and Hugging Face `datasets` folders (written by `save_to_disk`).
+
+All three share one set of columns, those of a Whetstone record flattened:
+
+    id, task, input, messages, reference, output, status, source, tags, meta,
+    error_category, model, confidence, annotator, source_key, created_at, updated_at, history
+
+`input` is always the user's text; a chat input is kept whole in `messages` (JSON text),
+which wins over `input` on import. `meta` and `history` are JSON text, `tags` a list of
+strings (a comma list in CSV). Import maps the input and reference columns by name
+(`input_col`, `reference_col`); any column it does not know goes into the record's meta.
+A `messages` column from elsewhere that ends with the assistant's answer, in a row with no
+reference, is read the way the OpenAI chat format is: that answer is the reference.
+
+Where a row is wrong the error names the line for CSV (1-based, the header is line 1) and
+the 0-based row index for Parquet and datasets folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from whetstone.errors import InvalidInput
+from whetstone.formats.rows import (
+    Context,
+    ReadResult,
+    RowError,
+    chat_input,
+    json_value,
+    make_record,
+    text_input,
+)
+from whetstone.records import Record
+from whetstone.util import atomic_dir, atomic_write_bytes, atomic_write_text
+
+COLUMNS = [
+    "id",
+    "task",
+    "input",
+    "messages",
+    "reference",
+    "output",
+    "status",
+    "source",
+    "tags",
+    "meta",
+    "error_category",
+    "model",
+    "confidence",
+    "annotator",
+    "source_key",
+    "created_at",
+    "updated_at",
+    "history",
+]
+
+
+@dataclass
+class Columns:
+    """Which columns hold the input and the reference."""
+
+    input: str = "input"
+    reference: str = "reference"
+    # A reference column the user named must exist; the default one may be absent
+    # (a file of unlabelled inputs).
+    reference_required: bool = False
+
+    @classmethod
+    def of(cls, input_col: str | None, reference_col: str | None) -> Columns:
+        return cls(input_col or "input", reference_col or "reference", reference_col is not None)
+
+    def check(self, where: str, names: list[str]) -> None:
+        have = ", ".join(names)
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise InvalidInput(f"{where}: column {dup!r} appears twice")
+        if self.input not in names and "messages" not in names:
+            raise InvalidInput(
+                f"{where}: {self.input}: no such column (columns: {have}); name the input "
+                "column with --input-col"
+            )
+        if self.reference_required and self.reference not in names:
+            raise InvalidInput(f"{where}: {self.reference}: no such column (columns: {have})")
+
+
+def jsonable(value: Any) -> Any:
+    """A row as plain JSON values (Parquet cells may be datetimes, bytes, ...)."""
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip())
+
+
+def _tags(value: Any) -> list[str] | None:
+    if _blank(value):
+        return None
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return value
+    raise RowError("tags", "expected a comma list or a list of strings")
+
+
+def _confidence(value: Any) -> float | None:
+    if _blank(value):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RowError("confidence", f"{value!r} is not a number") from None
+
+
+def table_row(ctx: Context, row: dict[str, Any], cols: Columns) -> Record:
+    def cell(name: str) -> Any:
+        v = row.get(name)
+        return None if _blank(v) else v
+
+    reference = cell(cols.reference)
+    reference_field = cols.reference
+    msgs_col = None if cols.input == "messages" else cell("messages")
+    raw = row.get(cols.input)
+    if msgs_col is not None or isinstance(raw, list) or cols.input == "messages":
+        field = "messages" if msgs_col is not None else cols.input
+        msgs = json_value(msgs_col if msgs_col is not None else raw, field, list)
+        if msgs is None:
+            raise RowError(field, "missing")
+        last = msgs[-1] if msgs else None
+        if reference is None and isinstance(last, dict) and last.get("role") == "assistant":
+            reference, reference_field = last.get("content"), f"{field}[{len(msgs) - 1}].content"
+            inp: Any = chat_input(ctx.task, msgs[:-1], field)
+        elif msgs_col is not None:
+            # Whetstone's own column: the stored chat, exactly as it was.
+            inp = msgs
+        else:
+            inp = chat_input(ctx.task, msgs, field)
+    else:
+        inp = text_input(raw, cols.input)
+
+    known = {*COLUMNS, cols.input, cols.reference}
+    meta = json_value(cell("meta"), "meta", dict) or {}
+    extras = {k: v for k, v in row.items() if k not in known and not _blank(v)}
+    return make_record(
+        ctx,
+        jsonable(row),
+        input=inp,
+        reference=reference,
+        reference_field=reference_field,
+        output=cell("output"),
+        status=cell("status"),
+        source=cell("source"),
+        tags=_tags(row.get("tags")),
+        meta={**meta, **jsonable(extras)},
+        error_category=cell("error_category"),
+        model=cell("model"),
+        confidence=_confidence(row.get("confidence")),
+        annotator=cell("annotator"),
+        source_key=cell("source_key"),
+        created_at=cell("created_at"),
+        updated_at=cell("updated_at"),
+        history=json_value(cell("history"), "history", list),
+    )
+
+
+def _read_rows(
+    ctx: Context, cols: Columns, rows: Iterable[tuple[str, dict[str, Any] | RowError]]
+) -> ReadResult:
+    result = ReadResult(format=ctx.fmt)
+    for where, row in rows:
+        if isinstance(row, RowError):
+            result.rejected.append(ctx.reject(where, row, None))
+            continue
+        try:
+            result.records.append(table_row(ctx, row, cols))
+        except RowError as e:
+            result.rejected.append(ctx.reject(where, e, jsonable(row)))
+    return result
+
+
+# ---- readers ------------------------------------------------------------------------------
+def read_csv(path: Path, ctx: Context, cols: Columns) -> ReadResult:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            raise InvalidInput(f"{path}: empty file, expected a header line")
+        header = [h.strip() for h in header]
+        cols.check(f"{path}:1", header)
+        rows: list[tuple[str, dict[str, Any] | RowError]] = []
+        end = reader.line_num
+        for values in reader:
+            # A quoted cell may span lines: a row starts on the line after the previous one.
+            start, end = end + 1, reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                err = RowError("(line)", f"{len(values)} cells, the header has {len(header)}")
+                rows.append((f"{path}:{start}", err))
+            else:
+                rows.append((f"{path}:{start}", dict(zip(header, values, strict=True))))
+    return _read_rows(ctx, cols, rows)
+
+
+def read_parquet(path: Path, ctx: Context, cols: Columns) -> ReadResult:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InvalidInput(f"{path}: not a readable Parquet file ({e})") from None
+    cols.check(str(path), table.column_names)
+    return _read_rows(
+        ctx, cols, ((f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist()))
+    )
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")
+    )
+
+
+def read_hf(path: Path, ctx: Context, cols: Columns) -> ReadResult:
+    import datasets
+
+    if not is_hf_folder(path):
+        raise InvalidInput(
+            f"{path}: not a datasets folder (no dataset_info.json, state.json or "
+            "dataset_dict.json; write one with Dataset.save_to_disk)"
+        )
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise InvalidInput(f"{path}: cannot load the datasets folder ({e})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        parts = [(f"split {name} ", name, ds) for name, ds in loaded.items()]
+    else:
+        parts = [("", None, loaded)]
+
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for label, split, ds in parts:
+            for i, row in enumerate(ds.to_list()):
+                if split is not None:
+                    meta = json_value(row.get("meta"), "meta", dict) or {}
+                    row = {**row, "meta": {**meta, "split": split}}
+                yield f"{path}: {label}row {i}", row
+
+    for _, _, ds in parts:
+        cols.check(str(path), list(ds.column_names))
+    return _read_rows(ctx, cols, rows())
+
+
+# ---- writers ------------------------------------------------------------------------------
+def flat_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+    for r in records:
+        yield {
+            "id": r.id,
+            "task": r.task,
+            "input": r.input_text,
+            "messages": None
+            if isinstance(r.input, str)
+            else json.dumps([m.model_dump(exclude_none=True) for m in r.input], ensure_ascii=False),
+            "reference": r.reference,
+            "output": r.output,
+            "status": r.status.value,
+            "source": r.source.value,
+            "tags": list(r.tags),
+            "meta": json.dumps(r.meta, ensure_ascii=False),
+            "error_category": r.error_category,
+            "model": r.model,
+            "confidence": r.confidence,
+            "annotator": r.annotator,
+            "source_key": r.source_key,
+            "created_at": r.created_at.isoformat(),
+            "updated_at": r.updated_at.isoformat(),
+            "history": json.dumps([c.model_dump(mode="json") for c in r.history]),
+        }
+
+
+def arrow_table(records: Iterable[Record]) -> Any:
+    import pyarrow as pa
+
+    types = {"id": pa.int64(), "tags": pa.list_(pa.string()), "confidence": pa.float64()}
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+    return pa.Table.from_pylist(list(flat_rows(records)), schema=schema)
+
+
+def write_csv(path: Path, records: Iterable[Record]) -> int:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    n = 0
+    for row in flat_rows(records):
+        row["tags"] = ",".join(row["tags"])
+        w.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        n += 1
+    atomic_write_text(path, buf.getvalue())
+    return n
+
+
+def write_parquet(path: Path, records: Iterable[Record]) -> int:
+    import pyarrow.parquet as pq
+
+    table = arrow_table(records)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return table.num_rows
+
+
+def write_hf(path: Path, records: Iterable[Record]) -> int:
+    import datasets
+
+    ds = datasets.Dataset(datasets.table.InMemoryTable(arrow_table(records)))
+    with atomic_dir(path) as tmp:
+        ds.save_to_disk(str(tmp))
+    return ds.num_rows
