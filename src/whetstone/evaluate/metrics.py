@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from whetstone.errors import InvalidInput
 from whetstone.records import Kind, Task
 
 # `S(column)` returns the (weighted) sum of one per-record column: a float for the point
@@ -61,7 +62,7 @@ def _field_value(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-def _present_fields(obj: Any) -> dict[str, str]:
+def present_fields(obj: Any) -> dict[str, str]:
     """Top-level keys with a value, normalised for comparison; null/"" count as absent so a
     model is not rewarded or punished for spelling out an empty field."""
     if not isinstance(obj, dict):
@@ -129,7 +130,7 @@ def _extract_example(task: Task, prediction: str, reference: str) -> dict[str, f
     ok, obj = parse_json(prediction)
     schema_ok = ok and _schema_valid(task, obj)
     _, ref_obj = parse_json(reference)
-    got, want = _present_fields(obj), _present_fields(ref_obj)
+    got, want = present_fields(obj), present_fields(ref_obj)
     tp = sum(1 for k, v in got.items() if want.get(k) == v)
     fp, fn = len(got) - tp, len(want) - tp
     f1 = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
@@ -250,7 +251,23 @@ def columns(
             data[f"tp:{name}"], data[f"fp:{name}"], data[f"fn:{name}"] = tp, fp, fn
             formulas[f"f1[{name}]"] = _f1(f"tp:{name}", f"fp:{name}", f"fn:{name}")
         main = "field_f1"
+    # Per-record values from a custom metric or a judge: their aggregate is the mean.
+    for key in data:
+        if key not in formulas and key not in _COUNT_KEYS and key != "_n" and ":" not in key:
+            formulas[key] = _mean(key)
+            if np.isin(data[key], (0.0, 1.0)).all():
+                binary[key] = key
+    if task.metric:
+        wanted = metric_value_key(task.metric) if ":" in task.metric else task.metric
+        if wanted not in formulas:
+            raise InvalidInput(
+                f"task {task.name!r}: metric {task.metric!r} is not one of {sorted(formulas)}"
+            )
+        main = wanted
     return Columns(n=n, data=data, formulas=formulas, main=main, binary=binary)
+
+
+_COUNT_KEYS = {"field_tp", "field_fp", "field_fn"}
 
 
 def _empty_keys(task: Task) -> list[str]:
@@ -289,7 +306,7 @@ def field_names(task: Task, references: list[str]) -> list[str]:
     """Schema properties first, then any other key a reference uses."""
     names = list((task.schema_ or {}).get("properties", {}))
     for r in references:
-        for k in _present_fields(parse_json(r)[1]):
+        for k in present_fields(parse_json(r)[1]):
             if k not in names:
                 names.append(k)
     return names
@@ -300,7 +317,7 @@ def _field_counts(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tp, fp, fn = (np.zeros(len(predictions)) for _ in range(3))
     for i, (p, r) in enumerate(zip(predictions, references, strict=True)):
-        got, want = _present_fields(parse_json(p)[1]), _present_fields(parse_json(r)[1])
+        got, want = present_fields(parse_json(p)[1]), present_fields(parse_json(r)[1])
         hit = name in got and got[name] == want.get(name)
         tp[i] = hit
         fp[i] = name in got and not hit
@@ -326,8 +343,7 @@ def main_score(task: Task, predictions: list[str], references: list[str]) -> flo
         values = score_records(fn, metric, predictions, references, [None] * len(predictions))
         return float(np.mean([v[metric_value_key(metric)] for v in values]))
     cols = columns(task, predictions, references)
-    point = cols.point()
-    return point[metric] if metric and metric in point else point[cols.main]
+    return cols.point()[cols.main]
 
 
 def metric_value_key(metric: str) -> str:

@@ -1,0 +1,452 @@
+"""Run a model over a snapshot split, score it, and store the evaluation.
+
+An evaluation is stored only when it is complete, in one transaction (the `evaluations` row
+and every `predictions` row together), so a failure half way leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from whetstone.errors import InvalidInput, NotFound
+from whetstone.evaluate import metrics as m
+from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap, percentile
+from whetstone.project import Project
+from whetstone.records import Kind, Record, Source, Task, content_key, utcnow
+from whetstone.store import schema
+
+
+@dataclass
+class Prediction:
+    record_id: int
+    prediction: str
+    reference: str
+    scores: dict[str, float]
+    latency_ms: float | None = None
+    output_tokens: int | None = None
+
+
+@dataclass
+class Evaluation:
+    id: str
+    task: str
+    model: str  # "base:<name>" or "T@N", as predictions name it
+    snapshot_id: str | None
+    split: str
+    metrics: dict[str, dict[str, float]]  # name -> {value, low, high}
+    main_metric: str
+    predictions: list[Prediction]
+    info: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def n(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def main(self) -> dict[str, float]:
+        return self.metrics[self.main_metric]
+
+    def failures(self) -> list[Prediction]:
+        """Records whose main per-record value is below 1 (a miss, or a partial match)."""
+        # Every main metric has a per-record value of the same name (extract: field_f1).
+        return [p for p in self.predictions if p.scores.get(self.main_metric, 1.0) < 1.0]
+
+    def columns(self, task: Task, record_ids: list[int] | None = None) -> m.Columns:
+        """The per-record columns of these predictions (in `record_ids` order if given)."""
+        preds = self.predictions
+        if record_ids is not None:
+            by_id = {p.record_id: p for p in preds}
+            preds = [by_id[i] for i in record_ids]
+        return m.columns(
+            task,
+            [p.prediction for p in preds],
+            [p.reference for p in preds],
+            [p.scores for p in preds],
+        )
+
+
+# ---------------------------------------------------------------- choosing what to run
+
+
+def model_name(project: Project, task: str, model: str, base_model: str | None = None) -> str:
+    """The stored name of a model spec: "base" -> "base:<name>", "T" -> its production "T@N"."""
+    if model == "base":
+        from whetstone.models import base as base_models
+
+        return f"base:{base_models.resolve(base_model or project.base_model).name}"
+    from whetstone.registry import get
+
+    return get(project, model).name
+
+
+def choose_snapshot(project: Project, task: str, model: str, snapshot_id: str | None) -> Any:
+    """The snapshot given, else the adapter's own, else the task's latest, else a new default
+    one. Refuses a snapshot of another task or an adapter of another task or base."""
+    from whetstone import snapshots
+
+    av = None
+    if model != "base":
+        from whetstone.registry import get
+
+        av = get(project, model)
+        if av.task != task:
+            raise InvalidInput(f"{av.name} is an adapter of task {av.task!r}, not {task!r}")
+    if snapshot_id:
+        snap = snapshots.load(project, snapshot_id)
+    elif av is not None and av.snapshot_id:
+        snap = snapshots.load(project, av.snapshot_id)
+    else:
+        snap = snapshots.latest(project, task) or snapshots.snapshot_task(project, task)
+    if snap.task != task:
+        raise InvalidInput(f"snapshot {snap.id} belongs to task {snap.task!r}, not {task!r}")
+    if av is not None:
+        want = snap.info.get("base_hash")
+        if want and want != av.base_hash:
+            raise InvalidInput(
+                f"{av.name} was trained on base {av.base_model} ({av.base_hash[:12]}) but snapshot "
+                f"{snap.id} was made for base {snap.info.get('base_model')} ({str(want)[:12]})"
+            )
+    return snap
+
+
+def check_base(project: Project, model: str, base_model: str | None) -> None:
+    """Fail before loading anything when an adapter's base is not the base we would load."""
+    if model == "base":
+        return
+    from whetstone.models import base as base_models
+    from whetstone.registry import get
+
+    av = get(project, model)
+    base = base_models.resolve(base_model or av.base_model)
+    if base.hash != av.base_hash:
+        raise InvalidInput(
+            f"{av.name} was trained on base model {av.base_model} ({av.base_hash[:12]}), "
+            f"not {base.name} ({base.hash[:12]})"
+        )
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score(
+    task: Task,
+    records: list[Record],
+    predictions: list[str],
+    *,
+    metric: str | None = None,
+    judge: Any = None,
+) -> list[dict[str, float]]:
+    """Per-record scores: the task kind's built-ins, a custom metric, a judge's 1..5."""
+    refs = [r.reference or "" for r in records]
+    labels = m.labels_of(task, refs) if task.kind == Kind.classify else None
+    scores = [m.per_example(task, p, r, labels) for p, r in zip(predictions, refs, strict=True)]
+    custom = [s for s in (task.metric, metric) if s and ":" in s]
+    if custom:
+        from whetstone.evaluate.custom import load_metric, score_records
+
+        for spec in dict.fromkeys(custom):
+            fn = load_metric(spec)
+            for s, extra in zip(
+                scores, score_records(fn, spec, predictions, refs, records), strict=True
+            ):
+                s.update(extra)
+    if judge is not None:
+        for s, v in zip(scores, judge.score(task, records, predictions), strict=True):
+            s["judge"] = v
+    return scores
+
+
+def summarise(
+    task: Task,
+    preds: list[Prediction],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[dict[str, dict[str, float]], str, dict[str, Any]]:
+    """(metrics with intervals, main metric name, extra info: latency, tokens, reports)."""
+    cols = m.columns(
+        task, [p.prediction for p in preds], [p.reference for p in preds], [p.scores for p in preds]
+    )
+    intervals = bootstrap(cols, resamples=resamples, seed=seed)
+    lat = [p.latency_ms for p in preds if p.latency_ms is not None]
+    toks = [p.output_tokens for p in preds if p.output_tokens is not None]
+    info: dict[str, Any] = {
+        "n": len(preds),
+        "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95)},
+        "output_tokens_mean": sum(toks) / len(toks) if toks else None,
+        "binary_metrics": sorted(cols.binary),
+        "bootstrap": {"resamples": resamples, "seed": seed, "interval": 0.95},
+    }
+    if task.kind == Kind.classify:
+        info["confusion"] = m.confusion(
+            task, [p.prediction for p in preds], [p.reference for p in preds]
+        )
+    return intervals, cols.main, info
+
+
+# ---------------------------------------------------------------- the evaluation itself
+
+
+def evaluate(
+    project: Project,
+    task: str,
+    model: str = "base",
+    split: str = "test",
+    snapshot_id: str | None = None,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    base_model: str | None = None,
+    metric: str | None = None,
+    judge: str | None = None,
+    rubric: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    predictor: Any = None,
+) -> Evaluation:
+    """Run `model` ("base", "T" or "T@N") over a snapshot split and store the evaluation.
+    `predictor` lets a caller that already holds the loaded model reuse it."""
+    from whetstone import snapshots
+
+    t = project.task(task)
+    snap = choose_snapshot(project, task, model, snapshot_id)
+    recs = snapshots.records(project, snap, split)
+    if limit is not None:
+        if limit < 1:
+            raise InvalidInput("--limit must be at least 1")
+        recs = recs[:limit]
+    recs = [r for r in recs if r.reference is not None]
+    if not recs:
+        raise InvalidInput(
+            f"the {split} split of snapshot {snap.id} (task {task!r}) has no records to evaluate on"
+        )
+    judge_client = None
+    if judge:
+        from whetstone.evaluate.judge import Judge
+
+        judge_client = Judge.from_spec(judge, rubric)
+    if metric:
+        from whetstone.evaluate.custom import load_metric
+
+        load_metric(metric)  # a bad entry point fails before the model runs, not after
+    if predictor is None:
+        from whetstone.predict import load_predictor
+
+        check_base(project, model, base_model)
+        predictor = load_predictor(project, task, model, base_model=base_model)
+
+    from whetstone.progress import progress
+
+    with progress() as bar:
+        tid = bar.add_task(f"eval {predictor.name}", total=len(recs), info="")
+        gens = predictor(
+            [r.input for r in recs],
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            on_batch=lambda k: bar.advance(tid, k),
+        )
+    texts = [g.text for g in gens]
+    scores = score(t, recs, texts, metric=metric, judge=judge_client)
+    preds = [
+        Prediction(
+            record_id=int(r.id or 0),
+            prediction=g.text,
+            reference=r.reference or "",
+            scores=s,
+            latency_ms=round(g.latency_ms, 3),
+            output_tokens=g.output_tokens,
+        )
+        for r, g, s in zip(recs, gens, scores, strict=True)
+    ]
+    intervals, main, info = summarise(t, preds, resamples=resamples, seed=seed)
+    info.update(
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        metric=metric,
+        judge=judge_client.describe() if judge_client else None,
+    )
+    now = utcnow()
+    ev = Evaluation(
+        id=_eval_id(predictor.name, snap.id, split, now),
+        task=task,
+        model=predictor.name,
+        snapshot_id=snap.id,
+        split=split,
+        metrics=intervals,
+        main_metric=main,
+        predictions=preds,
+        info=info,
+        created_at=now,
+    )
+    store_evaluation(project, ev)
+    return ev
+
+
+def _eval_id(model: str, snapshot_id: str, split: str, when: datetime) -> str:
+    h = hashlib.sha256(json.dumps([model, snapshot_id, split, when.isoformat()]).encode())
+    return h.hexdigest()[:16]
+
+
+def store_evaluation(project: Project, ev: Evaluation) -> None:
+    info = {
+        **ev.info,
+        "main_metric": ev.main_metric,
+        "references": {str(p.record_id): p.reference for p in ev.predictions},
+    }
+    with project.store.begin() as c:
+        c.execute(
+            schema.evaluations.insert().values(
+                id=ev.id,
+                task=ev.task,
+                model=ev.model,
+                snapshot_id=ev.snapshot_id,
+                split=ev.split,
+                metrics=json.dumps(ev.metrics),
+                info=json.dumps(info, default=str),
+                created_at=ev.created_at.isoformat(),
+            )
+        )
+        c.execute(
+            schema.predictions.insert(),
+            [
+                {
+                    "evaluation_id": ev.id,
+                    "record_id": p.record_id,
+                    "prediction": p.prediction,
+                    "scores": json.dumps(p.scores),
+                    "latency_ms": p.latency_ms,
+                    "output_tokens": p.output_tokens,
+                }
+                for p in ev.predictions
+            ],
+        )
+
+
+def load_evaluation(project: Project, eval_id: str) -> Evaluation:
+    """A stored evaluation by id or unique id prefix."""
+    t = schema.evaluations
+    with project.store.begin() as c:
+        rows = (
+            c.execute(sa.select(t).where(t.c.id.startswith(eval_id, autoescape=True)))
+            .mappings()
+            .all()
+        )
+        if not rows:
+            raise NotFound(f"unknown evaluation {eval_id!r}")
+        if len(rows) > 1:
+            raise InvalidInput(f"evaluation prefix {eval_id!r} is ambiguous")
+        row = rows[0]
+        p = schema.predictions
+        prow = (
+            c.execute(sa.select(p).where(p.c.evaluation_id == row["id"]).order_by(p.c.record_id))
+            .mappings()
+            .all()
+        )
+    info = json.loads(row["info"])
+    refs: dict[str, str] = info.pop("references", {})
+    main = info.pop("main_metric")
+    return Evaluation(
+        id=row["id"],
+        task=row["task"],
+        model=row["model"],
+        snapshot_id=row["snapshot_id"],
+        split=row["split"],
+        metrics=json.loads(row["metrics"]),
+        main_metric=main,
+        predictions=[
+            Prediction(
+                record_id=r["record_id"],
+                prediction=r["prediction"],
+                reference=refs.get(str(r["record_id"]), ""),
+                scores=json.loads(r["scores"]),
+                latency_ms=r["latency_ms"],
+                output_tokens=r["output_tokens"],
+            )
+            for r in prow
+        ],
+        info=info,
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )
+
+
+def list_evaluations(project: Project, task: str | None = None) -> list[dict[str, Any]]:
+    """Stored evaluations, oldest first, without their predictions."""
+    t = schema.evaluations
+    q = sa.select(
+        t.c.id, t.c.task, t.c.model, t.c.snapshot_id, t.c.split, t.c.metrics, t.c.created_at
+    )
+    if task:
+        q = q.where(t.c.task == task)
+    with project.store.begin() as c:
+        rows = c.execute(q.order_by(t.c.created_at)).mappings().all()
+    return [{**r, "metrics": json.loads(r["metrics"])} for r in rows]
+
+
+def latest_evaluation(
+    project: Project,
+    task: str,
+    model: str,
+    snapshot_id: str | None = None,
+    split: str = "test",
+    *,
+    complete: bool = True,
+) -> Evaluation | None:
+    """The newest stored evaluation of `model` (a stored name, "base", "T" or "T@N") on a
+    snapshot split; with `complete`, one that was not cut short by --limit."""
+    name = model if model.startswith("base:") else model_name(project, task, model)
+    t = schema.evaluations
+    q = sa.select(t.c.id, t.c.info).where(t.c.task == task, t.c.model == name, t.c.split == split)
+    if snapshot_id:
+        q = q.where(t.c.snapshot_id == snapshot_id)
+    with project.store.begin() as c:
+        rows = c.execute(q.order_by(t.c.created_at.desc())).all()
+    for eid, info in rows:
+        if not complete or json.loads(info).get("limit") is None:
+            return load_evaluation(project, eid)
+    return None
+
+
+# ---------------------------------------------------------------- failures become work
+
+
+def queue_failures(project: Project, ev: Evaluation) -> int:
+    """Add each failed held-out record as a new `unreviewed` record tagged `hard` (its input
+    and the model's wrong answer, never the reference), and tag the original `heldout` so no
+    snapshot trains on it. Records of the train split are not queued. Returns how many."""
+    from whetstone import snapshots
+
+    train_ids: set[int] = set()
+    if ev.snapshot_id:
+        train_ids = set(snapshots.load(project, ev.snapshot_id).ids("train"))
+    failed = [p for p in ev.failures() if p.record_id not in train_ids]
+    if not failed:
+        return 0
+    originals = {
+        r.id: r for r in project.store.iter_records(ev.task, ids=[p.record_id for p in failed])
+    }
+    new = [
+        Record(
+            task=ev.task,
+            input=originals[p.record_id].input,
+            output=p.prediction,
+            model=ev.model,
+            source=Source.evaluation,
+            tags=["hard"],
+            meta={"evaluation": ev.id, "heldout_record": p.record_id},
+            # The same failure queued twice (a re-run) is one review item, not two.
+            source_key=content_key("eval-failure", p.record_id, ev.model, p.prediction),
+        )
+        for p in failed
+    ]
+    added = project.store.add_records(new)
+    for p in failed:
+        project.store.add_tags(p.record_id, "heldout")
+    return sum(1 for i in added if i is not None)
