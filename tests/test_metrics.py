@@ -1,0 +1,144 @@
+"""Metrics, bootstrap intervals and paired tests on hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whetstone.evaluate import metrics as m
+from whetstone.evaluate.stats import bootstrap, mcnemar, paired_bootstrap
+from whetstone.records import Task
+
+GEN = Task(name="gen", kind="generate")
+CLS = Task(name="cls", kind="classify", labels=["positive", "negative", "not sure"])
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]+$"}},
+    "required": ["city"],
+}
+EXT = Task(name="ext", kind="extract", schema=SCHEMA)
+
+
+def test_generate_normalised_exact_match_and_token_f1() -> None:
+    s = m.per_example(GEN, "The  Eiffel Tower!", "eiffel tower")
+    assert s["exact_match"] == 1.0 and s["token_f1"] == 1.0
+    s = m.per_example(GEN, "Eiffel tower in Paris", "the Eiffel Tower")
+    assert s["exact_match"] == 0.0
+    # 2 shared tokens; precision 2/4, recall 2/2 -> F1 = 2/3
+    assert s["token_f1"] == pytest.approx(2 / 3)
+    assert m.per_example(GEN, "", "")["token_f1"] == 1.0
+    assert m.per_example(GEN, "abc", "xyz")["token_f1"] == 0.0
+
+
+def test_generate_chrf_ranks_closer_answers_higher() -> None:
+    same = m.per_example(GEN, "hello world", "hello world")["chrf"]
+    near = m.per_example(GEN, "hello wrld", "hello world")["chrf"]
+    far = m.per_example(GEN, "zzz", "hello world")["chrf"]
+    assert same == pytest.approx(1.0) and 0 < near < same and far < near
+
+
+def test_main_score_by_kind() -> None:
+    assert m.main_score(GEN, ["a cat", "dog"], ["cat", "cat"]) == 0.5
+    assert m.main_score(CLS, ["Positive.", "negative"], ["positive", "positive"]) == 0.5
+    # extract: micro F1 over fields (tp=1, fp=0, fn=1 -> 2/3)
+    assert m.main_score(EXT, ['{"city": "Paris"}'], ['{"city": "paris", "zip": "75"}']) == pytest.approx(2 / 3)
+
+
+def test_label_normalisation_and_unmapped_answers() -> None:
+    assert m.map_label("  POSITIVE. ", CLS.labels or []) == "positive"
+    assert m.map_label("Not-sure", CLS.labels or []) is None  # the hyphen joins the words
+    assert m.map_label("not  sure!", CLS.labels or []) == "not sure"
+    assert m.map_label("positive, I think", CLS.labels or []) is None
+    preds = ["positive", "negative!", "maybe", "Negative", "positive"]
+    refs = ["positive", "negative", "negative", "positive", "negative"]
+    agg = m.aggregate(CLS, preds, refs)
+    assert agg["accuracy"] == pytest.approx(2 / 5)
+    assert agg["valid_label"] == pytest.approx(4 / 5)
+    assert agg["precision[positive]"] == pytest.approx(1 / 2)
+    assert agg["recall[negative]"] == pytest.approx(1 / 3)
+    # per-label F1: positive 1/2, negative 2*1/(2+1+2)=2/5, not sure 0 -> mean
+    assert agg["macro_f1"] == pytest.approx((0.5 + 0.4 + 0.0) / 3)
+    conf = m.confusion(CLS, preds, refs)
+    assert conf["matrix"]["negative"] == {"positive": 1, "negative": 1, "not sure": 0, "(none)": 1}
+    assert conf["unmapped_count"] == 1 and conf["unmapped_examples"] == ["maybe"]
+
+
+def test_extract_invalid_json_schema_failure_and_field_f1() -> None:
+    ref = '{"city": "Springfield", "zip": "12345"}'
+    bad = m.per_example(EXT, "city: Springfield", ref)
+    assert bad["json_valid"] == 0 and bad["schema_valid"] == 0 and bad["field_f1"] == 0
+    assert (bad["field_tp"], bad["field_fp"], bad["field_fn"]) == (0, 0, 2)
+    schema_fail = m.per_example(EXT, '{"city": "springfield", "zip": "12a"}', ref)
+    assert schema_fail["json_valid"] == 1 and schema_fail["schema_valid"] == 0
+    assert (schema_fail["field_tp"], schema_fail["field_fp"], schema_fail["field_fn"]) == (1, 1, 1)
+    ok = m.per_example(EXT, '{"zip": "12345", "city": " SPRINGFIELD ", "state": null}', ref)
+    assert ok["schema_valid"] == 1 and ok["object_exact"] == 1 and ok["field_f1"] == 1
+    agg = m.aggregate(
+        EXT,
+        ['{"city": "Springfield"}', '{"city": "Paris", "zip": "1"}', "nope"],
+        [ref, '{"city": "Paris", "zip": "2"}', '{"city": "Rome"}'],
+    )
+    # tp = 1 + 1, fp = 0 + 1, fn = 1 + 1 + 1
+    assert agg["field_precision"] == pytest.approx(2 / 3)
+    assert agg["field_recall"] == pytest.approx(2 / 5)
+    assert agg["field_f1"] == pytest.approx(4 / 8)
+    assert agg["f1[city]"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+    assert agg["f1[zip]"] == pytest.approx(0.0)
+    assert agg["json_valid"] == pytest.approx(2 / 3)
+
+
+def test_custom_metric_entry_point_and_errors(tmp_path, monkeypatch) -> None:
+    from whetstone.errors import InvalidInput
+
+    (tmp_path / "mymetrics.py").write_text(
+        "def length_ok(pred, ref, rec):\n    return float(len(pred) <= len(ref))\n"
+        "def broken(pred, ref, rec):\n    raise ZeroDivisionError('boom')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = Task(name="gen", kind="generate", metric="mymetrics:length_ok")
+    assert m.main_score(task, ["ab", "abcdef"], ["abc", "abc"]) == 0.5
+    with pytest.raises(InvalidInput, match="mymetrics:broken.*ZeroDivisionError"):
+        m.main_score(Task(name="g", kind="generate", metric="mymetrics:broken"), ["a"], ["b"])
+    with pytest.raises(InvalidInput, match="no function 'nope'"):
+        m.main_score(Task(name="g", kind="generate", metric="mymetrics:nope"), ["a"], ["b"])
+
+
+def test_bootstrap_interval_contains_point_and_narrows_with_n() -> None:
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (40, 400, 4000):
+        hits = rng.random(n) < 0.7
+        preds = ["yes" if h else "no" for h in hits]
+        ci = bootstrap(m.columns(GEN, preds, ["yes"] * n))["exact_match"]
+        assert ci["low"] <= ci["value"] <= ci["high"]
+        widths.append(ci["high"] - ci["low"])
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_bootstrap_is_reproducible_with_a_seed() -> None:
+    cols = m.columns(GEN, ["a", "b", "c", "a"], ["a", "a", "c", "b"])
+    assert bootstrap(cols, seed=3) == bootstrap(cols, seed=3)
+
+
+def test_paired_bootstrap_sign_and_mcnemar() -> None:
+    n = 200
+    refs = ["yes"] * n
+    better = ["yes" if i % 10 else "no" for i in range(n)]  # 90% right
+    worse = ["yes" if i % 2 else "no" for i in range(n)]  # 50% right
+    a, b = m.columns(GEN, better, refs), m.columns(GEN, worse, refs)
+    d = paired_bootstrap(a, b, "exact_match")
+    assert d["diff"] == pytest.approx(0.4) and 0 < d["low"] <= d["diff"] <= d["high"]
+    r = paired_bootstrap(b, a, "exact_match")
+    assert r["high"] < 0 and r["diff"] == pytest.approx(-0.4)
+    assert paired_bootstrap(a, a, "exact_match")["diff"] == 0
+
+
+def test_mcnemar_known_values() -> None:
+    # 1 vs 6 discordant pairs: exact two-sided binomial p = 2 * (1 + 7) / 2**7
+    r = mcnemar([1] + [0] * 6 + [1] * 5, [0] + [1] * 6 + [1] * 5)
+    assert (r["only_a"], r["only_b"], r["method"]) == (1, 6, "exact")
+    assert r["p_value"] == pytest.approx(0.125)
+    assert mcnemar([1, 0, 1], [1, 0, 1])["p_value"] == 1.0
+    # 30 vs 10 discordant: chi2 = (20 - 1)^2 / 40 = 9.025, p = 0.002663 (scipy.stats.chi2.sf)
+    big = mcnemar([1] * 30 + [0] * 10, [0] * 30 + [1] * 10)
+    assert big["method"] == "chi2" and big["p_value"] == pytest.approx(0.0026636, rel=1e-3)
