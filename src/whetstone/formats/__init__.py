@@ -48,6 +48,8 @@ __all__ = [
 
 # Formats whose rows are training examples, so a record without a reference has no row.
 NEEDS_REFERENCE = {"openai", "evals", "instruction", "preference"}
+# Formats that hold every field of a record, history included.
+FULL_RECORD = {"jsonl", "csv", "parquet", "hf"}
 
 
 @dataclass
@@ -208,6 +210,9 @@ def export_records(
     t = project.task(task) if isinstance(task, str) else task
     out = Path(out)
     records = select(project, t, fmt, statuses)
+    if fmt in FULL_RECORD:
+        # Lossless formats carry each record's review history, which listing leaves out.
+        records = (project.store.get_record(r.id) for r in records if r.id is not None)
     if fmt == "csv":
         return tabular.write_csv(out, records)
     if fmt == "parquet":
