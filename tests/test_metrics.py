@@ -41,7 +41,9 @@ def test_main_score_by_kind() -> None:
     assert m.main_score(GEN, ["a cat", "dog"], ["cat", "cat"]) == 0.5
     assert m.main_score(CLS, ["Positive.", "negative"], ["positive", "positive"]) == 0.5
     # extract: micro F1 over fields (tp=1, fp=0, fn=1 -> 2/3)
-    assert m.main_score(EXT, ['{"city": "Paris"}'], ['{"city": "paris", "zip": "75"}']) == pytest.approx(2 / 3)
+    assert m.main_score(
+        EXT, ['{"city": "Paris"}'], ['{"city": "paris", "zip": "75"}']
+    ) == pytest.approx(2 / 3)
 
 
 def test_label_normalisation_and_unmapped_answers() -> None:

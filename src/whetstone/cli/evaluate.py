@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
 def eval_cmd(
     task: Annotated[str, typer.Option("--task", "-t")],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="base, a task name (its production adapter) or T@N.")
+        str,
+        typer.Option("--model", "-m", help="base, a task name (its production adapter) or T@N."),
     ] = "base",
     split: Split = "test",
     snapshot: Snapshot = None,
@@ -48,7 +49,9 @@ def eval_cmd(
     ] = None,
     judge: Annotated[
         str | None,
-        typer.Option("--judge", help="LLM judge: an OpenAI-compatible URL[#model] or a model spec."),
+        typer.Option(
+            "--judge", help="LLM judge: an OpenAI-compatible URL[#model] or a model spec."
+        ),
     ] = None,
     rubric: Annotated[
         str | None, typer.Option("--rubric", help="The judge's rubric: text or a file.")
@@ -60,12 +63,22 @@ def eval_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Run a model over a snapshot split and store its metrics with 95% bootstrap intervals."""
-    from whetstone.evaluate.runner import evaluate, queue_failures as queue
+    from whetstone.evaluate.runner import evaluate
+    from whetstone.evaluate.runner import queue_failures as queue
 
     p = common.project()
     ev = evaluate(
-        p, task, model, split, snapshot, limit=limit, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, base_model=base_model, metric=metric, judge=judge,
+        p,
+        task,
+        model,
+        split,
+        snapshot,
+        limit=limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        base_model=base_model,
+        metric=metric,
+        judge=judge,
         rubric=rubric,
     )
     queued = queue(p, ev) if queue_failures else None
@@ -84,7 +97,10 @@ def compare_cmd(
     split: Split = "test",
     snapshot: Snapshot = None,
     rerun: Annotated[
-        bool, typer.Option("--rerun", help="Run both models again instead of reusing stored evaluations.")
+        bool,
+        typer.Option(
+            "--rerun", help="Run both models again instead of reusing stored evaluations."
+        ),
     ] = False,
     batch_size: BatchSize = 16,
     max_new_tokens: MaxNewTokens = 256,
@@ -96,8 +112,16 @@ def compare_cmd(
 
     p = common.project()
     c = compare(
-        p, task, a, b, split, snapshot, reuse=not rerun, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, base_model=base_model,
+        p,
+        task,
+        a,
+        b,
+        split,
+        snapshot,
+        reuse=not rerun,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        base_model=base_model,
     )
     if as_json:
         common.print_json(_compare_json(c))
@@ -115,7 +139,9 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def _print_eval(ev: Evaluation) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{ev.model} on {ev.task} ({ev.split}, snapshot {ev.snapshot_id}, n={ev.n})")
+    table = Table(
+        title=f"{ev.model} on {ev.task} ({ev.split}, snapshot {ev.snapshot_id}, n={ev.n})"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
@@ -163,8 +189,12 @@ def _print_compare(c: Comparison) -> None:
         label = f"[bold]{name}[/bold]" if name == c.main_metric else name
         mc = v["mcnemar"]
         table.add_row(
-            label, _fmt(v["a"]), _fmt(v["b"]), f"{v['diff']:+.3f}",
-            f"{v['low']:+.3f} – {v['high']:+.3f}", _fmt(mc["p_value"]) if mc else "",
+            label,
+            _fmt(v["a"]),
+            _fmt(v["b"]),
+            f"{v['diff']:+.3f}",
+            f"{v['low']:+.3f} – {v['high']:+.3f}",
+            _fmt(mc["p_value"]) if mc else "",
         )
     common.out.print(table)
     if c.slices:
@@ -172,7 +202,14 @@ def _print_compare(c: Comparison) -> None:
         for col in ("slice", "n", "A", "B", "A − B", "95% CI"):
             st.add_column(col, justify="left" if col == "slice" else "right")
         for s in c.slices:
-            st.add_row(s.name, str(s.n), _fmt(s.a), _fmt(s.b), f"{s.diff:+.3f}", f"{s.low:+.3f} – {s.high:+.3f}")
+            st.add_row(
+                s.name,
+                str(s.n),
+                _fmt(s.a),
+                _fmt(s.b),
+                f"{s.diff:+.3f}",
+                f"{s.low:+.3f} – {s.high:+.3f}",
+            )
         common.out.print(st)
     ct = Table(title="cost per request")
     for col in ("model", "latency p50 ms", "latency p95 ms", "output tokens"):
@@ -180,7 +217,9 @@ def _print_compare(c: Comparison) -> None:
     for side, ev in (("a", c.a), ("b", c.b)):
         k = c.cost[side]
         ct.add_row(
-            ev.model, _fmt(k["latency_p50_ms"], 1), _fmt(k["latency_p95_ms"], 1),
+            ev.model,
+            _fmt(k["latency_p50_ms"], 1),
+            _fmt(k["latency_p95_ms"], 1),
             _fmt(k["output_tokens_mean"], 1),
         )
     common.out.print(ct)
@@ -188,16 +227,27 @@ def _print_compare(c: Comparison) -> None:
 
 def _eval_json(ev: Evaluation, queued: int | None) -> dict[str, Any]:
     return {
-        "id": ev.id, "task": ev.task, "model": ev.model, "snapshot": ev.snapshot_id,
-        "split": ev.split, "n": ev.n, "main_metric": ev.main_metric, "metrics": ev.metrics,
-        "info": ev.info, "queued_failures": queued,
+        "id": ev.id,
+        "task": ev.task,
+        "model": ev.model,
+        "snapshot": ev.snapshot_id,
+        "split": ev.split,
+        "n": ev.n,
+        "main_metric": ev.main_metric,
+        "metrics": ev.metrics,
+        "info": ev.info,
+        "queued_failures": queued,
     }
 
 
 def _compare_json(c: Comparison) -> dict[str, Any]:
     return {
-        "task": c.task, "a": {"model": c.a.model, "evaluation": c.a.id},
-        "b": {"model": c.b.model, "evaluation": c.b.id}, "n": len(c.record_ids),
-        "main_metric": c.main_metric, "metrics": c.metrics,
-        "slices": [s.__dict__ for s in c.slices], "cost": c.cost,
+        "task": c.task,
+        "a": {"model": c.a.model, "evaluation": c.a.id},
+        "b": {"model": c.b.model, "evaluation": c.b.id},
+        "n": len(c.record_ids),
+        "main_metric": c.main_metric,
+        "metrics": c.metrics,
+        "slices": [s.__dict__ for s in c.slices],
+        "cost": c.cost,
     }
