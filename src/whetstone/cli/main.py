@@ -12,6 +12,7 @@ from whetstone import __version__
 from whetstone.cli import common
 from whetstone.cli import data as data_cmds
 from whetstone.cli import demo_data as demo_data_cmds
+from whetstone.cli import doctor as doctor_cmds
 from whetstone.cli import predict as predict_cmds
 from whetstone.cli import project as project_cmds
 from whetstone.cli import records as records_cmds
@@ -67,6 +68,7 @@ records_cmds.register(app)
 data_cmds.register(app)
 predict_cmds.register(app)
 demo_data_cmds.register(app)
+doctor_cmds.register(app)
 
 
 def run() -> None:
