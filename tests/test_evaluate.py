@@ -7,7 +7,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -94,7 +94,7 @@ def test_limited_evaluation_is_not_reused_as_complete(tiny_project: Any) -> None
 def test_empty_split_is_a_clear_error(tiny_project: Any) -> None:
     ids = [r.id for r in tiny_project.records("qa")]
     snap = snapshots.freeze(tiny_project, "qa", dict.fromkeys(ids, "train"))
-    with pytest.raises(InvalidInput, match="test split of snapshot .* has no records"):
+    with pytest.raises(InvalidInput, match=r"test split of snapshot .* has no records"):
         evaluate(tiny_project, "qa", "base", "test", snap.id, **FAST)
     assert _count(tiny_project, schema.evaluations) == 0
 
@@ -140,7 +140,7 @@ def test_unreachable_judge_stores_nothing(tiny_project: Any) -> None:
 
 class _Judge(BaseHTTPRequestHandler):
     answer = "4"
-    seen: list[dict[str, Any]] = []
+    seen: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -181,7 +181,7 @@ def test_judge_scores_are_a_metric(tiny_project: Any, judge_server: Any) -> None
 def test_judge_answering_junk_is_a_clear_error(tiny_project: Any, judge_server: Any) -> None:
     _Judge.answer, _Judge.seen = "This answer deserves a 4, mostly.", []
     url = f"http://127.0.0.1:{judge_server.server_port}"
-    with pytest.raises(WhetstoneError, match="judge answered .*expected a score 1..5"):
+    with pytest.raises(WhetstoneError, match=r"judge answered .*expected a score 1\.\.5"):
         evaluate(tiny_project, "qa", "base", "all", limit=3, judge=url, **FAST)
     assert _count(tiny_project, schema.evaluations) == 0
 

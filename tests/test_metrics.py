@@ -99,7 +99,7 @@ def test_custom_metric_entry_point_and_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
     task = Task(name="gen", kind="generate", metric="mymetrics:length_ok")
     assert m.main_score(task, ["ab", "abcdef"], ["abc", "abc"]) == 0.5
-    with pytest.raises(InvalidInput, match="mymetrics:broken.*ZeroDivisionError"):
+    with pytest.raises(InvalidInput, match=r"mymetrics:broken.*ZeroDivisionError"):
         m.main_score(Task(name="g", kind="generate", metric="mymetrics:broken"), ["a"], ["b"])
     with pytest.raises(InvalidInput, match="no function 'nope'"):
         m.main_score(Task(name="g", kind="generate", metric="mymetrics:nope"), ["a"], ["b"])
