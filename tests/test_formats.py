@@ -284,6 +284,23 @@ def test_hf_chat_dataset_with_assistant_answer(proj: Any, tmp_path: Path) -> Non
     assert (rec.input, rec.reference, rec.meta) == ("Say yes", "yes", {"lang": "en"})
 
 
+def test_hf_dataset_dict_keeps_the_split(proj: Any, tmp_path: Path) -> None:
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"input": ["a"], "reference": ["pos"]}),
+            "test": datasets.Dataset.from_dict({"input": ["b"], "reference": ["maybe"]}),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InvalidInput, match=r"dd: split test row 0: reference: label 'maybe'"):
+        formats.import_file(proj, tmp_path / "dd", "cls")
+    report = formats.import_file(proj, tmp_path / "dd", "cls", skip_invalid=True)
+    assert (report.added, report.rejected) == (1, 1)
+    assert proj.records("cls")[0].meta == {"split": "train"}
+
+
 # ---- detection ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "row", "fmt"),
@@ -401,6 +418,7 @@ def test_skip_invalid_writes_the_rejects_file(proj: Any, tmp_path: Path) -> None
         (f"{f}:2", "(line)"),
         (f"{f}:3", "messages"),
     ]
+    assert rows[0]["row"] == "{oops"  # the line as it was, to fix and re-import
     assert rows[1]["row"] == {"messages": []} and rows[1]["error"]
 
     custom = tmp_path / "bad" / "rows.jsonl"

@@ -109,9 +109,9 @@ def export(
         f"Exported {n} record(s) of task {task} to {out} ({fmt})", markup=False, highlight=False
     )
     if n == 0:
-        common.err.print(
-            "nothing matched: records need a reference (correct or accept them), or name "
-            "statuses with --status",
-            markup=False,
-            highlight=False,
+        hint = (
+            "pairs come from corrected records whose output differs from the reference"
+            if fmt == "preference"
+            else "records need a reference (correct or accept them), or name statuses with --status"
         )
+        common.err.print(f"nothing matched: {hint}", markup=False, highlight=False)

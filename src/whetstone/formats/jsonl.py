@@ -38,8 +38,8 @@ from whetstone.records import Record, Task
 RowReader = Callable[[Context, dict[str, Any]], Record]
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed object or RowError) for each non-blank line."""
+def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError, str]]:
+    """(1-based line number, parsed object or RowError, raw line) for each non-blank line."""
     with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -47,20 +47,23 @@ def iter_lines(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                yield n, RowError("(line)", f"not valid JSON ({e.msg} at column {e.colno})")
+                err = RowError("(line)", f"not valid JSON ({e.msg} at column {e.colno})")
+                yield n, err, line.rstrip("\n")
                 continue
             if not isinstance(obj, dict):
-                yield n, RowError("(line)", f"expected a JSON object, got {type(obj).__name__}")
+                err = RowError("(line)", f"expected a JSON object, got {type(obj).__name__}")
+                yield n, err, line.rstrip("\n")
                 continue
-            yield n, obj
+            yield n, obj, line
 
 
 def read(path: Path, ctx: Context, convert: RowReader) -> ReadResult:
     result = ReadResult(format=ctx.fmt)
-    for n, obj in iter_lines(path):
+    for n, obj, raw in iter_lines(path):
         where = f"{path}:{n}"
         if isinstance(obj, RowError):
-            result.rejected.append(ctx.reject(where, obj, None))
+            # The rejects file keeps the line as it was, so it can be fixed and re-imported.
+            result.rejected.append(ctx.reject(where, obj, raw))
             continue
         try:
             result.records.append(convert(ctx, obj))

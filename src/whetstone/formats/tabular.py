@@ -169,12 +169,12 @@ def table_row(ctx: Context, row: dict[str, Any], cols: Columns) -> Record:
 
 
 def _read_rows(
-    ctx: Context, cols: Columns, rows: Iterable[tuple[str, dict[str, Any] | RowError]]
+    ctx: Context, cols: Columns, rows: Iterable[tuple[str, dict[str, Any] | RowError, Any]]
 ) -> ReadResult:
     result = ReadResult(format=ctx.fmt)
-    for where, row in rows:
+    for where, row, raw in rows:
         if isinstance(row, RowError):
-            result.rejected.append(ctx.reject(where, row, None))
+            result.rejected.append(ctx.reject(where, row, raw))
             continue
         try:
             result.records.append(table_row(ctx, row, cols))
@@ -186,25 +186,29 @@ def _read_rows(
 # ---- readers ------------------------------------------------------------------------------
 def read_csv(path: Path, ctx: Context, cols: Columns) -> ReadResult:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows: list[tuple[str, dict[str, Any] | RowError, Any]] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            raise InvalidInput(f"{path}: empty file, expected a header line")
-        header = [h.strip() for h in header]
-        cols.check(f"{path}:1", header)
-        rows: list[tuple[str, dict[str, Any] | RowError]] = []
-        end = reader.line_num
-        for values in reader:
-            # A quoted cell may span lines: a row starts on the line after the previous one.
-            start, end = end + 1, reader.line_num
-            if not any(v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                err = RowError("(line)", f"{len(values)} cells, the header has {len(header)}")
-                rows.append((f"{path}:{start}", err))
-            else:
-                rows.append((f"{path}:{start}", dict(zip(header, values, strict=True))))
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise InvalidInput(f"{path}: empty file, expected a header line")
+            header = [h.strip() for h in header]
+            cols.check(f"{path}:1", header)
+            end = reader.line_num
+            for values in reader:
+                # A quoted cell may span lines: a row starts on the line after the last one.
+                start, end = end + 1, reader.line_num
+                if not any(v.strip() for v in values):
+                    continue
+                where = f"{path}:{start}"
+                if len(values) != len(header):
+                    err = RowError("(line)", f"{len(values)} cells, the header has {len(header)}")
+                    rows.append((where, err, values))
+                else:
+                    rows.append((where, dict(zip(header, values, strict=True)), values))
+        except csv.Error as e:
+            raise InvalidInput(f"{path}:{reader.line_num}: not readable CSV ({e})") from None
     return _read_rows(ctx, cols, rows)
 
 
@@ -218,7 +222,7 @@ def read_parquet(path: Path, ctx: Context, cols: Columns) -> ReadResult:
         raise InvalidInput(f"{path}: not a readable Parquet file ({e})") from None
     cols.check(str(path), table.column_names)
     return _read_rows(
-        ctx, cols, ((f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist()))
+        ctx, cols, ((f"{path}: row {i}", row, None) for i, row in enumerate(table.to_pylist()))
     )
 
 
@@ -245,13 +249,16 @@ def read_hf(path: Path, ctx: Context, cols: Columns) -> ReadResult:
     else:
         parts = [("", None, loaded)]
 
-    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    def rows() -> Iterator[tuple[str, dict[str, Any] | RowError, Any]]:
         for label, split, ds in parts:
             for i, row in enumerate(ds.to_list()):
                 if split is not None:
-                    meta = json_value(row.get("meta"), "meta", dict) or {}
-                    row = {**row, "meta": {**meta, "split": split}}
-                yield f"{path}: {label}row {i}", row
+                    try:
+                        meta = json_value(row.get("meta"), "meta", dict) or {}
+                        row = {**row, "meta": {**meta, "split": split}}
+                    except RowError:
+                        pass  # table_row rejects the bad meta, naming the row
+                yield f"{path}: {label}row {i}", row, None
 
     for _, _, ds in parts:
         cols.check(str(path), list(ds.column_names))
