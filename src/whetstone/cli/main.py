@@ -3,6 +3,7 @@ dependencies inside the command, so `whetstone --help` stays fast."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Annotated
 
@@ -10,13 +11,11 @@ import typer
 
 from whetstone import __version__
 from whetstone.cli import common
-from whetstone.cli import data as data_cmds
-from whetstone.cli import demo_data as demo_data_cmds
-from whetstone.cli import doctor as doctor_cmds
-from whetstone.cli import predict as predict_cmds
-from whetstone.cli import project as project_cmds
-from whetstone.cli import records as records_cmds
-from whetstone.cli import tasks as tasks_cmds
+
+# One module per stage, each with `register(app)`; order is the order of `--help`.
+COMMAND_MODULES = [
+    "project", "tasks", "records", "data", "demo_data", "predict", "evaluate", "doctor",
+]
 
 app = typer.Typer(
     name="whetstone",
@@ -62,14 +61,8 @@ def main(
     common.state.debug = debug
 
 
-project_cmds.register(app)
-tasks_cmds.register(app)
-records_cmds.register(app)
-data_cmds.register(app)
-predict_cmds.register(app)
-demo_data_cmds.register(app)
-doctor_cmds.register(app)
-
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"whetstone.cli.{_name}").register(app)
 
 def run() -> None:
     from whetstone.errors import WhetstoneError
