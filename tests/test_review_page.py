@@ -253,26 +253,43 @@ def test_api_correction_follows_the_records_correct_rules(
     assert r.status_code == 404
 
 
-def test_curate_next_ranking_is_offered_when_installed(
-    seeded: Seeded, serve: Callable[..., str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from whetstone.serve import review
-
-    ranking = [seeded.ids[k] for k in ["fine", "great", "terrible"]]
-    calls: list[tuple[str, int]] = []
+def fake_ranking(seeded: Seeded, keys: list[str], calls: list[tuple[str, int]]) -> Any:
+    """A stand-in for `curate next` (which embeds every record): the same call, the same
+    return shape, a fixed order."""
 
     def next_to_label(project: Project, task: str, n: int) -> list[Any]:
         calls.append((task, n))
-        return [project.record(i) for i in ranking]
+        recs = [project.record(seeded.ids[k]) for k in keys]
+        return [(rec, 1.0 - i / 10, {"uncertainty": 0.5}) for i, rec in enumerate(recs)][:n]
 
-    monkeypatch.setattr(review, "_next_to_label", lambda: next_to_label)
+    return next_to_label
+
+
+CURATE_KEYS = ["fine", "great", "terrible", "meh"]
+
+
+def test_curate_next_ranking_is_offered_when_installed(
+    seeded: Seeded, serve: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whetstone.curate.next import next_to_label
+    from whetstone.serve import review
+
+    assert review._next_to_label() is next_to_label
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(review, "_next_to_label", lambda: fake_ranking(seeded, CURATE_KEYS, calls))
     base = serve(seeded.project)
     assert httpx.get(f"{base}/review/api/config").json()["curate_available"] is True
-    r = httpx.get(
-        f"{base}/review/api/queue", params={"task": "sentiment", "order": "curate", "limit": 2}
-    )
-    assert [i["id"] for i in r.json()["items"]] == ranking[:2]
-    assert calls == [("sentiment", 2)]
+    ranking = [seeded.ids[k] for k in CURATE_KEYS]
+    got = []
+    for offset in (0, 2):
+        r = httpx.get(
+            f"{base}/review/api/queue",
+            params={"task": "sentiment", "order": "curate", "limit": 2, "offset": offset},
+        )
+        assert r.json()["total"] == 4  # the task's unreviewed production records
+        got += [i["id"] for i in r.json()["items"]]
+    assert got == ranking
+    assert calls == [("sentiment", 2), ("sentiment", 4)]
     r = httpx.get(f"{base}/review/api/queue", params={"order": "curate"})
     assert r.status_code == 400 and "choose a task" in r.json()["error"]["message"]
 
@@ -346,6 +363,24 @@ def test_queue_order_and_filters(seeded: Seeded, serve: Callable[..., str], page
     page.select_option("#status-filter", "accepted")
     wait_shown(page, seeded.ids["done"])
     assert queue_ids(page) == [seeded.ids["done"]]
+
+
+def test_curate_toggle_reorders_the_queue(
+    seeded: Seeded, serve: Callable[..., str], page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whetstone.serve import review
+
+    monkeypatch.setattr(review, "_next_to_label", lambda: fake_ranking(seeded, CURATE_KEYS, []))
+    open_review(page, serve(seeded.project))
+    assert page.is_disabled("#curate-order")  # the ranking is per task
+    page.select_option("#task-filter", "sentiment")
+    wait_shown(page, seeded.ids["terrible"])
+    page.check("#curate-order")
+    wait_shown(page, seeded.ids["fine"])
+    assert queue_ids(page) == [seeded.ids[k] for k in CURATE_KEYS]
+    page.uncheck("#curate-order")
+    wait_shown(page, seeded.ids["terrible"])
+    assert queue_ids(page) == [seeded.ids[k] for k in SENTIMENT_ORDER]
 
 
 def test_correction_with_the_keyboard_is_stored(
@@ -432,6 +467,25 @@ def test_invalid_correction_shows_the_error_and_stores_nothing(
     for key in ("terrible", "main_st"):
         rec = seeded.store.get_record(seeded.ids[key])
         assert (rec.status, rec.reference, rec.history) == (Status.unreviewed, None, [])
+
+
+def test_paging_past_decisions_skips_and_repeats_nothing(
+    seeded: Seeded, serve: Callable[..., str], page: Any
+) -> None:
+    p = seeded.project
+    p.create_task("bulk", "generate")
+    ids = [p.capture("bulk", f"question {i}", f"answer {i}", confidence=i / 100) for i in range(53)]
+    open_review(page, serve(p), "?task=bulk")
+    assert queue_ids(page) == ids[:50]  # one page
+    page.keyboard.press("a")
+    wait_shown(page, ids[1])
+    page.keyboard.press("a")
+    wait_shown(page, ids[2])
+    # Two records have left the unreviewed queue: the next page starts after the 48 still in it.
+    page.click("#load-more")
+    page.wait_for_function("() => document.querySelectorAll('#queue-list li').length === 53")
+    assert queue_ids(page) == ids
+    assert page.is_hidden("#load-more")
 
 
 def test_record_text_is_rendered_as_text(

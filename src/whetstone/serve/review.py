@@ -24,10 +24,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from pydantic import BaseModel, Field
 
 from whetstone.errors import InvalidInput, WhetstoneError
-from whetstone.records import Kind, Record, Status
+from whetstone.records import Kind, Record, Source, Status
 from whetstone.serve import auth
 from whetstone.serve.errors import APIError, from_whetstone
-from whetstone.serve.review_queue import error_categories, records_in_order, review_queue
+from whetstone.serve.review_queue import error_categories, review_queue
 
 router = APIRouter(tags=["review"])
 
@@ -240,16 +240,15 @@ def _curate_page(
         raise InvalidInput("the `curate next` ranking is not installed")
     if task is None:
         raise InvalidInput("choose a task: the `curate next` ranking is made per task")
-    ranked = [_record_id(item) for item in next_to_label(project, task, offset + limit)]
-    records = records_in_order(project.store, ranked)
-    if status is not None:
-        records = [r for r in records if r.status.value == status]
-    return records[offset : offset + limit], len(records)
-
-
-def _record_id(item: Any) -> int:
-    """A record id from one entry of the curate ranking (a Record, or a bare id)."""
-    return int(item) if isinstance(item, int) else int(item.id)
+    if status not in (None, Status.unreviewed.value):
+        return [], 0  # the ranking is of records nobody has reviewed yet
+    ranked = next_to_label(project, task, offset + limit)  # [(record, score, parts)]
+    records = [item[0] for item in ranked[offset : offset + limit]]
+    # What `curate next` ranks: the task's unreviewed production records.
+    total = project.store.count_records(
+        task, status=Status.unreviewed.value, source=Source.production.value
+    )
+    return records, total
 
 
 def _record_json(project: Any, rec: Record) -> dict[str, Any]:

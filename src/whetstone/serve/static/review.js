@@ -146,8 +146,10 @@ function remaining() {
 }
 
 function updateQueueHead() {
-  const left = state.items.filter((i) => i.status === "unreviewed").length;
-  $("queue-count").textContent = `${state.total} in queue · ${left} unreviewed loaded`;
+  const reviewed = state.items.filter((i) => !matchesStatus(i)).length;
+  let text = `${state.total} in this queue`;
+  if (reviewed) text += ` · ${reviewed} reviewed here`;
+  $("queue-count").textContent = text;
   $("load-more").hidden = remaining() <= 0;
 }
 
@@ -316,7 +318,9 @@ async function decide(action) {
     const updated = await api(`/records/${rec.id}/${action}`, body);
     const item = state.items[state.index];
     if (item && item.id === updated.id) {
+      const wasIn = matchesStatus(item);
       item.status = updated.status;
+      if (wasIn && !matchesStatus(item)) state.total -= 1; // it has left the filtered queue
       const row = queueRowFor(item.id);
       if (row) fillQueueRow(row, item);
     }
