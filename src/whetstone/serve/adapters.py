@@ -1,0 +1,115 @@
+"""Many adapters, one base: every PEFT adapter of the base model is loaded onto the SAME
+PeftModel (one copy of the base weights), on first use, and the least recently used one is
+deleted past `max_adapters`.
+
+Only plain PEFT adapters (lora, dora, topk with LoRA) trained on this server's base model
+can share it. Artefacts of `full` or `head` runs replace base weights or the output layer,
+and an adapter of another base model needs that model: both are refused with a message
+saying how to serve them (`whetstone export-model --format merged`, or a server of their
+own base). The caller holds the engine's lock around every method here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from whetstone.registry import AdapterVersion
+from whetstone.serve.errors import APIError
+from whetstone.serve.metrics import Metrics
+
+
+@dataclass
+class Loaded:
+    name: str  # the adapter's key in the PeftModel ("a0", "a1", ...): any "T@N" is no key
+    dora: bool
+
+
+def check_servable(av: AdapterVersion, base_hash: str) -> None:
+    """Raise a 4xx/5xx APIError unless `av` can be served on this base."""
+    if not av.path.is_dir():
+        raise APIError(
+            503,
+            f"the files of {av.name} are missing ({av.path}); register it again or promote "
+            "another version",
+            code="adapter_unavailable",
+        )
+    if av.base_hash != base_hash:
+        raise APIError(
+            400,
+            f"{av.name} was trained on base model {av.base_model}, not the one this server "
+            "runs; start a server with that base model to serve it",
+            code="model_incompatible",
+        )
+    meta = {}
+    if (av.path / "whetstone_adapter.json").exists():
+        meta = json.loads((av.path / "whetstone_adapter.json").read_text())
+    if not av.is_peft or meta.get("labels_head"):
+        raise APIError(
+            400,
+            f"{av.name} ({av.method}) is not a PEFT adapter and cannot share the base model; "
+            f"serve it with `whetstone export-model {av.name} --format merged` and any "
+            "OpenAI-compatible server",
+            code="model_incompatible",
+        )
+
+
+class AdapterPool:
+    def __init__(self, model: Any, base_hash: str, max_adapters: int, metrics: Metrics):
+        self.model = model  # the base model, then the PeftModel wrapping it
+        self.base_hash = base_hash
+        self.max_adapters = max_adapters
+        self.metrics = metrics
+        self._loaded: OrderedDict[str, Loaded] = OrderedDict()  # by "T@N", oldest use first
+        self._names = (f"a{i}" for i in itertools.count())
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def get(self, av: AdapterVersion, pinned: Collection[str] = ()) -> Loaded:
+        """The adapter, loaded if needed (evicting the least recently used one that is not
+        `pinned`, i.e. not in the batch about to run), and marked as just used."""
+        if av.name in self._loaded:
+            self._loaded.move_to_end(av.name)
+            return self._loaded[av.name]
+        check_servable(av, self.base_hash)
+        while len(self._loaded) >= self.max_adapters:
+            victim = next((k for k in self._loaded if k not in pinned), None)
+            if victim is None:
+                break  # the batch itself needs them all; the engine never plans more
+            self.unload(victim)
+            self.metrics.adapter_evictions.inc()
+        name = next(self._names)
+        try:
+            self._attach(av, name)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise APIError(
+                503, f"cannot load {av.name} from {av.path}: {e}", code="adapter_unavailable"
+            ) from None
+        cfg = json.loads((av.path / "adapter_config.json").read_text())
+        self._loaded[av.name] = Loaded(name=name, dora=bool(cfg.get("use_dora")))
+        self.metrics.adapter_loads.inc()
+        return self._loaded[av.name]
+
+    def _attach(self, av: AdapterVersion, name: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(av.path), adapter_name=name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(
+                self.model, str(av.path), adapter_name=name, is_trainable=False
+            )
+        self.model.eval()
+
+    def unload(self, ref: str) -> bool:
+        loaded = self._loaded.pop(ref, None)
+        if loaded is None:
+            return False
+        self.model.delete_adapter(loaded.name)
+        return True

@@ -1,0 +1,69 @@
+"""Prometheus metrics, in a registry of the app's own so several apps (tests) never clash."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "whetstone_requests", "Requests answered, by endpoint, model and HTTP status.",
+            ["endpoint", "model", "status"], registry=r,
+        )
+        self.latency = Histogram(
+            "whetstone_request_latency_seconds", "Time from request to last token.",
+            ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "whetstone_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "whetstone_completion_tokens", "Tokens generated.", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "whetstone_batch_size", "Requests per forward batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )
+        self.batch_adapters = Histogram(
+            "whetstone_batch_adapters", "Distinct adapters (base included) per forward batch.",
+            buckets=(1, 2, 4, 8, 16, 32), registry=r,
+        )
+        self.adapter_loads = Counter(
+            "whetstone_adapter_loads", "Adapters loaded onto the base.", registry=r
+        )
+        self.adapter_evictions = Counter(
+            "whetstone_adapter_evictions", "Adapters evicted (least recently used).", registry=r
+        )
+        self.capture_written = Counter(
+            "whetstone_capture_written", "Records written to the store.", registry=r
+        )
+        self.capture_failures = Counter(
+            "whetstone_capture_failures", "Failed attempts to write records.", registry=r
+        )
+        self.capture_spooled = Counter(
+            "whetstone_capture_spooled", "Records spilled to disk while the store was down.",
+            registry=r,
+        )
+        self.capture_dropped = Counter(
+            "whetstone_capture_dropped", "Records lost because the disk spool was full.",
+            registry=r,
+        )
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time (queue depths, loaded adapters)."""
+        Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

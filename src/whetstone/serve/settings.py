@@ -1,0 +1,61 @@
+"""Server settings: command-line flags over the project's `serve:` section over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from whetstone.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    max_adapters: int = 8
+    max_body_bytes: int = 1_000_000
+    max_tokens_limit: int = 2048
+    default_max_tokens: int = 256
+    # How long a task's production version is trusted before the registry is read again;
+    # a promotion is served at most this long after it happens, with no restart.
+    route_ttl_s: float = 2.0
+    # Capture: how long the store may fail before pending records spill to disk, and how
+    # much disk the spill may take before records are dropped (and counted).
+    spool_after_s: float = 5.0
+    spool_max_bytes: int = 256 * 1024 * 1024
+    capture_max_memory: int = 10_000
+
+    @classmethod
+    def load(cls, section: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `serve:` from whetstone.yaml, then WHETSTONE_API_KEY, then flags
+        (None means "not given")."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in (section or {}).items():
+            if key not in known:
+                raise InvalidInput(
+                    f"whetstone.yaml: unknown serve setting {key!r} "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+            values[key] = value
+        if os.environ.get("WHETSTONE_API_KEY"):
+            values["api_key"] = os.environ["WHETSTONE_API_KEY"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = replace(cls(), **values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name in ("max_batch_size", "max_adapters", "max_body_bytes", "max_tokens_limit",
+                     "default_max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"serve setting {name} must be a positive integer, not {value!r}")
+        if self.max_wait_ms < 0:
+            raise InvalidInput(f"serve setting max_wait_ms must be >= 0, not {self.max_wait_ms}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidInput("the API key is empty")

@@ -1,0 +1,79 @@
+"""Helpers for the server tests: tiny PEFT adapters and a real uvicorn server in a thread."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def make_lora(base_dir: Path, out: Path, seed: int, *, scale: float = 4.0, dora: bool = False) -> Path:
+    """A random LoRA adapter (non-zero, so it changes the answers) saved in PEFT format."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
+                     init_lora_weights=False, use_dora=dora)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(scale)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def register_lora(project: Any, task: str, base_dir: Path, seed: int, tmp: Path, **kw: Any) -> Any:
+    from whetstone import registry
+    from whetstone.models import base
+
+    folder = make_lora(base_dir, tmp / f"{task}-{seed}", seed, **kw)
+    return registry.register(
+        project, task, folder, method="dora" if kw.get("dora") else "lora",
+        base_model=str(base_dir), base_hash=base.resolve(str(base_dir)).hash,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(app: Any) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free localhost port; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
