@@ -96,8 +96,10 @@ def freeze(
     *,
     info: dict[str, Any] | None = None,
     weights: dict[int, float] | None = None,
+    fingerprint: str | None = None,
 ) -> Snapshot:
-    """Store a snapshot (idempotent: the same content gives the same id)."""
+    """Store a snapshot (idempotent: the same content gives the same id). `fingerprint` names
+    anything else the content depends on (curation's rewritten texts), so it changes the id."""
     project.task(task)
     bad = {s for s in assignment.values() if s not in SPLITS}
     if bad:
@@ -111,6 +113,8 @@ def freeze(
     for rid in sorted(assignment):
         r = recs[rid]
         h.update(canonical_json([rid, assignment[rid], weights.get(rid, 1.0), r.reference]).encode())
+    if fingerprint:
+        h.update(fingerprint.encode())
     sid = h.hexdigest()[:16]
     info = dict(info or {})
     info.setdefault("counts", {s: sum(1 for v in assignment.values() if v == s) for s in SPLITS})

@@ -53,7 +53,13 @@ def m002_lineage(op: Operations, conn: sa.Connection) -> None:
     op.create_index("ix_snapshot_records_record", "snapshot_records", ["record_id"])
 
 
-MIGRATIONS: list[Migration] = [m001_core, m002_lineage]
+def m003_curation(op: Operations, conn: sa.Connection) -> None:
+    _create(conn, schema.curation_decisions, schema.record_features)
+    op.create_index("ix_curation_decisions_record", "curation_decisions", ["record_id"])
+    op.create_index("ix_curation_decisions_snapshot", "curation_decisions", ["snapshot_id"])
+
+
+MIGRATIONS: list[Migration] = [m001_core, m002_lineage, m003_curation]
 LATEST = len(MIGRATIONS)
 
 

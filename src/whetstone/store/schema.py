@@ -135,3 +135,26 @@ predictions = sa.Table(
     sa.Column("latency_ms", sa.Float),
     sa.Column("output_tokens", sa.Integer),
 )
+
+# Curation (m003): why each record is in or out of a snapshot, and features kept for re-use.
+curation_decisions = sa.Table(
+    "curation_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("snapshot_id", sa.String(64), sa.ForeignKey("snapshots.id"), nullable=False),
+    sa.Column("record_id", sa.Integer, sa.ForeignKey("records.id"), nullable=False),
+    sa.Column("step", sa.String(32), nullable=False),
+    # kept | removed | flagged | redacted | normalised | upweighted
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON object
+)
+
+record_features = sa.Table(
+    "record_features",
+    metadata,
+    sa.Column("record_id", sa.Integer, sa.ForeignKey("records.id"), primary_key=True),
+    sa.Column("kind", sa.String(160), primary_key=True),  # hash | minhash:… | embedding:<model>
+    sa.Column("input_hash", sa.String(64), nullable=False),  # of the text the value came from
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)

@@ -1,0 +1,47 @@
+"""Curation: small and clean beats big and noisy. A pipeline of named steps (validate, filters,
+pii, dedup, noise, hard, split, select) turns a task's records into a dataset snapshot, keeps
+every decision per record, and writes a data card. `next_to_label` ranks what to review next.
+
+The functions below import their modules on first use, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from whetstone.curate.pipeline import CurationResult
+    from whetstone.project import Project
+    from whetstone.records import Record
+    from whetstone.snapshots import Snapshot
+
+
+def curate(
+    project: Project, task: str, config: Any = None, budget: int | None = None, **overrides: Any
+) -> CurationResult:
+    from whetstone.curate.pipeline import curate as run
+
+    return run(project, task, config, budget, **overrides)
+
+
+def decisions_for(project: Project, record_id: int) -> list[dict[str, Any]]:
+    from whetstone.curate.pipeline import decisions_for as run
+
+    return run(project, record_id)
+
+
+def training_records(project: Project, snap: Snapshot, split: str) -> list[Record]:
+    from whetstone.curate.pipeline import training_records as run
+
+    return run(project, snap, split)
+
+
+def next_to_label(
+    project: Project, task: str, n: int = 50
+) -> list[tuple[Record, float, dict[str, float]]]:
+    from whetstone.curate.next import next_to_label as run
+
+    return run(project, task, n)
+
+
+__all__ = ["curate", "decisions_for", "next_to_label", "training_records"]

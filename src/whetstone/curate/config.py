@@ -1,0 +1,127 @@
+"""The curation config: `curate.yaml`, or the `curate:` section of whetstone.yaml.
+
+Keys are the pipeline's arguments; unknown keys, unknown step names and out-of-range
+thresholds are errors that name the key, so a typo never silently turns a step off.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from whetstone.errors import InvalidInput, NotFound
+
+# The order steps run in, whatever order the config lists them. `split` runs before `select`
+# because the budget counts training records, and which records are training is the split's call.
+STEPS = ("validate", "filters", "pii", "dedup", "noise", "hard", "split", "select")
+PII_TYPES = ("email", "phone", "card", "iban", "ip")
+
+
+class CurateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[str] = Field(default_factory=lambda: list(STEPS))
+    # filters
+    min_tokens: int = Field(default=1, ge=0)
+    max_tokens: int | None = Field(default=2048, ge=1)
+    deny: list[str] = Field(default_factory=list)
+    # pii
+    pii_types: list[str] = Field(default_factory=lambda: list(PII_TYPES))
+    # dedup
+    jaccard: float = Field(default=0.8, ge=0, le=1)
+    shingle: int = Field(default=5, ge=1, le=64)
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    cosine: float = Field(default=0.97, ge=0, le=1)
+    # noise
+    drop_noisy: bool = False
+    noise_folds: int = Field(default=5, ge=2, le=20)
+    loss_z: float = Field(default=2.0, gt=0)
+    # hard examples
+    hard_tags: list[str] = Field(default_factory=lambda: ["hard"])
+    low_confidence: float = Field(default=0.5, ge=0, le=1)  # exp(mean log-prob) below this
+    hard_loss_quantile: float = Field(default=0.9, ge=0, le=1)
+    hard_weight: float = Field(default=2.0, gt=0)
+    # selection
+    budget: int | None = Field(default=None, ge=1)
+    # split
+    validation: float = Field(default=0.1, ge=0, lt=1)
+    test: float = Field(default=0.2, ge=0, lt=1)
+    group_jaccard: float = Field(default=0.5, ge=0, le=1)
+    reshuffle_test: bool = False
+    embedding_model: str | None = None
+    card: bool = True
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown step(s) {unknown}; known steps: {', '.join(STEPS)}")
+        return v
+
+    @field_validator("pii_types")
+    @classmethod
+    def _pii(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in PII_TYPES]
+        if unknown:
+            raise ValueError(f"unknown PII type(s) {unknown}; known: {', '.join(PII_TYPES)}")
+        return v
+
+    @field_validator("deny")
+    @classmethod
+    def _deny(cls, v: list[str]) -> list[str]:
+        for i, pattern in enumerate(v):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"item {i} {pattern!r} is not a valid regex: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> CurateConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must leave room for training (sum below 1)")
+        return self
+
+    def runs(self, step: str) -> bool:
+        return step == "split" or step in self.steps
+
+
+def parse(data: dict[str, Any], where: str) -> CurateConfig:
+    try:
+        return CurateConfig.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(config)"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{key}: {msg}")
+        raise InvalidInput(f"{where}: " + "; ".join(problems)) from None
+
+
+def load(project: Any, path: str | Path | None = None, **overrides: Any) -> CurateConfig:
+    """The config from `path`, else the project's `curate:` section, then `overrides`
+    (CLI options) on top; None-valued overrides are ignored."""
+    import yaml
+
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise NotFound(f"curation config {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InvalidInput(f"{p}: not valid YAML ({e})") from None
+        if isinstance(data, dict) and set(data) == {"curate"}:
+            data = data["curate"] or {}
+        if not isinstance(data, dict):
+            raise InvalidInput(f"{p}: expected a mapping of curation settings")
+        where = str(p)
+    else:
+        data = project.section("curate")
+        where = f"{project.config_path}: curate"
+    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse(data, where)

@@ -1,0 +1,171 @@
+"""Step 9, leakage-free split.
+
+- Near-duplicate groups (exact, MinHash at `group_jaccard`, cosine at `cosine`) stay inside one
+  split, so no test row has a paraphrase in training.
+- A record keeps the split earlier snapshots gave it (test first), so test numbers stay
+  comparable across iterations; `reshuffle_test` starts afresh.
+- New groups fill each split up to its fraction, stratified by label for classify, in the
+  order of a stable hash of their text: the same data always splits the same way.
+- Contamination check: no training or validation row may near-duplicate a test row of *any*
+  snapshot of the task, including rows this run left out; offenders are removed and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from whetstone.curate import dedup
+from whetstone.curate.normalise import normalise
+from whetstone.curate.state import Row, Run
+from whetstone.project import Project
+from whetstone.records import Kind
+from whetstone.snapshots import HELD_OUT_TAGS, split_bucket, test_ids_in_use
+from whetstone.store import schema
+
+_PRIORITY = {"test": 3, "validation": 2, "train": 1}
+
+
+def prior_splits(project: Project, task: str) -> dict[int, str]:
+    """The split each record had in earlier snapshots of the task (test wins, then validation)."""
+    sr, t = schema.snapshot_records, schema.snapshots
+    out: dict[int, str] = {}
+    with project.store.begin() as c:
+        rows = c.execute(
+            sa.select(sr.c.record_id, sr.c.split)
+            .join(t, t.c.id == sr.c.snapshot_id)
+            .where(t.c.task == task)
+        )
+        for rid, split in rows:
+            if _PRIORITY.get(split, 0) > _PRIORITY.get(out.get(rid, ""), 0):
+                out[rid] = split
+    return out
+
+
+def _groups(ctx: Run, rows: list[Row]) -> list[list[int]]:
+    cfg = ctx.config
+    uf = dedup.Clusters(len(rows))
+    pairs = [
+        *dedup.exact_pairs(rows),
+        *dedup.near_pairs(ctx, rows, cfg.group_jaccard),
+        *dedup.semantic_pairs(ctx.vectors(rows), cfg.cosine),
+    ]
+    for a, b in pairs:
+        uf.union(a, b)
+    return uf.groups()
+
+
+def assign(ctx: Run) -> None:
+    cfg = ctx.config
+    rows = ctx.rows
+    strata: dict[str, list[list[int]]] = defaultdict(list)
+    for members in _groups(ctx, rows):
+        held = any(HELD_OUT_TAGS & set(rows[i].record.tags) for i in members)
+        prior = max((rows[i].prior_split or "" for i in members), key=lambda s: _PRIORITY.get(s, 0))
+        fixed = "test" if held else (prior or None)
+        if fixed:
+            for i in members:
+                rows[i].split = fixed
+        key = rows[members[0]].reference if ctx.task.kind == Kind.classify else ""
+        strata[key].append(members)
+    for groups in strata.values():
+        total = sum(len(g) for g in groups)
+        have = defaultdict(int)
+        for g in groups:
+            for i in g:
+                if rows[i].split:
+                    have[rows[i].split] += 1
+        need = {
+            "test": round(cfg.test * total) - have["test"],
+            "validation": round(cfg.validation * total) - have["validation"],
+        }
+        new = [g for g in groups if rows[g[0]].split is None]
+        new.sort(key=lambda g: min(split_bucket(rows[i].text) for i in g))
+        for g in new:
+            # A group goes where it brings a split closer to its target; one that would
+            # overshoot by more than it fills stays in train.
+            split = next((s for s in ("test", "validation") if need[s] * 2 >= len(g)), "train")
+            if split != "train":
+                need[split] -= len(g)
+            for i in g:
+                rows[i].split = split
+
+
+def _held_out_rows(ctx: Run) -> list[Row]:
+    """Test rows of every snapshot of the task (and held-out records) not in this run."""
+    here = {r.id for r in ctx.rows}
+    ids = set(test_ids_in_use(ctx.project, ctx.task.name))
+    for tag in HELD_OUT_TAGS:
+        ids |= {
+            r.id for r in ctx.project.store.iter_records(ctx.task.name, tag=tag) if r.id is not None
+        }
+    ids -= here
+    if not ids:
+        return []
+    recs = ctx.project.store.iter_records(ctx.task.name, ids=sorted(ids))
+    return [Row(record=r, input=normalise(r.input_text), reference=r.reference or "") for r in recs]
+
+
+def contamination(ctx: Run) -> None:
+    """Remove training/validation rows that near-duplicate any test row of the task."""
+    from datasketch import MinHashLSH
+
+    cfg = ctx.config
+    tests = [r for r in ctx.rows if r.split == "test"] + _held_out_rows(ctx)
+    others = [r for r in ctx.rows if r.split != "test"]
+    ctx.card["contamination_checked"] = len(tests)
+    if not tests or not others:
+        ctx.note(
+            f"contamination check: {len(others)} rows against {len(tests)} test rows, none found"
+        )
+        return
+    hits: dict[int, tuple[int, str]] = {}
+    exact = {hashlib.sha256(dedup.normalise_text(t.text).encode()).hexdigest(): t.id for t in tests}
+    for r in others:
+        h = hashlib.sha256(dedup.normalise_text(r.text).encode()).hexdigest()
+        if h in exact:
+            hits[r.id] = (exact[h], "exact")
+    if cfg.group_jaccard < 1:
+        test_sigs = ctx.minhashes(tests)
+        lsh = MinHashLSH(threshold=max(cfg.group_jaccard, 0.01), num_perm=cfg.num_perm)
+        for i, m in enumerate(test_sigs):
+            lsh.insert(i, m)
+        for r, m in zip(others, ctx.minhashes(others), strict=True):
+            for j in lsh.query(m):
+                if r.id not in hits and m.jaccard(test_sigs[j]) >= cfg.group_jaccard:
+                    hits[r.id] = (tests[j].id, "near")
+    for i, j in dedup.semantic_pairs(ctx.vectors(others), cfg.cosine, ctx.vectors(tests)):
+        hits.setdefault(others[i].id, (tests[j].id, "semantic"))
+    for r in others:
+        if r.id in hits:
+            test_id, how = hits[r.id]
+            ctx.decide(
+                r,
+                "removed",
+                f"{how} duplicate of a test record (contamination)",
+                test_record=test_id,
+            )
+    ctx.note(
+        f"contamination check: {len(others)} rows against {len(tests)} test rows, {len(hits)} removed"
+    )
+    ctx.card["contaminated"] = len(hits)
+
+
+def run(ctx: Run) -> None:
+    assign(ctx)
+    contamination(ctx)
+    counts: dict[str, Any] = defaultdict(int)
+    for r in ctx.rows:
+        if not r.removed:
+            counts[r.split] += 1
+    ctx.note("split " + ", ".join(f"{s} {counts[s]}" for s in ("train", "validation", "test")))
+    total = sum(counts.values())
+    for name, frac in (("test", ctx.config.test), ("validation", ctx.config.validation)):
+        if counts[name] * 2 < round(frac * total):
+            ctx.note(
+                f"{name} has {counts[name]} rows, under half its target {round(frac * total)}: "
+                "near-duplicate groups are large; raise group_jaccard to split them finer"
+            )
