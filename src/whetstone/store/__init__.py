@@ -42,6 +42,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# Built once, with bound parameters: building `.values(...)` per row costs more than SQLite's
+# commit does, and captures are the serving hot path.
+_INSERT_RECORD = schema.records.insert()
+_SELECT_TASK = sa.select(schema.tasks).where(schema.tasks.c.name == sa.bindparam("name"))
+
+
 def _ts(dt: datetime | None = None) -> str:
     return (dt or utcnow()).isoformat(timespec="microseconds")
 
@@ -129,9 +135,7 @@ class Store:
             return self._task(c, name)
 
     def _task(self, c: sa.Connection, name: str) -> Task:
-        row = (
-            c.execute(sa.select(schema.tasks).where(schema.tasks.c.name == name)).mappings().first()
-        )
+        row = c.execute(_SELECT_TASK, {"name": name}).mappings().first()
         if row is None:
             names = sa.select(schema.tasks.c.name).order_by(schema.tasks.c.name)
             known = [r[0] for r in c.execute(names)]
@@ -160,9 +164,7 @@ class Store:
 
     def _insert(self, c: sa.Connection, rec: Record) -> int | None:
         if rec.source_key is None:
-            rid = int(
-                c.execute(schema.records.insert().values(**_row(rec))).inserted_primary_key[0]
-            )
+            rid = int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
         else:
             # Let the unique (task, source_key) index decide rather than a SELECT first: two
             # importers of one file on PostgreSQL would both see "absent", and one would crash.
@@ -224,9 +226,7 @@ class Store:
             t = self._task(c, task)
             if reference is not None:
                 rec.reference = t.check_reference(reference)
-            return int(
-                c.execute(schema.records.insert().values(**_row(rec))).inserted_primary_key[0]
-            )
+            return int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
 
     def get_record(self, record_id: int) -> Record:
         with self.begin() as c:

@@ -77,10 +77,12 @@ def migrate(engine: sa.Engine) -> int:
     from whetstone.errors import StoreError
 
     with engine.begin() as conn:
-        schema.meta.create(conn, checkfirst=True)
         if engine.dialect.name == "postgresql":
-            # One migrator at a time when several processes open a fresh store together.
+            # One migrator at a time when several processes open a fresh store together. Taken
+            # before the first CREATE TABLE, which races too; SQLite's BEGIN IMMEDIATE already
+            # serialises them.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7401)"))
+        schema.meta.create(conn, checkfirst=True)
         before = current_version(conn)
         if before > LATEST:
             raise StoreError(

@@ -1,0 +1,360 @@
+"""The flywheel store, on SQLite and on PostgreSQL: tasks, records, reviews, filters,
+re-imports, schema versions, bad URLs, and many processes capturing at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from whetstone.errors import InvalidInput, NotFound, StoreError
+from whetstone.records import Record, Source, Status, Task
+from whetstone.store import Store, schema
+from whetstone.store.migrations import LATEST
+
+LABELS = ["billing", "shipping", "other"]
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    s.create_task(Task(name="tickets", kind="classify", labels=LABELS))
+    s.create_task(Task(name="summaries", kind="generate", instruction="Summarise."))
+    yield s
+    s.close()
+
+
+# ---- tasks -----------------------------------------------------------------------------
+def test_task_create_get_list(store: Store) -> None:
+    t = store.get_task("tickets")
+    assert (t.kind.value, t.labels, t.main_metric) == ("classify", LABELS, "accuracy")
+    assert store.get_task("summaries").instruction == "Summarise."
+    assert [t.name for t in store.list_tasks()] == ["summaries", "tickets"]
+
+
+def test_task_extract_schema_round_trips(store: Store) -> None:
+    sch = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    store.create_task(Task(name="addr", kind="extract", schema=sch))
+    assert store.get_task("addr").schema_ == sch
+
+
+def test_task_twice_is_refused(store: Store) -> None:
+    with pytest.raises(InvalidInput, match="'tickets' already exists"):
+        store.create_task(Task(name="tickets", kind="generate"))
+
+
+def test_unknown_task_lists_the_known_ones(store: Store) -> None:
+    with pytest.raises(NotFound, match=r"unknown task 'ticket' \(known tasks: summaries, tickets\)"):
+        store.get_task("ticket")
+    with pytest.raises(NotFound, match="unknown task 'nope'"):
+        store.capture("nope", "hello")
+
+
+def test_unknown_task_in_an_empty_store_says_how_to_create_one(tmp_path) -> None:
+    s = Store(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(NotFound, match="no tasks yet: whetstone task create"):
+        s.get_task("x")
+
+
+# ---- records ---------------------------------------------------------------------------
+def test_capture_then_get(store: Store) -> None:
+    rid = store.capture(
+        "tickets",
+        "my parcel never came",
+        "billing",
+        model="tickets@1",
+        confidence=0.4,
+        tags=["web"],
+        meta={"latency_ms": 12},
+    )
+    rec = store.get_record(rid)
+    assert rec.id == rid
+    assert (rec.task, rec.input, rec.output) == ("tickets", "my parcel never came", "billing")
+    assert (rec.model, rec.confidence, rec.tags, rec.meta) == ("tickets@1", 0.4, ["web"], {"latency_ms": 12})
+    assert (rec.status, rec.source, rec.reference, rec.history) == (
+        Status.unreviewed,
+        Source.production,
+        None,
+        [],
+    )
+
+
+def test_capture_chat_input_keeps_the_messages(store: Store) -> None:
+    chat = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "refund please"},
+    ]
+    rec = store.get_record(store.capture("tickets", chat, "billing"))
+    assert [m.model_dump() for m in rec.input] == chat
+    assert rec.input_text == "refund please"
+
+
+def test_capture_validates_its_reference_and_input(store: Store) -> None:
+    with pytest.raises(InvalidInput, match="label 'refunds' is not one of"):
+        store.capture("tickets", "x", reference="refunds")
+    with pytest.raises(InvalidInput, match="cannot capture for task 'tickets': input"):
+        store.capture("tickets", {"text": "not a string"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="'web' is not a valid Source"):
+        store.capture("tickets", "x", source="web")
+    assert store.count_records() == 0
+
+
+def test_unknown_record(store: Store) -> None:
+    with pytest.raises(NotFound, match="unknown record 999"):
+        store.get_record(999)
+    with pytest.raises(NotFound, match="unknown record 999"):
+        store.review(999, Status.accepted)
+
+
+def test_correct_keeps_the_output_and_appends_history(store: Store) -> None:
+    rid = store.capture("tickets", "where is my parcel", "billing", model="tickets@1")
+    store.review(
+        rid,
+        Status.corrected,
+        reference="other",
+        error_category="wrong_label",
+        annotator="ana",
+        comment="first look",
+    )
+    rec = store.review(
+        rid, Status.corrected, reference=" shipping ", error_category="confused", annotator="bo"
+    )
+    assert rec.output == "billing"  # the model's answer is kept
+    assert (rec.reference, rec.status, rec.error_category, rec.annotator) == (
+        "shipping",  # stripped to the canonical label
+        Status.corrected,
+        "confused",
+        "bo",
+    )
+    assert [(h.reference, h.annotator, h.error_category, h.comment) for h in rec.history] == [
+        ("other", "ana", "wrong_label", "first look"),
+        ("shipping", "bo", "confused", None),
+    ]
+    assert store.get_record(rid).history == rec.history
+
+
+def test_correct_validates_the_reference(store: Store) -> None:
+    rid = store.capture("tickets", "x", "billing")
+    with pytest.raises(InvalidInput, match=f"record {rid}: reference: label 'refund'"):
+        store.review(rid, Status.corrected, reference="refund")
+    with pytest.raises(InvalidInput, match="a correction needs a reference"):
+        store.review(rid, Status.corrected)
+    rec = store.get_record(rid)
+    assert (rec.status, rec.reference, rec.history) == (Status.unreviewed, None, [])
+
+
+def test_correct_extract_checks_json_and_schema(store: Store) -> None:
+    sch = {"type": "object", "properties": {"zip": {"type": "string"}}, "required": ["zip"]}
+    store.create_task(Task(name="addr", kind="extract", schema=sch))
+    rid = store.capture("addr", "1 Main St 12345", '{"zip": 12345}')
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        store.review(rid, Status.corrected, reference="{zip: 1")
+    with pytest.raises(InvalidInput, match="fails the task schema at zip"):
+        store.review(rid, Status.corrected, reference='{"zip": 12345}')
+    rec = store.review(rid, Status.corrected, reference='{ "zip" : "12345" }')
+    assert rec.reference == '{"zip":"12345"}'
+
+
+def test_accept_copies_the_output_as_reference(store: Store) -> None:
+    rid = store.capture("summaries", "long text", "short text")
+    rec = store.review(rid, Status.accepted, annotator="ana")
+    assert (rec.status, rec.reference, rec.output, rec.annotator) == (
+        Status.accepted,
+        "short text",
+        "short text",
+        "ana",
+    )
+    assert [h.status for h in rec.history] == [Status.accepted]
+
+
+def test_accept_without_output_is_refused(store: Store) -> None:
+    rid = store.capture("summaries", "long text")
+    with pytest.raises(InvalidInput, match=f"record {rid} has no output to accept"):
+        store.review(rid, Status.accepted)
+
+
+def test_reject(store: Store) -> None:
+    rid = store.capture("summaries", "spam spam", "spam")
+    rec = store.review(rid, Status.rejected, error_category="out_of_scope", comment="spam")
+    assert (rec.status, rec.reference, rec.error_category) == (
+        Status.rejected,
+        None,
+        "out_of_scope",
+    )
+    assert rec.history[0].comment == "spam"
+
+
+def test_set_output_never_overwrites(store: Store) -> None:
+    rid = store.capture("summaries", "long text", source="import", reference="gold")
+    store.set_output(rid, "first", model="m@1", confidence=0.9, meta={"k": 1})
+    rec = store.get_record(rid)
+    assert (rec.output, rec.model, rec.confidence, rec.meta) == ("first", "m@1", 0.9, {"k": 1})
+    with pytest.raises(InvalidInput, match="already has a model output"):
+        store.set_output(rid, "second", model="m@2")
+    assert store.get_record(rid).output == "first"
+    with pytest.raises(NotFound):
+        store.set_output(999, "x", model=None)
+
+
+def test_filters(store: Store) -> None:
+    a = store.capture("tickets", "a", "billing", tags=["web", "vip"])
+    b = store.capture("tickets", "b", "other", source="import", reference="shipping")
+    c = store.capture("tickets", "c", "shipping", tags=["web_x"])
+    d = store.capture("summaries", "d", "dd", source="teacher")
+    store.review(a, Status.accepted)
+    store.review(c, Status.rejected)
+
+    def ids(task: str | None = None, **kw: object) -> list[int]:
+        return [r.id for r in store.list_records(task, **kw)]  # type: ignore[misc]
+
+    assert ids() == [a, b, c, d]
+    assert ids("tickets") == [a, b, c]
+    assert ids(newest_first=True, limit=2) == [d, c]
+    assert ids(status="accepted") == [a]
+    assert ids(status=["unreviewed", "rejected"]) == [b, c, d]
+    assert ids(source="import") == [b]
+    assert ids(source=["teacher", "production"]) == [a, c, d]
+    assert ids(tag="web") == [a]  # a whole tag, not a prefix of "web_x"
+    assert ids(tag="web_x") == [c]
+    assert ids(tag="we%") == []  # LIKE wildcards in a tag are literal
+    assert ids(has_reference=True) == [a, b]
+    assert ids("tickets", has_reference=False) == [c]
+    assert store.count_records("tickets", status="unreviewed") == 1
+    assert store.count_records(has_reference=True, source="import") == 1
+    with pytest.raises(InvalidInput, match="unknown status 'done'"):
+        store.list_records(status="done")
+
+
+def test_reimport_with_the_same_source_key_adds_nothing(store: Store) -> None:
+    def rows(*keys: str) -> list[Record]:
+        return [
+            Record(task="tickets", input=f"in {k}", reference="other", source="import", source_key=k)
+            for k in keys
+        ]
+
+    first = store.add_records(rows("k1", "k2"))
+    assert all(isinstance(i, int) for i in first)
+    again = store.add_records(rows("k2", "k3", "k1"))
+    assert again[0] is None and again[2] is None and isinstance(again[1], int)
+    assert store.count_records("tickets") == 3
+    # The same key in another task is another row.
+    other = store.add_records([Record(task="summaries", input="x", source_key="k1")])
+    assert isinstance(other[0], int)
+
+
+# ---- opening a store -------------------------------------------------------------------
+def test_opening_twice_migrates_once(store_url: str) -> None:
+    Store(store_url).close()
+    s = Store(store_url)
+    with s.engine.connect() as c:
+        rows = c.execute(sa.select(schema.meta)).all()
+    assert rows == [("schema_version", str(LATEST))]
+    s.create_task(Task(name="t", kind="generate"))
+    s.close()
+    assert [t.name for t in Store(store_url).list_tasks()] == ["t"]
+
+
+def test_a_store_from_a_newer_whetstone_is_refused(store_url: str) -> None:
+    Store(store_url).close()
+    engine = sa.create_engine(Store(store_url).url)
+    with engine.begin() as c:
+        c.execute(
+            schema.meta.update()
+            .where(schema.meta.c.key == "schema_version")
+            .values(value=str(LATEST + 1))
+        )
+    engine.dispose()
+    with pytest.raises(StoreError, match=f"schema version {LATEST + 1}, newer than"):
+        Store(store_url)
+
+
+def test_unreachable_postgres_is_one_line() -> None:
+    with pytest.raises(StoreError) as e:
+        Store("postgresql://nobody@127.0.0.1:1/nothing")
+    msg = str(e.value)
+    assert msg.startswith("cannot open the store at postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    assert "\n" not in msg
+
+
+def test_password_is_hidden_in_errors() -> None:
+    with pytest.raises(StoreError) as e:
+        Store("postgresql://ana:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in str(e.value)
+
+
+def test_unwritable_sqlite_path_is_a_store_error(tmp_path) -> None:
+    with pytest.raises(StoreError, match="cannot open the store at sqlite:///"):
+        Store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+
+
+# ---- many processes at once ------------------------------------------------------------
+WRITERS = 4
+PER_WRITER = 2000
+
+
+def _capture_many(url: str, writer: int, n: int) -> None:
+    # Each process opens its own store, as every server worker does; every capture is its
+    # own transaction, as in serving.
+    s = Store(url)
+    for i in range(n):
+        s.capture("tickets", f"w{writer}-{i}", "other", meta={"marker": f"w{writer}-{i}"})
+    s.close()
+
+
+def _open_fresh(url: str, _: int) -> None:
+    s = Store(url)
+    s.create_task(Task(name=f"t{multiprocessing.current_process().pid}", kind="generate"))
+    s.close()
+
+
+def test_concurrent_writers_lose_nothing(store: Store, store_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_capture_many, args=(store_url, w, PER_WRITER)) for w in range(WRITERS)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    with store.engine.connect() as c:
+        texts = [r[0] for r in c.execute(sa.select(schema.records.c.input_text))]
+    assert len(texts) == WRITERS * PER_WRITER
+    assert set(texts) == {f"w{w}-{i}" for w in range(WRITERS) for i in range(PER_WRITER)}
+
+
+def test_processes_opening_a_fresh_store_together_migrate_it_once(store_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_open_fresh, args=(store_url, w)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    s = Store(store_url)
+    assert len(s.list_tasks()) == WRITERS
+    s.close()
+
+
+def _import_same_rows(url: str, _: int) -> None:
+    s = Store(url)
+    s.add_records(
+        [
+            Record(task="tickets", input=f"row {k}", source="import", source_key=f"k{k}")
+            for k in range(200)
+        ]
+    )
+    s.close()
+
+
+def test_concurrent_reimports_skip_rather_than_crash(store: Store, store_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_import_same_rows, args=(store_url, w)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * WRITERS
+    assert store.count_records("tickets") == 200
