@@ -94,24 +94,13 @@ def seeded(tmp_path: Path) -> Iterator[Seeded]:
 
 
 # ---- a real server ------------------------------------------------------------------------
-def make_app(project: Project, api_key: str | None) -> Any:
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
-
-    from whetstone.serve import review
-    from whetstone.serve.errors import APIError
+def make_app(project: Project, base_dir: Path, api_key: str | None) -> Any:
+    """The real server app. The review page needs no model, so the tiny random-weight base
+    stands in for the bundled one: it loads in milliseconds."""
+    from whetstone.serve.app import create_app
     from whetstone.serve.settings import Settings
 
-    app = FastAPI()
-    app.state.project = project
-    app.state.settings = Settings(api_key=api_key)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_request: Any, e: APIError) -> JSONResponse:
-        return e.response()
-
-    app.include_router(review.router)
-    return app
+    return create_app(project, Settings(api_key=api_key), base_model=str(base_dir))
 
 
 @contextmanager
@@ -139,12 +128,12 @@ def running(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., str]]:
+def serve(tiny_base_dir: Path) -> Iterator[Callable[..., str]]:
     """serve(project, api_key=None) -> base URL of a running server; stopped after the test."""
     stack: list[Any] = []
 
     def start(project: Project, api_key: str | None = None) -> str:
-        cm = running(make_app(project, api_key))
+        cm = running(make_app(project, tiny_base_dir, api_key))
         stack.append(cm)
         return cm.__enter__()
 
