@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 
-def make_lora(base_dir: Path, out: Path, seed: int, *, scale: float = 4.0, dora: bool = False) -> Path:
+def make_lora(
+    base_dir: Path, out: Path, seed: int, *, scale: float = 4.0, dora: bool = False
+) -> Path:
     """A random LoRA adapter (non-zero, so it changes the answers) saved in PEFT format."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -19,8 +21,13 @@ def make_lora(base_dir: Path, out: Path, seed: int, *, scale: float = 4.0, dora:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                     init_lora_weights=False, use_dora=dora)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+        use_dora=dora,
+    )
     peft_model = get_peft_model(model, cfg)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -36,8 +43,12 @@ def register_lora(project: Any, task: str, base_dir: Path, seed: int, tmp: Path,
 
     folder = make_lora(base_dir, tmp / f"{task}-{seed}", seed, **kw)
     return registry.register(
-        project, task, folder, method="dora" if kw.get("dora") else "lora",
-        base_model=str(base_dir), base_hash=base.resolve(str(base_dir)).hash,
+        project,
+        task,
+        folder,
+        method="dora" if kw.get("dora") else "lora",
+        base_model=str(base_dir),
+        base_hash=base.resolve(str(base_dir)).hash,
     )
 
 

@@ -4,7 +4,6 @@ tiny random-weight base model with tiny random LoRA adapters."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from serve_helpers import register_lora, running, wait_for
 
 import whetstone
+from serve_helpers import register_lora, running, wait_for
 from whetstone import registry
 from whetstone.serve.app import create_app
 from whetstone.serve.settings import Settings
@@ -52,7 +51,7 @@ def chat(url: str, model: str, messages: list[dict[str, str]] = HELLO, **kw: Any
 
 
 def test_chat_completions_models_and_streaming(served: Any) -> None:
-    p, url, _ = served
+    _, url, _ = served
     raw = chat(url, "support")
     done = raw.parse()
     ref = raw.headers["x-whetstone-record"]
@@ -62,7 +61,10 @@ def test_chat_completions_models_and_streaming(served: Any) -> None:
     # Streaming gives the same greedy answer, chunk by chunk, ending with [DONE].
     chunks = list(
         client(url).chat.completions.create(
-            model="support", messages=HELLO, max_tokens=8, stream=True,
+            model="support",
+            messages=HELLO,
+            max_tokens=8,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -82,7 +84,7 @@ def test_chat_completions_models_and_streaming(served: Any) -> None:
 
 
 def test_every_answer_is_captured_with_its_reference(served: Any) -> None:
-    p, url, app = served
+    p, url, _ = served
     raw = chat(url, "support", max_tokens=5)
     ref = raw.headers["x-whetstone-record"]
     rid = wait_for(lambda: p.store.find_source_key(ref))
@@ -125,15 +127,24 @@ def test_feedback_corrects_accepts_and_flags(served: Any) -> None:
     # A reference outside the label set is refused, as by `whetstone records correct`.
     bad = h.post("/v1/feedback", json={"record_id": ref, "reference": "meh"})
     assert bad.status_code == 400 and "labels" in bad.json()["error"]["message"]
-    ok = h.post("/v1/feedback", json={"record_id": f"chatcmpl-{ref}", "reference": "pos",
-                                      "error_category": "wrong-label", "comment": "c"})
+    ok = h.post(
+        "/v1/feedback",
+        json={
+            "record_id": f"chatcmpl-{ref}",
+            "reference": "pos",
+            "error_category": "wrong-label",
+            "comment": "c",
+        },
+    )
     assert ok.status_code == 200 and ok.json()["status"] == "corrected"
     rec = p.record(p.store.find_source_key(ref))
     assert rec.reference == "pos" and rec.error_category == "wrong-label"
     assert rec.history[-1].comment == "c"
 
     up = chat(url, "support").headers["x-whetstone-record"]
-    assert h.post("/v1/feedback", json={"record_id": up, "rating": 1}).json()["status"] == "accepted"
+    assert (
+        h.post("/v1/feedback", json={"record_id": up, "rating": 1}).json()["status"] == "accepted"
+    )
     down = chat(url, "support").headers["x-whetstone-record"]
     r = h.post("/v1/feedback", json={"record_id": down, "rating": "down", "comment": "rude"})
     assert r.json()["status"] == "unreviewed" and "thumbs-down" in r.json()["tags"]
@@ -156,8 +167,11 @@ def test_bad_input_gives_openai_errors_and_the_server_keeps_serving(served: Any)
         with pytest.raises(openai.NotFoundError):
             chat(url, name)
     h = httpx.Client(base_url=url)
-    r = h.post("/v1/chat/completions", content=b'{"model": "support", "messages": [',
-               headers={"content-type": "application/json"})
+    r = h.post(
+        "/v1/chat/completions",
+        content=b'{"model": "support", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = h.post("/v1/chat/completions", json={"model": "support", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
@@ -207,9 +221,14 @@ def test_metrics_and_health(served: Any) -> None:
     _, url, _ = served
     chat(url, "support")
     text = httpx.get(url + "/metrics").text
-    for name in ("whetstone_requests_total", "whetstone_request_latency_seconds_bucket",
-                 "whetstone_completion_tokens_total", "whetstone_queue_depth",
-                 "whetstone_capture_pending", "whetstone_adapters_loaded"):
+    for name in (
+        "whetstone_requests_total",
+        "whetstone_request_latency_seconds_bucket",
+        "whetstone_completion_tokens_total",
+        "whetstone_queue_depth",
+        "whetstone_capture_pending",
+        "whetstone_adapters_loaded",
+    ):
         assert name in text
     assert 'model="support@1"' in text
 
@@ -227,7 +246,10 @@ def test_adapters_load_on_use_and_evict_least_recently_used(
         for v in (1, 2, 3):
             chat(url, f"t@{v}")
         assert h.get("/admin/adapters").json()["loaded"] == ["t@2", "t@3"]
-        assert h.post("/admin/adapters/load", json={"model": "t@1"}).json()["loaded"] == ["t@3", "t@1"]
+        assert h.post("/admin/adapters/load", json={"model": "t@1"}).json()["loaded"] == [
+            "t@3",
+            "t@1",
+        ]
         assert h.post("/admin/adapters/unload", json={"model": "t@3"}).json()["loaded"] == ["t@1"]
         assert h.post("/admin/adapters/unload", json={"model": "t@3"}).status_code == 404
         # Only registry names: never a path.
@@ -310,9 +332,14 @@ def test_store_outage_loses_no_record(tiny_base_dir: Path, tmp_path: Path) -> No
         lock.execute("BEGIN EXCLUSIVE")
         try:
             with cf.ThreadPoolExecutor(8) as pool:
-                refs = list(pool.map(
-                    lambda i: chat(url, "t", [{"role": "user", "content": f"q{i}"}], max_tokens=3)
-                    .headers["x-whetstone-record"], range(24)))
+                refs = list(
+                    pool.map(
+                        lambda i: chat(
+                            url, "t", [{"role": "user", "content": f"q{i}"}], max_tokens=3
+                        ).headers["x-whetstone-record"],
+                        range(24),
+                    )
+                )
             health = httpx.get(url + "/healthz").json()
             assert health["capture_pending"] == 24  # answered, none written: the store is locked
         finally:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from serve_helpers import wait_for
-
 from whetstone.records import Record
 from whetstone.serve.capture import CaptureQueue, new_ref
 from whetstone.serve.metrics import Metrics

@@ -41,8 +41,15 @@ from whetstone.serve.settings import Settings
 log = logging.getLogger("whetstone.serve")
 
 ENDPOINTS = {
-    "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/feedback", "/healthz",
-    "/metrics", "/admin/adapters", "/admin/adapters/load", "/admin/adapters/unload",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/feedback",
+    "/healthz",
+    "/metrics",
+    "/admin/adapters",
+    "/admin/adapters/load",
+    "/admin/adapters/unload",
 }
 THUMBS_DOWN = "thumbs-down"
 
@@ -91,7 +98,8 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, f"the request body is larger than {self.limit} bytes",
+            413,
+            f"the request body is larger than {self.limit} bytes",
             code="request_too_large",
         )
         await response(scope, receive, send)
@@ -110,8 +118,11 @@ def create_app(
     metrics = Metrics()
     engine = Engine(model, tok, base.hash, settings, metrics)
     capture = CaptureQueue(
-        project.store.add_records, project.home / "capture-spool", metrics,
-        spool_after_s=settings.spool_after_s, spool_max_bytes=settings.spool_max_bytes,
+        project.store.add_records,
+        project.home / "capture-spool",
+        metrics,
+        spool_after_s=settings.spool_after_s,
+        spool_max_bytes=settings.spool_max_bytes,
         max_memory=settings.capture_max_memory,
     )
     router = Router(project, settings.route_ttl_s)
@@ -120,7 +131,8 @@ def create_app(
         "whetstone_capture_pending", "Records not yet in the store.", lambda: capture.depth
     )
     metrics.gauge(
-        "whetstone_adapters_loaded", "Adapters loaded on the base.",
+        "whetstone_adapters_loaded",
+        "Adapters loaded on the base.",
         lambda: len(engine.pool.loaded),
     )
     tok_lock = threading.Lock()
@@ -162,8 +174,10 @@ def create_app(
         n = req.max_tokens or getattr(req, "max_completion_tokens", None)
         if n is not None and n > settings.max_tokens_limit:
             raise APIError(
-                400, f"max_tokens is {n}; this server allows at most {settings.max_tokens_limit}",
-                code="invalid_value", param=param,
+                400,
+                f"max_tokens is {n}; this server allows at most {settings.max_tokens_limit}",
+                code="invalid_value",
+                param=param,
             )
         ctx = engine.context_length
         if n is None:
@@ -173,7 +187,8 @@ def create_app(
                 400,
                 f"this model's maximum context length is {ctx} tokens; the prompt has "
                 f"{prompt_len} and {n} more were asked for",
-                code="context_length_exceeded", param="messages" if param != "prompt" else param,
+                code="context_length_exceeded",
+                param="messages" if param != "prompt" else param,
             )
         return n
 
@@ -190,9 +205,13 @@ def create_app(
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         job = Job(
-            prompt_ids=ids, adapter=route.adapter, max_tokens=n,
+            prompt_ids=ids,
+            adapter=route.adapter,
+            max_tokens=n,
             emit=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
-            temperature=req.temperature, top_p=req.top_p, stop=stops,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=stops,
         )
         engine.submit(job)
         cid = ("chatcmpl-" if kind == "chat" else "cmpl-") + ref
@@ -208,7 +227,9 @@ def create_app(
             metrics.completion_tokens.labels(route.model).inc(done.completion_tokens)
             output = prompts.normalise_answer(route.task, done.text)
             meta = {
-                "request_id": ref, "endpoint": endpoint, "latency_ms": round(latency, 2),
+                "request_id": ref,
+                "endpoint": endpoint,
+                "latency_ms": round(latency, 2),
                 "prompt_tokens": done.prompt_tokens,
                 "completion_tokens": done.completion_tokens,
                 "finish_reason": done.finish_reason,
@@ -219,9 +240,13 @@ def create_app(
                 meta["sampling"] = {"temperature": req.temperature, "top_p": req.top_p}
             capture.submit(
                 Record(
-                    task=route.task.name, input=inp, output=output,
+                    task=route.task.name,
+                    input=inp,
+                    output=output,
                     model=route.model if route.adapter else f"base:{base.name}",
-                    confidence=done.confidence, source=Source.production, source_key=ref,
+                    confidence=done.confidence,
+                    source=Source.production,
+                    source_key=ref,
                     meta=meta,
                 )
             )
@@ -254,7 +279,9 @@ def create_app(
         async def stream() -> AsyncIterator[str]:
             try:
                 if kind == "chat":
-                    yield sse(api.chat_chunk(cid, route.model, {"role": "assistant", "content": ""}, None))
+                    yield sse(
+                        api.chat_chunk(cid, route.model, {"role": "assistant", "content": ""}, None)
+                    )
                 while True:
                     ev = await events.get()
                     if isinstance(ev, Failed):
@@ -273,8 +300,15 @@ def create_app(
                         if req.include_usage:
                             yield sse(api.chat_chunk(cid, route.model, {}, None, u))
                     else:
-                        yield sse(api.text_completion(cid, route.model, "", ev.finish_reason,
-                                                      u if req.include_usage else None))
+                        yield sse(
+                            api.text_completion(
+                                cid,
+                                route.model,
+                                "",
+                                ev.finish_reason,
+                                u if req.include_usage else None,
+                            )
+                        )
                     break
                 yield "data: [DONE]\n\n"
             finally:
@@ -301,18 +335,39 @@ def create_app(
     async def models() -> dict[str, Any]:
         def listing() -> list[dict[str, Any]]:
             created = int(time.time())
-            data = [{"id": "base", "object": "model", "created": created, "owned_by": "whetstone",
-                     "base_model": base.name}]
+            data = [
+                {
+                    "id": "base",
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "whetstone",
+                    "base_model": base.name,
+                }
+            ]
             for task in project.store.list_tasks():
                 if task.name == "base":
                     continue  # the model `base` is the base model, whatever the task
                 prod = registry.production(project, task.name)
-                data.append({"id": task.name, "object": "model", "created": created,
-                             "owned_by": "whetstone", "production": prod.name if prod else None})
+                data.append(
+                    {
+                        "id": task.name,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "whetstone",
+                        "production": prod.name if prod else None,
+                    }
+                )
             for av in registry.list_versions(project):
-                data.append({"id": av.name, "object": "model",
-                             "created": int(av.created_at.timestamp()), "owned_by": "whetstone",
-                             "stage": av.stage, "method": av.method})
+                data.append(
+                    {
+                        "id": av.name,
+                        "object": "model",
+                        "created": int(av.created_at.timestamp()),
+                        "owned_by": "whetstone",
+                        "stage": av.stage,
+                        "method": av.method,
+                    }
+                )
             return data
 
         return {"object": "list", "data": await run_in_threadpool(listing)}
@@ -329,8 +384,10 @@ def create_app(
         key = ref.removeprefix("chatcmpl-").removeprefix("cmpl-")
         if capture.is_pending(key) and not capture.wait_stored(key, timeout=5.0):
             raise APIError(
-                503, f"record {ref} is not in the store yet (the store is down); retry later",
-                code="store_unavailable", param="record_id",
+                503,
+                f"record {ref} is not in the store yet (the store is down); retry later",
+                code="store_unavailable",
+                param="record_id",
             )
         rid = project.store.find_source_key(key)
         if rid is None:
@@ -343,22 +400,36 @@ def create_app(
         try:
             if fb.reference is not None:
                 rec = store.review(
-                    rid, Status.corrected, reference=fb.reference, error_category=fb.error_category,
-                    annotator=fb.annotator, comment=fb.comment, rating=fb.thumbs,
+                    rid,
+                    Status.corrected,
+                    reference=fb.reference,
+                    error_category=fb.error_category,
+                    annotator=fb.annotator,
+                    comment=fb.comment,
+                    rating=fb.thumbs,
                 )
             elif fb.thumbs == 1:
                 rec = store.review(
-                    rid, Status.accepted, error_category=fb.error_category,
-                    annotator=fb.annotator, comment=fb.comment, rating=1,
+                    rid,
+                    Status.accepted,
+                    error_category=fb.error_category,
+                    annotator=fb.annotator,
+                    comment=fb.comment,
+                    rating=1,
                 )
             elif fb.thumbs == -1:
                 # A thumbs down says the answer is wrong, not what is right: the record stays
                 # unreviewed, tagged, first in the review queue.
                 store.add_tags(rid, THUMBS_DOWN)
-                store.update_meta(rid, thumbs_down={
-                    "error_category": fb.error_category, "comment": fb.comment,
-                    "annotator": fb.annotator, "at": time.time(),
-                })
+                store.update_meta(
+                    rid,
+                    thumbs_down={
+                        "error_category": fb.error_category,
+                        "comment": fb.comment,
+                        "annotator": fb.annotator,
+                        "at": time.time(),
+                    },
+                )
                 rec = store.get_record(rid)
             else:
                 raise APIError(400, "feedback needs a rating or a reference", code="invalid_value")
@@ -380,8 +451,12 @@ def create_app(
         ref = api.parse(api.AdapterRef, await request.body()).model
         route = await run_in_threadpool(router.resolve, ref)
         if route.adapter is None:
-            raise APIError(400, f"{ref!r} names no adapter (a task without a production "
-                           "version, or base)", code="invalid_value", param="model")
+            raise APIError(
+                400,
+                f"{ref!r} names no adapter (a task without a production version, or base)",
+                code="invalid_value",
+                param="model",
+            )
         await run_in_threadpool(engine.load, route.adapter)
         return {"loaded": engine.pool.loaded}
 
@@ -396,8 +471,7 @@ def create_app(
     # ---- operations ------------------------------------------------------------------
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "capture_pending": capture.depth,
-                "store_ok": capture.healthy}
+        return {"status": "ok", "capture_pending": capture.depth, "store_ok": capture.healthy}
 
     @app.get("/metrics", dependencies=keyed)
     async def prometheus() -> Response:
@@ -427,8 +501,9 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error_response(e.status_code, str(e.detail), code="not_found"
-                              if e.status_code == 404 else None)
+        return error_response(
+            e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None
+        )
 
     @app.exception_handler(Exception)
     async def crash(_: Request, e: Exception) -> JSONResponse:
@@ -443,8 +518,9 @@ def _install_metrics(app: FastAPI, metrics: Metrics) -> None:
     ) -> Response:
         response = await call_next(request)
         path = request.url.path
-        endpoint = path if path in ENDPOINTS else ("/review" if path.startswith("/review")
-                                                   else "other")
+        endpoint = (
+            path if path in ENDPOINTS else ("/review" if path.startswith("/review") else "other")
+        )
         model = getattr(request.state, "model", "-")
         metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
         return response

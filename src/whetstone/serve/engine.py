@@ -76,9 +76,7 @@ class Job:
 
 
 class Engine:
-    def __init__(
-        self, model: Any, tok: Any, base_hash: str, settings: Settings, metrics: Metrics
-    ):
+    def __init__(self, model: Any, tok: Any, base_hash: str, settings: Settings, metrics: Metrics):
         self.tok = tok
         self.settings = settings
         self.metrics = metrics
@@ -235,7 +233,9 @@ class Engine:
                 extra["adapter_names"] = list(names)
         live = list(range(len(jobs)))  # rows still decoding, as indices into `jobs`
         with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra)
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra
+            )
             while True:
                 logits = out.logits[:, -1, :].float()
                 nxt = self._choose(logits, [jobs[i] for i in live])
@@ -261,8 +261,12 @@ class Engine:
                 mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
                 pos = pos[:, -1:] + 1
                 out = model(
-                    input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True, **extra,
+                    input_ids=nxt[:, None],
+                    attention_mask=mask,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **extra,
                 )
 
     def _choose(self, logits: Any, jobs: list[Job]) -> Any:

@@ -51,7 +51,9 @@ def error_response(
     status: int, message: str, *, code: str | None = None, param: str | None = None
 ) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(status, message, code=code, param=param), status, headers=headers)
+    return JSONResponse(
+        error_body(status, message, code=code, param=param), status, headers=headers
+    )
 
 
 def from_whetstone(e: WhetstoneError, *, not_found_code: str = "not_found") -> APIError:

@@ -19,12 +19,17 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "whetstone_requests", "Requests answered, by endpoint, model and HTTP status.",
-            ["endpoint", "model", "status"], registry=r,
+            "whetstone_requests",
+            "Requests answered, by endpoint, model and HTTP status.",
+            ["endpoint", "model", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "whetstone_request_latency_seconds", "Time from request to last token.",
-            ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r,
+            "whetstone_request_latency_seconds",
+            "Time from request to last token.",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter(
             "whetstone_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
@@ -33,12 +38,16 @@ class Metrics:
             "whetstone_completion_tokens", "Tokens generated.", ["model"], registry=r
         )
         self.batch_size = Histogram(
-            "whetstone_batch_size", "Requests per forward batch.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+            "whetstone_batch_size",
+            "Requests per forward batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
         )
         self.batch_adapters = Histogram(
-            "whetstone_batch_adapters", "Distinct adapters (base included) per forward batch.",
-            buckets=(1, 2, 4, 8, 16, 32), registry=r,
+            "whetstone_batch_adapters",
+            "Distinct adapters (base included) per forward batch.",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=r,
         )
         self.adapter_loads = Counter(
             "whetstone_adapter_loads", "Adapters loaded onto the base.", registry=r
@@ -53,11 +62,13 @@ class Metrics:
             "whetstone_capture_failures", "Failed attempts to write records.", registry=r
         )
         self.capture_spooled = Counter(
-            "whetstone_capture_spooled", "Records spilled to disk while the store was down.",
+            "whetstone_capture_spooled",
+            "Records spilled to disk while the store was down.",
             registry=r,
         )
         self.capture_dropped = Counter(
-            "whetstone_capture_dropped", "Records lost because the disk spool was full.",
+            "whetstone_capture_dropped",
+            "Records lost because the disk spool was full.",
             registry=r,
         )
 

@@ -29,8 +29,10 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, list):
             if any(p.type != "text" or p.text is None for p in self.content):
                 raise APIError(
-                    400, "only text content parts are supported",
-                    code="invalid_value", param=f"messages.{index}.content",
+                    400,
+                    "only text content parts are supported",
+                    code="invalid_value",
+                    param=f"messages.{index}.content",
                 )
             text = "".join(p.text or "" for p in self.content)
         else:
@@ -55,8 +57,9 @@ class Sampling(BaseModel):
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
-            raise APIError(400, "stop takes up to 4 non-empty strings", code="invalid_value",
-                           param="stop")
+            raise APIError(
+                400, "stop takes up to 4 non-empty strings", code="invalid_value", param="stop"
+            )
         return stops
 
     @property
@@ -76,8 +79,7 @@ class CompletionRequest(Sampling):
     def text(self) -> str:
         if isinstance(self.prompt, list):
             if len(self.prompt) != 1:
-                raise APIError(400, "one prompt per request", code="invalid_value",
-                               param="prompt")
+                raise APIError(400, "one prompt per request", code="invalid_value", param="prompt")
             return self.prompt[0]
         return self.prompt
 
@@ -111,7 +113,9 @@ def parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        raise APIError(
+            400, f"the request body is not valid JSON: {e}", code="invalid_json"
+        ) from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     try:
@@ -153,7 +157,10 @@ def chat_completion(
 
 
 def chat_chunk(
-    cid: str, model: str, delta: dict[str, Any], finish: str | None,
+    cid: str,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None,
     u: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
@@ -171,7 +178,11 @@ def chat_chunk(
 
 
 def text_completion(
-    cid: str, model: str, text: str, finish: str | None, u: dict[str, int] | None,
+    cid: str,
+    model: str,
+    text: str,
+    finish: str | None,
+    u: dict[str, int] | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {

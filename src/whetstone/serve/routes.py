@@ -64,8 +64,10 @@ class Router:
             return Route(task=self._tasks[task], adapter=av)
         if task_hint is not None and task_hint != task:
             raise APIError(
-                400, f"model {name!r} serves task {task!r}, not {task_hint!r}",
-                code="invalid_value", param="task",
+                400,
+                f"model {name!r} serves task {task!r}, not {task_hint!r}",
+                code="invalid_value",
+                param="task",
             )
         table = self._table(task)
         if task not in table:
@@ -118,7 +120,9 @@ class Router:
         with self.project.store.begin() as c:
             prod = {
                 r[0]: r[1]
-                for r in c.execute(sa.select(t.c.task, t.c.version).where(t.c.stage == "production"))
+                for r in c.execute(
+                    sa.select(t.c.task, t.c.version).where(t.c.stage == "production")
+                )
             }
         table: dict[str, AdapterVersion | None] = {}
         for task in tasks:

@@ -50,11 +50,18 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        for name in ("max_batch_size", "max_adapters", "max_body_bytes", "max_tokens_limit",
-                     "default_max_tokens"):
+        for name in (
+            "max_batch_size",
+            "max_adapters",
+            "max_body_bytes",
+            "max_tokens_limit",
+            "default_max_tokens",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"serve setting {name} must be a positive integer, not {value!r}")
+                raise InvalidInput(
+                    f"serve setting {name} must be a positive integer, not {value!r}"
+                )
         if self.max_wait_ms < 0:
             raise InvalidInput(f"serve setting max_wait_ms must be >= 0, not {self.max_wait_ms}")
         if self.api_key is not None and not self.api_key.strip():

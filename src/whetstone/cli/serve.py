@@ -1,0 +1,93 @@
+"""`whetstone serve` and `whetstone export-model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from whetstone.cli import common
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("export-model")(export_model)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Default 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default 8000.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="WHETSTONE_API_KEY",
+            help="Require `Authorization: Bearer KEY` on every endpoint but /healthz.",
+        ),
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option("--max-wait-ms")] = None,
+    max_adapters: Annotated[
+        int | None, typer.Option("--max-adapters", help="Adapters kept loaded (LRU).")
+    ] = None,
+    max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes")] = None,
+    max_tokens_limit: Annotated[int | None, typer.Option("--max-tokens-limit")] = None,
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="Override the project's base model.")
+    ] = None,
+) -> None:
+    """Serve every task's production adapter behind an OpenAI-compatible API, capturing each
+    answer as a record (settings also come from `serve:` in whetstone.yaml)."""
+    import uvicorn
+
+    from whetstone.serve.app import create_app
+    from whetstone.serve.settings import Settings
+
+    p = common.project()
+    settings = Settings.load(
+        p.section("serve"),
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_adapters=max_adapters,
+        max_body_bytes=max_body_bytes,
+        max_tokens_limit=max_tokens_limit,
+    )
+    app = create_app(p, settings, base_model=base_model)
+    if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        common.err.print(f"warning: serving on {settings.host} with no API key")
+    common.err.print(f"Serving on http://{settings.host}:{settings.port}/v1 (review page: /review)")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def export_model(
+    refs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Adapter versions T@N (vllm: default every production adapter)."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="peft | merged | vllm")] = "peft",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write.")] = None,
+) -> None:
+    """Write adapters for other engines: a PEFT folder (vLLM --lora-modules, LoRAX), a merged
+    full model, or a vLLM launch script for all production adapters."""
+    from whetstone.errors import InvalidInput
+    from whetstone.registry import export
+
+    p = common.project()
+    refs = refs or []
+    if fmt not in export.FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r} (choose from {', '.join(export.FORMATS)})")
+    if fmt == "vllm":
+        result = export.export_vllm(p, refs, out or Path("vllm-export"))
+    else:
+        if len(refs) != 1:
+            raise InvalidInput(f"--format {fmt} exports one adapter version: give T@N")
+        default = Path(f"{refs[0].replace('@', '-v')}-{fmt}")
+        fn = export.export_peft if fmt == "peft" else export.export_merged
+        result = fn(p, refs[0], out or default)
+    for w in result.warnings:
+        common.err.print(f"warning: {w}")
+    common.out.print(f"Wrote {result.path}")
