@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
 from whetstone.errors import InvalidInput, NotFound
@@ -143,18 +144,24 @@ class Project:
         metric: str | None = None,
     ) -> Task:
         try:
+            kind = Kind(kind)
+        except ValueError:
+            choices = ", ".join(k.value for k in Kind)
+            raise InvalidInput(f"unknown task kind {kind!r} (choose from {choices})") from None
+        try:
             task = Task(
                 name=name,
-                kind=Kind(kind),
+                kind=kind,
                 instruction=instruction,
                 labels=labels,
                 schema=schema,
                 metric=metric,
             )
-        except ValueError as e:
-            raise InvalidInput(
-                str(e).splitlines()[-1] if "validation error" in str(e) else str(e)
-            ) from None
+        except pydantic.ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise InvalidInput(f"task {field}: {msg}") from None
         if task.kind == Kind.classify and not labels:
             raise InvalidInput("a classify task needs --labels")
         if schema is not None:
