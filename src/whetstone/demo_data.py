@@ -1,0 +1,108 @@
+"""The bundled demo task: 1,488 hand-labelled US addresses to extract the parts of.
+
+The data is the `usaddress` project's training set (MIT licence, see data/NOTICE-usaddress.txt),
+converted by scripts/convert_usaddress.py into `data/addresses.jsonl` (one
+`{"id", "input", "reference"}` per line) and `data/addresses.schema.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from whetstone.errors import InvalidInput, NotFound
+from whetstone.records import Kind, Record, Source, Status, Task, canonical_json, content_key
+
+if TYPE_CHECKING:
+    from whetstone.project import Project
+
+DEMO_TAG = "demo"
+DATA_FILE = "addresses.jsonl"
+SCHEMA_FILE = "addresses.schema.json"
+TRY_IT = "123 Main St, Springfield IL 62704"
+
+
+def _data(name: str) -> str:
+    return resources.files("whetstone").joinpath("data", name).read_text(encoding="utf-8")
+
+
+@cache
+def demo_schema() -> dict[str, Any]:
+    """The JSON Schema every demo reference follows."""
+    return json.loads(_data(SCHEMA_FILE))
+
+
+@cache
+def _rows() -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    rows = (json.loads(line) for line in _data(DATA_FILE).splitlines())
+    return tuple((r["id"], r["input"], r["reference"]) for r in rows)
+
+
+def demo_rows(limit: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    """(address, reference fields) pairs in file order, the first `limit` of them: the same
+    data `load_demo_data` imports, for benchmarks that need no project."""
+    return [(text, dict(ref)) for _, text, ref in _rows()[:limit]]
+
+
+def demo_instruction() -> str:
+    keys = ", ".join(demo_schema()["properties"])
+    return (
+        "Extract the parts of the US mailing address the user gives. Answer with a single-line "
+        f"JSON object that uses only these keys: {keys}. Leave out the keys for parts the "
+        "address does not have, and copy each value exactly as it is written in the address."
+    )
+
+
+def load_demo_data(
+    project: Project, task: str = "addresses", limit: int | None = None
+) -> tuple[Task, int]:
+    """Create the `extract` task `task` if it is missing and import the demo addresses into it
+    as accepted records. Returns the task and how many records were added: re-running adds
+    nothing, since each row's `source_key` is a hash of its content."""
+    if limit is not None and limit < 0:
+        raise InvalidInput(f"--limit must be 0 or more, not {limit}")
+    t = _demo_task(project, task)
+    import jsonschema
+
+    # The task may predate this data (made by hand, or by an older release): check every
+    # reference against its schema up front so a mismatch adds nothing and names the row.
+    validator = jsonschema.Draft202012Validator(t.schema_ or {})
+    records = []
+    for row_id, text, ref in _rows()[:limit]:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(ref))
+        if error is not None:
+            raise InvalidInput(
+                f"demo row {row_id} does not fit task {task!r}'s schema: {error.message}"
+            )
+        reference = canonical_json(ref)
+        records.append(
+            Record(
+                task=task,
+                input=text,
+                reference=reference,
+                status=Status.accepted,
+                source=Source.imported,
+                tags=[DEMO_TAG],
+                meta={"demo_id": row_id},
+                source_key=content_key("demo:addresses", text, reference),
+            )
+        )
+    added = project.store.add_records(records)
+    return t, sum(rid is not None for rid in added)
+
+
+def _demo_task(project: Project, name: str) -> Task:
+    try:
+        t = project.task(name)
+    except NotFound:
+        return project.create_task(
+            name, Kind.extract, instruction=demo_instruction(), schema=demo_schema()
+        )
+    if t.kind != Kind.extract:
+        raise InvalidInput(
+            f"task {name!r} exists and is a {t.kind.value} task; the demo addresses need an "
+            "extract task (pass another --task name)"
+        )
+    return t
