@@ -48,7 +48,13 @@ def list_(
     if as_json:
         common.print_json([r.model_dump(mode="json", exclude={"history"}) for r in recs])
         return
-    table = Table("id", "task", "status", "source", "input", "output", "reference", "conf")
+    # The short fields stay whole on a narrow terminal; the texts give way and wrap.
+    table = Table()
+    for name in ("id", "task", "status", "source"):
+        table.add_column(name, no_wrap=True)
+    for name in ("input", "output", "reference"):
+        table.add_column(name)
+    table.add_column("conf", no_wrap=True)
     for r in recs:
         conf = "" if r.confidence is None else f"{r.confidence:.2f}"
         table.add_row(
