@@ -1,0 +1,257 @@
+"""`train_task`: snapshot → train → register, the one function the CLI, `tune` and the
+flywheel call. `resume_run` continues a killed run from its last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from whetstone.errors import InvalidInput
+from whetstone.project import Project
+from whetstone.records import Kind, Record
+from whetstone.train.config import TrainConfig, build
+from whetstone.train.runs import Run, load_checkpoint, new_run, open_run
+
+
+@dataclass
+class TrainResult:
+    adapter: str  # the registered version, "T@N"
+    run_id: str
+    run_dir: str
+    method: str
+    snapshot_id: str
+    best_metric: float | None
+    best_step: int | None
+    steps: int
+    stopped_early: bool
+    tokens_per_s: float
+    timings: dict[str, float]
+    data: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def set_threads() -> None:
+    """Use every core this process may run on (a container's CPU quota, not the host's)."""
+    import torch
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores))
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def with_reference(recs: list[Record]) -> list[Record]:
+    return [r for r in recs if r.reference is not None]
+
+
+def train_task(
+    project: Project,
+    task: str,
+    config: TrainConfig | None = None,
+    snapshot_id: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Freeze a snapshot (unless `snapshot_id`), train, register `task@N` as a candidate."""
+    from whetstone import snapshots
+    from whetstone.models import base as base_models
+
+    cfg = config or build(("project whetstone.yaml", project.section("train")))
+    project.task(task)
+    base = base_models.resolve(cfg.base_model or project.base_model)
+    if snapshot_id:
+        snap = snapshots.load(project, snapshot_id)
+        if snap.task != task:
+            raise InvalidInput(f"snapshot {snap.id} belongs to task {snap.task!r}, not {task!r}")
+    else:
+        snap = snapshots.snapshot_task(project, task)
+    if not with_reference(snapshots.records(project, snap, "train")):
+        c = snap.counts()
+        raise InvalidInput(
+            f"snapshot {snap.id} of task {task!r} has no training records with a reference "
+            f"({c['validation']} validation, {c['test']} test: those are never trained on)"
+        )
+    run = new_run(project, task)
+    run.write_info(
+        task=task,
+        snapshot_id=snap.id,
+        base_model=base.name,
+        base_hash=base.hash,
+        method=cfg.method,
+        status="running",
+        created_at=time.time(),
+    )
+    from whetstone.util import atomic_write_text
+
+    atomic_write_text(run.config_path, cfg.to_yaml())
+    return _execute(project, run, cfg, resume=None, progress=progress)
+
+
+def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainResult:
+    """Continue a run from its last checkpoint (weights, optimizer, scheduler, RNG, data
+    order); a run killed before its first checkpoint starts again from step 0."""
+    run = open_run(project, run_id)
+    info = run.info()
+    if info.get("status") == "registered":
+        raise InvalidInput(
+            f"run {run_id} already finished and was registered as {info.get('adapter')}"
+        )
+    cfg = build((str(run.config_path), yaml.safe_load(run.config_path.read_text()) or {}))
+    state = load_checkpoint(run)
+    if state is None:
+        run.metrics_path.unlink(missing_ok=True)
+    return _execute(project, run, cfg, resume=state, progress=progress)
+
+
+def _execute(
+    project: Project, run: Run, cfg: TrainConfig, *, resume: dict[str, Any] | None, progress: bool
+) -> TrainResult:
+    import torch
+
+    from whetstone import registry, snapshots
+    from whetstone.models import base as base_models
+    from whetstone.progress import console
+    from whetstone.train import methods
+    from whetstone.train.data import encode_records
+    from whetstone.train.loop import Setup, train_loop
+
+    t_start = time.perf_counter()
+    info = run.info()
+    task = project.task(info["task"])
+    base = base_models.resolve(info["base_model"])
+    if base.hash != info["base_hash"]:
+        raise InvalidInput(
+            f"run {run.id} was started on base model {base.name} ({info['base_hash'][:12]}); "
+            f"it now resolves to different weights ({base.hash[:12]})"
+        )
+    snap = snapshots.load(project, info["snapshot_id"])
+    train_recs = with_reference(snapshots.records(project, snap, "train"))
+    val_recs = with_reference(snapshots.records(project, snap, "validation"))
+    set_threads()
+    seed_everything(cfg.seed)
+    model, tok = base_models.load(base, dtype=torch.float32, for_training=True)
+    meta = {
+        "task": task.name,
+        "task_kind": task.kind.value,
+        "base_model": base.name,
+        "base_hash": base.hash,
+        "run_id": run.id,
+        "snapshot_id": snap.id,
+    }
+
+    if cfg.method == "head" and task.kind == Kind.classify:
+        from whetstone.train.label_head import train_label_head
+
+        p, data = train_label_head(
+            model, tok, task, train_recs, val_recs, cfg, run, meta, show=progress
+        )
+    else:
+        train, report = encode_records(
+            tok, task, train_recs, max_length=cfg.max_length, policy=cfg.truncation
+        )
+        val, _ = encode_records(
+            tok, task, val_recs, max_length=cfg.max_length, policy=cfg.truncation
+        )
+        if not train:
+            raise InvalidInput(
+                f"no training example fits max_length={cfg.max_length}: {report.summary()}"
+            )
+        if len(train) < cfg.batch_size:
+            report.notes.append(
+                f"only {len(train)} training examples: one batch of {len(train)} per step, "
+                f"not {cfg.batch_size}"
+            )
+        if report.too_long:
+            console.print(f"[yellow]{report.summary()}[/yellow]")
+        for note in report.notes:
+            console.print(f"[yellow]{note}[/yellow]")
+        model = methods.get(cfg.method).prepare(model, cfg)
+        eval_recs = val_recs[: cfg.eval_max_records]
+        max_new = min(1024, report.answer_tokens + 16)
+        setup = Setup(
+            cfg=cfg,
+            task=task,
+            model=model,
+            tok=tok,
+            train=train,
+            val_examples=val[: cfg.eval_max_records],
+            val_records=eval_recs,
+            run=run,
+            max_new_tokens=max_new,
+            artefact_meta=meta,
+        )
+        if resume is not None:
+            run.keep_history_until(resume["progress"]["step"])
+        p = train_loop(setup, resume=resume, show=progress)
+        data = {
+            **report.__dict__,
+            "train_records": len(train_recs),
+            "validation_records": len(val_recs),
+            "validation_used": len(eval_recs),
+        }
+    run.plot()
+    run.write_info(status="finished", best_metric=p.best_metric, best_step=p.best_step)
+    tokens_per_s = p.tokens / p.train_seconds if p.train_seconds else 0.0
+    timings = {
+        "train_s": round(p.train_seconds, 2),
+        "eval_s": round(p.eval_seconds, 2),
+        "total_s": round(time.perf_counter() - t_start, 2),
+    }
+    from whetstone import __version__
+
+    av = registry.register(
+        project,
+        task.name,
+        run.best_dir,
+        method=cfg.method,
+        base_model=base.name,
+        base_hash=base.hash,
+        snapshot_id=snap.id,
+        run_id=run.id,
+        info={
+            "config": cfg.effective(),
+            "metric": task.main_metric,
+            "best_metric": p.best_metric,
+            "best_step": p.best_step,
+            "steps": p.step,
+            "stopped_early": p.stopped_early,
+            "validation": p.evals,
+            "curve": str(run.curve_path),
+            "metrics": str(run.metrics_path),
+            "whetstone_version": __version__,
+            "tokens_per_s": round(tokens_per_s, 1),
+            "timings": timings,
+            "data": data,
+        },
+    )
+    run.write_info(status="registered", adapter=av.name)
+    return TrainResult(
+        adapter=av.name,
+        run_id=run.id,
+        run_dir=str(run.dir),
+        method=cfg.method,
+        snapshot_id=snap.id,
+        best_metric=p.best_metric,
+        best_step=p.best_step,
+        steps=p.step,
+        stopped_early=p.stopped_early,
+        tokens_per_s=tokens_per_s,
+        timings=timings,
+        data=data,
+        history=run.history(),
+    )

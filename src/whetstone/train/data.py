@@ -1,0 +1,211 @@
+"""Records → token ids with the loss on the answer only → packed batches.
+
+Every example is the chat `whetstone.prompts.chat` builds (the same one inference uses) with
+the reference as the assistant turn, rendered by the tokenizer's chat template. Only the
+answer's tokens (up to and including the end-of-turn token) carry a loss.
+
+Batches waste little on padding: with `packing`, the examples of a micro-batch are packed into
+a few rows of near-equal length, each example keeping its own position ids (0, 1, 2, ...) and
+a block-diagonal causal attention mask, so no example attends to another. Without packing, each example is one row and rows are grouped by length.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from whetstone.errors import InvalidInput
+from whetstone.models.generate import encode_prompts
+from whetstone.prompts import chat
+from whetstone.records import Record, Task
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    record_id: int | None
+    ids: list[int]
+    n_prompt: int  # the first n_prompt tokens are the prompt: no loss on them
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def labels(self) -> list[int]:
+        """The token each position is trained to be (IGNORE on the prompt)."""
+        return [IGNORE] * self.n_prompt + self.ids[self.n_prompt :]
+
+
+@dataclass
+class DataReport:
+    records: int = 0
+    examples: int = 0
+    too_long: int = 0  # examples longer than max_length
+    truncated: int = 0  # ... of which the prompt was cut from the left
+    dropped: int = 0  # ... of which were dropped (answer too long, or policy "drop")
+    policy: str = ""
+    max_tokens: int = 0
+    answer_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.too_long:
+            return f"{self.examples} examples, none longer than the limit"
+        return (
+            f"{self.too_long} of {self.records} examples exceeded max_length: {self.truncated} had their "
+            f"prompt cut from the left, {self.dropped} dropped ({self.policy})"
+        )
+
+
+def _ids(encoded: Any) -> list[int]:
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def encode_example(tok: Any, task: Task, record: Record) -> Example:
+    """Prompt and answer tokens of one record, the answer ending at the end-of-turn token."""
+    if record.reference is None:
+        raise InvalidInput(f"record {record.id} has no reference to train on")
+    messages = chat(task, record.input)
+    prompt = encode_prompts(tok, [messages])[0]
+    full = _ids(
+        tok.apply_chat_template([*messages, {"role": "assistant", "content": record.reference}])
+    )
+    if full[: len(prompt)] != prompt:
+        raise InvalidInput(
+            "the tokenizer's chat template renders the prompt differently with an answer appended; "
+            "this base model cannot be trained with answer-only loss"
+        )
+    answer = full[len(prompt) :]
+    # Stop at the end-of-turn token: what follows it (a newline) is never generated.
+    if tok.eos_token_id in answer:
+        answer = answer[: answer.index(tok.eos_token_id) + 1]
+    else:
+        answer = [*answer, tok.eos_token_id]
+    return Example(record_id=record.id, ids=prompt + answer, n_prompt=len(prompt))
+
+
+def encode_records(
+    tok: Any, task: Task, records: list[Record], *, max_length: int, policy: str
+) -> tuple[list[Example], DataReport]:
+    """Encode records, applying the over-length policy: "left" cuts the prompt from the left
+    (inference cuts long prompts the same way) and keeps the whole answer; "drop" drops the
+    example. An answer that alone does not fit is always dropped: a cut answer teaches the
+    model to stop early."""
+    report = DataReport(records=len(records), policy=f"truncation={policy}")
+    out: list[Example] = []
+    for r in records:
+        ex = encode_example(tok, task, r)
+        answer = len(ex) - ex.n_prompt
+        report.answer_tokens = max(report.answer_tokens, answer)
+        if len(ex) > max_length:
+            report.too_long += 1
+            # Keep at least a few prompt tokens (the assistant header) before the answer.
+            if policy == "drop" or answer > max_length - 8:
+                report.dropped += 1
+                continue
+            cut = len(ex) - max_length
+            ex = Example(record_id=ex.record_id, ids=ex.ids[cut:], n_prompt=ex.n_prompt - cut)
+            report.truncated += 1
+        out.append(ex)
+        report.max_tokens = max(report.max_tokens, len(ex))
+    report.examples = len(out)
+    return out, report
+
+
+@dataclass
+class Batch:
+    """Rows of packed examples. `targets[r, t]` is the token position t must predict."""
+
+    input_ids: Any
+    position_ids: Any
+    segments: Any  # which example of its row each token belongs to (padding: a segment of its own)
+    targets: Any
+    tokens: int  # real (non-padding) tokens
+    target_tokens: int
+
+    def attention_mask(self, device: Any) -> Any:
+        """(rows, 1, width, width) boolean, True where a query may attend to a key: causal and
+        inside the query's own example."""
+        import torch
+
+        seg = self.segments.to(device)
+        width = seg.shape[1]
+        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+        return ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]
+
+
+def pack_rows(examples: list[Example], capacity: int) -> list[list[Example]]:
+    """Split examples into the fewest rows of at most `capacity` tokens, balanced so rows are
+    nearly the same length (longest first into the emptiest row): little padding is left."""
+    total = sum(len(e) for e in examples)
+    n_rows = max(1, -(-total // capacity))
+    while True:
+        rows: list[list[Example]] = [[] for _ in range(n_rows)]
+        sizes = [0] * n_rows
+        ok = True
+        for ex in sorted(examples, key=len, reverse=True):
+            i = min(range(n_rows), key=sizes.__getitem__)
+            if sizes[i] + len(ex) > capacity and sizes[i] > 0:
+                ok = False
+                break
+            rows[i].append(ex)
+            sizes[i] += len(ex)
+        if ok:
+            return [r for r in rows if r]
+        n_rows += 1
+
+
+def collate(rows: list[list[Example]], pad_id: int) -> Batch:
+    import torch
+
+    width = max(sum(len(e) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    seg = torch.zeros((len(rows), width), dtype=torch.long)
+    tgt = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    tokens = 0
+    for r, row in enumerate(rows):
+        at = 0
+        for k, ex in enumerate(row):
+            n = len(ex)
+            ids[r, at : at + n] = torch.tensor(ex.ids)
+            pos[r, at : at + n] = torch.arange(n)
+            seg[r, at : at + n] = k
+            # Position t predicts token t+1; the last token of an example predicts nothing.
+            tgt[r, at : at + n - 1] = torch.tensor(ex.labels[1:])
+            at += n
+            tokens += n
+        # Padding is a segment of its own that no real token attends to (and carries no loss).
+        pos[r, at:] = torch.arange(width - at)
+        seg[r, at:] = len(row)
+    return Batch(ids, pos, seg, tgt, tokens, int((tgt != IGNORE).sum()))
+
+
+def plan_epoch(
+    lengths: list[int], batch_size: int, *, seed: int, epoch: int, packing: bool
+) -> list[list[int]]:
+    """The micro-batches of one epoch as lists of example indices, fixed by (seed, epoch) so a
+    resumed run sees exactly the order the interrupted one would have."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if packing:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    # Length grouping: sort within large chunks, cut into batches, shuffle the batches.
+    chunk = batch_size * 16
+    batches = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i : i + chunk], key=lengths.__getitem__)
+        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def make_batch(
+    examples: list[Example], idx: list[int], *, packing: bool, capacity: int, pad_id: int
+) -> Batch:
+    chosen = [examples[i] for i in idx]
+    rows = pack_rows(chosen, capacity) if packing else [[e] for e in chosen]
+    return collate(rows, pad_id)

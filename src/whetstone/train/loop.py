@@ -1,0 +1,322 @@
+"""The training loop: one function to read top to bottom (nanoGPT / torchtune style).
+
+AdamW, warmup then cosine or linear decay, gradient accumulation and clipping. Every
+`eval_every` steps: validation loss plus the task's own metric on greedy generations of
+validation records; the best by metric (ties: lower loss) is saved to `best/`, and
+`patience` validations without improvement stop the run. A resumable checkpoint is written
+every `save_every` steps and at each validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from whetstone.errors import WhetstoneError
+from whetstone.records import Record, Task
+from whetstone.train.config import TrainConfig
+from whetstone.train.data import IGNORE, Batch, Example, make_batch, plan_epoch
+from whetstone.train.methods import causal_lm, load_trainable_state, trainable_state
+from whetstone.train.runs import Run, save_checkpoint, set_rng_state
+from whetstone.util import atomic_dir
+
+
+@dataclass
+class Progress:
+    """Where the run is: everything besides weights/optimizer that a resume restores."""
+
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0  # micro-batches of the current epoch already consumed
+    best_metric: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    tokens: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Setup:
+    """What the loop trains and on what, built by `whetstone.train.api`."""
+
+    cfg: TrainConfig
+    task: Task
+    model: Any
+    tok: Any
+    train: list[Example]
+    val_examples: list[Example]
+    val_records: list[Record]
+    run: Run
+    max_new_tokens: int
+    artefact_meta: dict[str, Any]
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def attention_mask(lm: Any, batch: Batch, device: str) -> Any:
+    """The batch's block-diagonal causal mask in the form the model's attention takes: boolean
+    for SDPA/flex, additive float for eager attention."""
+    import torch
+
+    mask = batch.attention_mask(device)
+    if getattr(lm.config, "_attn_implementation", "sdpa") == "eager":
+        dtype = lm.get_output_embeddings().weight.dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
+            ~mask, torch.finfo(dtype).min
+        )
+    return mask
+
+
+def answer_loss(model: Any, batch: Batch, device: str) -> Any:
+    """Summed cross-entropy over the answer tokens of a batch. The model body runs on every
+    token, but the vocabulary projection only where a loss is taken: prompt positions never
+    materialise their (tokens x vocab) logits."""
+    import torch.nn.functional as F
+
+    lm = causal_lm(model)
+    body = getattr(lm, lm.base_model_prefix)
+    targets = batch.targets.to(device)
+    with autocast(device):
+        hidden = body(
+            input_ids=batch.input_ids.to(device),
+            position_ids=batch.position_ids.to(device),
+            attention_mask=attention_mask(lm, batch, device),
+            use_cache=False,
+        ).last_hidden_state
+        where = targets != IGNORE
+        logits = lm.get_output_embeddings()(hidden[where])
+    return F.cross_entropy(logits.float(), targets[where], reduction="sum")
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    done = (step - warmup) / max(1, total - warmup)
+    return (
+        0.5 * (1 + math.cos(math.pi * min(1.0, done))) if kind == "cosine" else max(0.0, 1 - done)
+    )
+
+
+def total_steps(cfg: TrainConfig, n_examples: int) -> tuple[int, int]:
+    """(steps per epoch, total optimizer steps)."""
+    micro = -(-n_examples // cfg.batch_size)
+    per_epoch = -(-micro // cfg.grad_accum)
+    total = per_epoch * cfg.epochs
+    return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
+    """Validation loss and the task's main metric on greedy generations."""
+    import torch
+
+    from whetstone.evaluate.metrics import main_score
+    from whetstone.models.generate import generate
+    from whetstone.prompts import chat, normalise_answer
+
+    s.model.eval()
+    loss_sum, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(s.val_examples), s.cfg.batch_size):
+            idx = list(range(start, min(start + s.cfg.batch_size, len(s.val_examples))))
+            batch = make_batch(
+                s.val_examples, idx, packing=s.cfg.packing, capacity=s.cfg.max_length, pad_id=pad_id
+            )
+            loss_sum += float(answer_loss(s.model, batch, device))
+            n += batch.target_tokens
+    recs = s.val_records
+    gens = generate(
+        s.model,
+        s.tok,
+        [chat(s.task, r.input) for r in recs],
+        max_new_tokens=s.max_new_tokens,
+        batch_size=16,
+        max_prompt_tokens=s.cfg.max_length,
+    )
+    preds = [normalise_answer(s.task, g.text) for g in gens]
+    metric = main_score(s.task, preds, [str(r.reference) for r in recs])
+    s.model.train()
+    return {"val_loss": loss_sum / max(n, 1), "metric": float(metric)}
+
+
+def save_best(s: Setup) -> None:
+    from whetstone.train.artefacts import save_artefact
+
+    try:
+        with atomic_dir(s.run.best_dir) as tmp:
+            save_artefact(s.model, s.tok, tmp, method=s.cfg.method, **s.artefact_meta)
+    except OSError as e:
+        raise WhetstoneError(f"could not save the best adapter to {s.run.best_dir}: {e}") from None
+
+
+def checkpoint(s: Setup, opt: Any, sched: Any, p: Progress) -> None:
+    try:
+        save_checkpoint(
+            s.run,
+            {
+                "trainable": trainable_state(s.model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+            },
+            p.__dict__,
+        )
+    except OSError as e:
+        raise WhetstoneError(
+            f"could not save the checkpoint in {s.run.checkpoint_dir}: {e}"
+        ) from None
+
+
+@contextlib.contextmanager
+def live(show: bool, total: int, start: int) -> Iterator[Any]:
+    from whetstone.progress import console, progress
+
+    if not show:
+        yield lambda **_: None, lambda _msg: None
+        return
+    with progress() as bar:
+        tid = bar.add_task("train", total=total, completed=start, info="")
+
+        def update(advance: int = 0, info: str = "") -> None:
+            bar.update(tid, advance=advance, info=info)
+
+        def note(msg: str) -> None:
+            # On a terminal the bar shows it; in a log file a line per validation is enough.
+            if not console.is_terminal:
+                console.print(msg)
+
+        yield update, note
+
+
+def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = True) -> Progress:
+    import torch
+
+    cfg, model, run = s.cfg, s.model, s.run
+    from whetstone.models.base import device as best_device
+
+    device = best_device()
+    pad_id = s.tok.pad_token_id if s.tok.pad_token_id is not None else s.tok.eos_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    _, total = total_steps(cfg, len(s.train))
+    warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda st: lr_factor(st, total, warmup, cfg.scheduler)
+    )
+    eval_every = cfg.eval_every or max(1, total // 5)
+    p = Progress()
+    if resume is not None:
+        load_trainable_state(model, resume["trainable"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        p = Progress(**resume["progress"])
+        set_rng_state(resume["rng"])
+    lengths = [len(e) for e in s.train]
+    model.train()
+
+    def evaluate_now() -> None:
+        t0 = time.perf_counter()
+        # Without a validation split the latest weights are kept, judged by nothing.
+        row = validate(s, device, pad_id) if s.val_records else {"val_loss": None, "metric": None}
+        p.eval_seconds += time.perf_counter() - t0
+        row = {"kind": "validation", "step": p.step, "epoch": p.epoch, **row}
+        run.log(row)
+        better = (
+            p.best_step is None
+            or row["metric"] is None
+            or row["metric"] > p.best_metric
+            or (row["metric"] == p.best_metric and row["val_loss"] < p.best_val_loss)
+        )
+        if better:
+            p.best_metric, p.best_val_loss, p.best_step, p.bad_evals = (
+                row["metric"],
+                row["val_loss"],
+                p.step,
+                0,
+            )
+            save_best(s)
+        else:
+            p.bad_evals += 1
+        p.evals.append(row)
+        run.plot()
+
+    with live(show, total, p.step) as (update, note):
+        while p.epoch < cfg.epochs and p.step < total and not p.stopped_early:
+            plan = plan_epoch(
+                lengths, cfg.batch_size, seed=cfg.seed, epoch=p.epoch, packing=cfg.packing
+            )
+            while p.micro < len(plan) and p.step < total:
+                group = [
+                    make_batch(
+                        s.train, idx, packing=cfg.packing, capacity=cfg.max_length, pad_id=pad_id
+                    )
+                    for idx in plan[p.micro : p.micro + cfg.grad_accum]
+                ]
+                t0 = time.perf_counter()
+                n_targets = sum(b.target_tokens for b in group)
+                loss_sum = 0.0
+                for b in group:
+                    loss = answer_loss(model, b, device) / n_targets
+                    loss.backward()
+                    loss_sum += loss.item()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                p.train_seconds += time.perf_counter() - t0
+                p.step += 1
+                p.micro += len(group)
+                p.tokens += sum(b.tokens for b in group)
+                tps = p.tokens / max(p.train_seconds, 1e-9)
+                run.log(
+                    {
+                        "kind": "train",
+                        "step": p.step,
+                        "epoch": p.epoch,
+                        "loss": loss_sum,
+                        "lr": sched.get_last_lr()[0],
+                        "tokens_per_s": round(tps, 1),
+                    }
+                )
+                last = (
+                    f" · val {p.evals[-1]['metric']:.3f}"
+                    if p.evals and p.evals[-1]["metric"] is not None
+                    else ""
+                )
+                update(advance=1, info=f"loss {loss_sum:.4f}{last} · {tps:,.0f} tok/s")
+                evaluated = p.step % eval_every == 0 or p.step == total
+                if evaluated:
+                    evaluate_now()
+                    ev = p.evals[-1]
+                    note(
+                        f"step {p.step}/{total} · loss {loss_sum:.4f} · val loss "
+                        f"{ev['val_loss'] if ev['val_loss'] is None else round(ev['val_loss'], 4)} · "
+                        f"val metric {ev['metric']}"
+                    )
+                    if p.bad_evals >= cfg.patience:
+                        p.stopped_early = True
+                if evaluated or p.step % cfg.save_every == 0:
+                    checkpoint(s, opt, sched, p)
+                if p.stopped_early:
+                    break
+            if p.micro >= len(plan):
+                p.epoch += 1
+                p.micro = 0
+        if p.best_step is None:  # stopped before any validation (e.g. resumed a finished run)
+            evaluate_now()
+            checkpoint(s, opt, sched, p)
+    return p

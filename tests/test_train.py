@@ -1,0 +1,396 @@
+"""Training engine mechanics on a tiny random-weight model: config, answer-only loss, packing
+isolation, logits only where a loss is taken, every method end to end, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from whetstone.errors import InvalidInput, WhetstoneError
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}}
+
+
+def add_city_records(p: Any, n: int, task: str = "cities") -> None:
+    for i in range(n):
+        ref = json.dumps({"city": f"Town{i % 5}", "zip": f"{10000 + i}"})
+        p.capture(
+            task,
+            f"Send it to {i} Main Street, Town{i % 5} {10000 + i}",
+            reference=ref,
+            source="import",
+        )
+
+
+@pytest.fixture
+def cities(project: Any) -> Any:
+    project.create_task("cities", "extract", schema=SCHEMA)
+    add_city_records(project, 40)
+    return project
+
+
+def quick(tiny_base_dir: Path, **kw: Any) -> Any:
+    from whetstone.train import TrainConfig
+
+    settings: dict[str, Any] = {
+        "base_model": str(tiny_base_dir),
+        "max_steps": 4,
+        "batch_size": 4,
+        "eval_every": 2,
+        "eval_max_records": 2,
+        "save_every": 2,
+        **kw,
+    }
+    return TrainConfig(**settings)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_unknown_config_key_and_method_are_named() -> None:
+    from whetstone.train.config import build
+
+    with pytest.raises(InvalidInput, match="unknown training setting 'lora_rank'"):
+        build(("train.yaml", {"lora_rank": 8}))
+    with pytest.raises(InvalidInput, match="unknown method 'qlora'"):
+        build(("command line", {"method": "qlora"}))
+    with pytest.raises(InvalidInput, match=r"train\.yaml: epochs"):
+        build(("train.yaml", {"epochs": 0}))
+
+
+def test_default_lr_follows_method() -> None:
+    from whetstone.train import TrainConfig
+
+    assert TrainConfig(method="full").learning_rate < TrainConfig(method="lora").learning_rate
+    assert TrainConfig(method="lora", lr=5e-4).learning_rate == 5e-4
+
+
+def test_print_config_merges_yaml_and_flags(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from whetstone.cli import main, train
+
+    if not any(c.name == "train" for c in main.app.registered_commands):
+        train.register(main.app)
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text("lora-r: 4\nepochs: 7\npacking: true\n")
+    res = CliRunner().invoke(
+        main.app,
+        [
+            "--project",
+            str(tmp_path / "none"),
+            "train",
+            "--print-config",
+            "--config",
+            str(cfg_file),
+            "--epochs",
+            "2",
+            "--lora-alpha",
+            "9",
+            "--no-packing",
+            "--target-modules",
+            "q_proj,v_proj",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    cfg = yaml.safe_load(res.stdout)
+    assert (cfg["lora_r"], cfg["epochs"], cfg["lora_alpha"], cfg["packing"]) == (4, 2, 9, False)
+    assert cfg["target_modules"] == ["q_proj", "v_proj"] and cfg["lr"] == 1e-3
+    bad = CliRunner().invoke(main.app, ["train", "--print-config", "--lora-rank", "4"])
+    assert bad.exit_code != 0 and "--lora-rank" in str(bad.exception)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_prompt_tokens_carry_no_loss(cities: Any, real_base: Any) -> None:
+    from whetstone.models import base
+    from whetstone.train.data import IGNORE, encode_records
+
+    tok = base.load_tokenizer(real_base)
+    task = cities.task("cities")
+    rec = cities.records("cities")[0]
+    (ex,), _ = encode_records(tok, task, [rec], max_length=512, policy="left")
+    labels = ex.labels
+    assert labels[: ex.n_prompt] == [IGNORE] * ex.n_prompt
+    answer = [t for t in labels if t != IGNORE]
+    assert answer[-1] == tok.eos_token_id
+    assert tok.decode(answer[:-1]) == rec.reference
+    # The prompt is exactly what inference sends: the chat template with a generation prompt.
+    from whetstone.models.generate import encode_prompts
+    from whetstone.prompts import chat
+
+    assert ex.ids[: ex.n_prompt] == encode_prompts(tok, [chat(task, rec.input)])[0]
+
+
+def test_over_long_examples_are_cut_or_dropped_and_counted(cities: Any, real_base: Any) -> None:
+    from whetstone.models import base
+    from whetstone.train.data import encode_records
+
+    tok = base.load_tokenizer(real_base)
+    task = cities.task("cities")
+    long_id = cities.capture(
+        "cities", "Main Street " * 80 + "Town1 10001", reference='{"city":"Town1"}', source="import"
+    )
+    huge_id = cities.capture(
+        "cities", "x", reference=json.dumps({"city": "Town " * 200}), source="import"
+    )
+    recs = [cities.record(long_id), cities.record(huge_id), cities.records("cities")[0]]
+    exs, report = encode_records(tok, task, recs, max_length=96, policy="left")
+    assert (report.too_long, report.truncated, report.dropped, len(exs)) == (2, 1, 1, 2)
+    assert len(exs[0]) == 96 and exs[0].ids[-1] == tok.eos_token_id
+    _, report = encode_records(tok, task, recs, max_length=96, policy="drop")
+    assert (report.truncated, report.dropped) == (0, 2)
+    assert "2 of 3 examples exceeded max_length" in report.summary()
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_base_dir: Path) -> None:
+    import torch
+
+    from whetstone.models import base
+    from whetstone.train.data import Example, collate
+    from whetstone.train.loop import attention_mask
+
+    model, _ = base.load(base.resolve(str(tiny_base_dir)), dtype=torch.float32)
+    a = Example(None, list(range(100, 130)), 10)
+    a2 = Example(None, list(range(500, 530)), 10)
+    b = Example(None, list(range(200, 220)), 5)
+
+    def hidden(rows: list[list[Example]]) -> Any:
+        batch = collate(rows, pad_id=2)
+        with torch.no_grad():
+            return model.model(
+                input_ids=batch.input_ids,
+                position_ids=batch.position_ids,
+                attention_mask=attention_mask(model, batch, "cpu"),
+            ).last_hidden_state
+
+    packed = hidden([[a, b]])[0, 30:50]
+    assert torch.allclose(
+        packed, hidden([[a2, b]])[0, 30:50], atol=1e-5
+    )  # A's tokens changed: B unchanged
+    assert torch.allclose(packed, hidden([[b]])[0], atol=1e-5)  # and B packed == B alone
+    # Padding after a shorter row does not leak into it either.
+    assert torch.allclose(hidden([[b], [a]])[0, :20], hidden([[b]])[0], atol=1e-5)
+
+
+def test_logits_only_where_a_loss_is_taken(tiny_base_dir: Path) -> None:
+    import torch
+
+    from whetstone.models import base
+    from whetstone.train.data import Example, collate
+    from whetstone.train.loop import answer_loss
+
+    model, _ = base.load(base.resolve(str(tiny_base_dir)), dtype=torch.float32)
+    seen: list[int] = []
+    model.lm_head.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    batch = collate(
+        [[Example(None, list(range(100, 140)), 33), Example(None, list(range(300, 320)), 15)]],
+        pad_id=2,
+    )
+    loss = answer_loss(model, batch, "cpu")
+    assert seen == [(40 - 33) + (20 - 15)] == [batch.target_tokens]
+    # The same loss as the full-logits computation, restricted to the answers.
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids[:, :40]).logits[0]
+        logits = torch.cat([logits, model(input_ids=batch.input_ids[:, 40:]).logits[0]])
+    mask = batch.targets[0] != -100
+    ref = torch.nn.functional.cross_entropy(logits[mask], batch.targets[0][mask], reduction="sum")
+    assert torch.allclose(loss, ref, rtol=1e-4)
+
+
+def test_topk_runs_lower_blocks_without_autograd(tiny_base_dir: Path) -> None:
+    import torch
+
+    from whetstone.models import base
+    from whetstone.train import TrainConfig, methods
+    from whetstone.train.data import Example, collate
+    from whetstone.train.loop import answer_loss
+
+    model, _ = base.load(base.resolve(str(tiny_base_dir)), dtype=torch.float32, for_training=True)
+    model = methods.get("topk").prepare(model, TrainConfig(method="topk", topk_layers=1))
+    grad_on: dict[int, bool] = {}
+    for i, layer in enumerate(model.model.layers):
+        layer.register_forward_hook(
+            lambda m, a, o, i=i: grad_on.__setitem__(i, torch.is_grad_enabled())
+        )
+    loss = answer_loss(
+        model, collate([[Example(None, list(range(100, 140)), 30)]], pad_id=2), "cpu"
+    )
+    loss.backward()
+    assert grad_on == {0: False, 1: True}
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert trained and all(n.startswith(("model.layers.1.", "model.norm")) for n in trained)
+    assert torch.is_grad_enabled()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "files"),
+    [
+        ("lora", {}, {"adapter_config.json", "adapter_model.safetensors"}),
+        ("dora", {}, {"adapter_config.json", "adapter_model.safetensors"}),
+        ("full", {}, {"config.json", "model.safetensors"}),
+        ("head", {}, {"lm_head.safetensors"}),
+        ("topk", {"topk_layers": 1}, {"topk.safetensors"}),
+        ("topk", {"topk_layers": 1, "topk_lora": True}, {"adapter_config.json"}),
+    ],
+)
+def test_each_method_trains_registers_and_loads(
+    cities: Any, tiny_base_dir: Path, method: str, extra: dict[str, Any], files: set[str]
+) -> None:
+    import torch
+
+    from whetstone import registry, snapshots
+    from whetstone.models.generate import generate
+    from whetstone.prompts import chat
+    from whetstone.train import train_task
+
+    res = train_task(cities, "cities", quick(tiny_base_dir, method=method, **extra), progress=False)
+    av = registry.get(cities, res.adapter)
+    assert (av.stage, av.method, av.run_id, av.snapshot_id) == (
+        "candidate",
+        method,
+        res.run_id,
+        res.snapshot_id,
+    )
+    assert files <= {f.name for f in av.path.iterdir()}
+    assert av.info["config"]["method"] == method and av.info["whetstone_version"]
+    run = Path(res.run_dir)
+    assert (run / "curve.png").stat().st_size > 0 and (run / "config.yaml").exists()
+    assert [r["step"] for r in res.history if r["kind"] == "validation"] == [2, 4]
+    assert res.steps == 4 and res.best_step in (2, 4) and 0 <= res.best_metric <= 1
+    # Loaded for inference, the adapter changes what the base model says (weights were trained).
+    model, tok, _ = registry.load_adapter_model(cities, res.adapter)
+    assert not model.training
+    base_model, _ = __import__("whetstone.models.base", fromlist=["load"]).load(str(tiny_base_dir))
+    task = cities.task("cities")
+    rec = snapshots.records(cities, snapshots.load(cities, res.snapshot_id), "validation")[0]
+    ids = torch.tensor(
+        [tok.apply_chat_template(chat(task, rec.input), add_generation_prompt=True)["input_ids"]]
+    )
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, base_model(input_ids=ids).logits)
+    assert generate(model, tok, [chat(task, rec.input)], max_new_tokens=4)[0].output_tokens > 0
+
+
+def test_classify_head_trains_on_features_and_answers_with_labels(
+    project: Any, tiny_base_dir: Path
+) -> None:
+    from whetstone import registry
+    from whetstone.predict import load_predictor
+    from whetstone.train import TrainConfig, train_task
+
+    project.create_task("mood", "classify", labels=["happy", "sad"])
+    for i in range(40):
+        word = ["great", "awful"][i % 2]
+        project.capture(
+            "mood", f"day {i} was {word} {word}", reference=["happy", "sad"][i % 2], source="import"
+        )
+    cfg = TrainConfig(
+        method="head", base_model=str(tiny_base_dir), max_steps=60, eval_every=20, patience=10
+    )
+    res = train_task(project, "mood", cfg, progress=False)
+    assert res.best_metric is not None and res.best_metric >= 0.9  # the word is in the features
+    pred = load_predictor(project, "mood", res.adapter)
+    gens = pred(["day 99 was great great", "day 98 was awful awful"])
+    assert [g.text for g in gens] == ["happy", "sad"]
+    assert all(g.confidence <= 0 for g in gens)
+    assert registry.get(project, res.adapter).method == "head"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_no_records_with_a_reference_is_a_clear_error(project: Any, tiny_base_dir: Path) -> None:
+    from whetstone import registry
+    from whetstone.train import train_task
+
+    project.create_task("cities", "extract", schema=SCHEMA)
+    project.capture("cities", "1 Main St, Springfield", '{"city": "Springfield"}')  # no reference
+    with pytest.raises(InvalidInput, match="no records with a reference"):
+        train_task(project, "cities", quick(tiny_base_dir), progress=False)
+    assert registry.list_versions(project) == []
+
+
+def test_only_test_records_means_nothing_to_train_on(project: Any, tiny_base_dir: Path) -> None:
+    from whetstone import snapshots
+    from whetstone.train import train_task
+
+    project.create_task("cities", "extract", schema=SCHEMA)
+    add_city_records(project, 3)
+    snap = snapshots.freeze(project, "cities", {r.id: "test" for r in project.records("cities")})
+    with pytest.raises(InvalidInput, match="no training records"):
+        train_task(project, "cities", quick(tiny_base_dir), snapshot_id=snap.id, progress=False)
+
+
+def test_fewer_rows_than_a_batch_trains_with_a_smaller_batch(
+    project: Any, tiny_base_dir: Path
+) -> None:
+    from whetstone.train import train_task
+
+    project.create_task("cities", "extract", schema=SCHEMA)
+    add_city_records(project, 6)
+    res = train_task(
+        project,
+        "cities",
+        quick(tiny_base_dir, batch_size=64, max_steps=None, epochs=2),
+        progress=False,
+    )
+    assert res.steps == 2 and "one batch of" in res.data["notes"][0]
+
+
+def test_every_example_too_long_is_an_error(cities: Any, tiny_base_dir: Path) -> None:
+    from whetstone import registry
+    from whetstone.train import train_task
+
+    with pytest.raises(InvalidInput, match="no training example fits max_length=16"):
+        train_task(cities, "cities", quick(tiny_base_dir, max_length=16), progress=False)
+    assert registry.list_versions(cities) == []
+
+
+def test_full_disk_while_saving_registers_nothing(
+    cities: Any, tiny_base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whetstone import registry
+    from whetstone.train import train_task
+    from whetstone.train.methods import lora
+
+    real_save = lora.save
+
+    def save_then_fill(model: Any, folder: Path) -> None:
+        real_save(model, folder)  # half the artefact is written, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lora, "save", save_then_fill)
+    with pytest.raises(WhetstoneError, match="No space left on device"):
+        train_task(cities, "cities", quick(tiny_base_dir), progress=False)
+    assert registry.list_versions(cities) == []
+    runs = list((cities.home / "runs").iterdir())
+    assert not (runs[0] / "best").exists() and not [
+        p for p in runs[0].iterdir() if p.name.startswith(".best")
+    ]
+
+
+def test_adapter_on_another_base_model_is_refused(
+    cities: Any, tiny_base_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from whetstone import registry
+    from whetstone.train import train_task
+
+    res = train_task(cities, "cities", quick(tiny_base_dir, max_steps=2), progress=False)
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_base_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["rms_norm_eps"] = 1e-5
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InvalidInput, match="was trained on base model"):
+        registry.load_adapter_model(cities, res.adapter, base_model=str(other))
