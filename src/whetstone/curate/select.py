@@ -40,23 +40,19 @@ def k_center(vecs: Any, k: int, seeds: list[int]) -> list[int]:
 
 
 def quotas(sizes: dict[str, int], budget: int) -> dict[str, int]:
-    """Proportional shares of the budget (largest remainders), at least one per label when
-    the budget allows, never more than a label has."""
+    """Shares of the budget proportional to label sizes (largest remainders), at least one per
+    label when the budget allows, never more than a label has."""
     total = sum(sizes.values())
     raw = {k: budget * n / total for k, n in sizes.items()}
-    out = {k: min(sizes[k], max(1 if budget >= len(sizes) else 0, int(v))) for k, v in raw.items()}
-    order = sorted(sizes, key=lambda k: raw[k] - int(raw[k]), reverse=True)
-    while sum(out.values()) < budget:
-        grew = False
-        for k in order:
-            if sum(out.values()) < budget and out[k] < sizes[k]:
-                out[k] += 1
-                grew = True
-        if not grew:
-            break
-    while sum(out.values()) > budget:
-        k = max(out, key=lambda k: out[k] - raw[k])
-        out[k] -= 1
+    out = {k: int(v) for k, v in raw.items()}
+    for k in sorted(sizes, key=lambda k: raw[k] - out[k], reverse=True)[
+        : budget - sum(out.values())
+    ]:
+        out[k] += 1
+    if budget >= len(sizes):
+        for k in [k for k, q in out.items() if q == 0]:
+            out[max(out, key=lambda j: out[j])] -= 1
+            out[k] = 1
     return out
 
 
