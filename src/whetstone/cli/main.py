@@ -14,7 +14,8 @@ from whetstone.cli import common
 
 # One module per stage, each with `register(app)`; order is the order of `--help`.
 COMMAND_MODULES = [
-    "project", "tasks", "records", "data", "demo_data", "predict", "evaluate", "doctor",
+    "project", "tasks", "records", "data", "demo_data", "predict", "curate", "train",
+    "evaluate", "registry", "serve", "doctor",
 ]
 
 app = typer.Typer(
