@@ -288,13 +288,33 @@ def test_cli_curate_and_next(topics: Any, tmp_path: Any) -> None:
     runner = CliRunner()
     out = runner.invoke(app, ["curate", "--task", "topic", "--budget", "10", "--no-pii"])
     assert out.exit_code == 0, out.output
-    assert (
-        "from-snapshot" in out.output
-        and "select" in out.output
-        and "pii" not in out.output.split("Snapshot")[0].split("\n")[3:][0]
-    )
+    assert "from-snapshot" in out.output
+    steps = [line.split("│")[1].strip() for line in out.output.splitlines() if line.startswith("│")]
+    assert "select" in steps and "dedup" in steps and "pii" not in steps
     queue = tmp_path / "q.jsonl"
     out = runner.invoke(app, ["curate", "next", "--task", "topic", "--n", "5", "-o", str(queue)])
     assert out.exit_code == 0, out.output
     rows = [json.loads(line) for line in queue.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["input"] == WEATHER[0] and "score" in rows[0]
+
+
+def test_generate_noise_uses_the_production_adapter_loss(
+    project: Any, tiny_base_dir: Any, monkeypatch: Any
+) -> None:
+    from whetstone.curate import noise
+    from whetstone.models import base
+
+    p = project
+    p.create_task("reply", "generate")
+    _add(p, "reply", [(t, t.upper()) for t in SPORT[:6]])
+    res = curate(p, "reply", {"steps": ["validate", "noise", "split"]})
+    assert "no production adapter" in next(s for s in res.steps if s.name == "noise").notes[0]
+    model, tok = base.load(str(tiny_base_dir))
+    monkeypatch.setattr(noise, "production_model", lambda ctx: (model, tok, "reply@1"))
+    cfg = {"steps": ["validate", "noise", "hard", "split"], "hard_loss_quantile": 0.5}
+    res = curate(p, "reply", cfg)
+    assert next(s for s in res.steps if s.name == "noise").notes == [
+        "teacher disagreement: no teacher configured"
+    ]
+    hard = next(s for s in res.steps if s.name == "hard")
+    assert hard.changed >= 1  # the highest-loss half is up-weighted as hard examples
