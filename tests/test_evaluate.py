@@ -274,3 +274,17 @@ def test_cli_eval_and_compare(tiny_project: Any) -> None:
         assert "exact_match" in res.stdout and "latency" in res.stdout
     finally:
         common.state.project = None
+
+
+@pytest.mark.slow
+def test_exact_match_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
+    """The peer check in benchmarks/lm_eval_agreement.py: same model, records, prompt, stop."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "lm_eval_agreement.py"
+    spec = importlib.util.spec_from_file_location("lm_eval_agreement", path)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.run(tmp_path)
+    assert bench.agrees(result), result
