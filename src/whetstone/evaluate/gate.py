@@ -1,0 +1,422 @@
+"""The promotion gate, and the two ways production changes: `promote` and `rollback`.
+
+The gate lets a candidate adapter reach production only when it is shown to be better than
+what is served now (the production adapter, or the base model when there is none) on the
+same held-out records, with every rule's numbers kept so a refusal can be explained:
+
+- `beats-baseline`: the lower 95% bound of the paired difference of the main metric is
+  above `min_delta`, so a lucky draw on a small test set does not pass;
+- `slices`: no slice (tag, label, field) with at least `min_slice_size` records drops by
+  more than `slice_tolerance`, so an average gain cannot hide a broken sub-population;
+- `latency`: the candidate's p95 latency is within `latency_budget_ms`, when one is set;
+- `leakage`: no evaluation record is an exact or near duplicate of a training record of
+  the candidate's snapshot, since such a test measures memory rather than skill.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from whetstone import registry
+from whetstone.errors import InvalidInput, NotFound, WhetstoneError
+from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+from whetstone.project import Project
+from whetstone.records import utcnow
+
+if TYPE_CHECKING:
+    from whetstone.evaluate.compare import Comparison
+    from whetstone.evaluate.runner import Evaluation
+    from whetstone.registry import AdapterVersion
+
+
+class GateRefused(WhetstoneError):
+    """The gate refused a promotion; the CLI has printed the rules that failed."""
+
+    exit_code = 3
+
+
+class GateConfig(BaseModel):
+    """Gate settings: the `gate:` section of whetstone.yaml, then command-line options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_delta: float = 0.0
+    slice_tolerance: float = Field(0.05, ge=0)
+    min_slice_size: int = Field(20, ge=1)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    near_duplicate: float = Field(0.8, gt=0, le=1)
+    split: str = "test"
+    snapshot: str | None = None
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    resamples: int = Field(DEFAULT_RESAMPLES, ge=100)
+    seed: int = DEFAULT_SEED
+
+
+def gate_config(project: Project, **overrides: Any) -> GateConfig:
+    """The project's `gate:` settings with the given overrides (None means "not given")."""
+    values = {**project.section("gate"), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return GateConfig(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InvalidInput(f"{project.config_path}: gate.{where}: {first['msg']}") from None
+
+
+@dataclass
+class RuleResult:
+    name: str
+    passed: bool
+    message: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateDecision:
+    task: str
+    candidate: str  # "T@N"
+    baseline: str  # "T@M" or "base:<name>"
+    snapshot_id: str
+    split: str
+    main_metric: str
+    rules: list[RuleResult]
+    evaluations: dict[str, str]  # "candidate"/"baseline" -> evaluation id
+    config: dict[str, Any]
+    decided_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rules)
+
+    @property
+    def failed(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.passed]
+
+    def summary(self) -> str:
+        """The failed rules in one line (or "all rules passed")."""
+        if self.passed:
+            return "all rules passed"
+        return "; ".join(f"{r.name}: {r.message}" for r in self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["decided_at"] = self.decided_at.isoformat()
+        d["passed"] = self.passed
+        return d
+
+
+# ---------------------------------------------------------------- evaluations to compare
+
+
+def baseline_for(project: Project, av: AdapterVersion) -> str:
+    """What `av` must beat: the task's production adapter, or the base model."""
+    prod = registry.production(project, av.task)
+    return prod.name if prod is not None and prod.version != av.version else "base"
+
+
+def stored_or_run(
+    project: Project, av: AdapterVersion, model: str, snapshot_id: str, cfg: GateConfig
+) -> Evaluation:
+    """The newest complete stored evaluation of `model` on this snapshot split, else a new
+    one. The base model is the one `av` was trained on, not whatever the project names now."""
+    from whetstone.evaluate.runner import evaluate, latest_evaluation
+
+    base_model = None
+    name = model
+    if model == "base":
+        from whetstone.models import base as base_models
+
+        base_model = av.base_model
+        name = f"base:{base_models.resolve(av.base_model).name}"
+    ev = latest_evaluation(project, av.task, name, snapshot_id, cfg.split)
+    if ev is not None:
+        return ev
+    return evaluate(
+        project,
+        av.task,
+        model,
+        cfg.split,
+        snapshot_id,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        base_model=base_model,
+        resamples=cfg.resamples,
+        seed=cfg.seed,
+    )
+
+
+def paired_comparison(
+    project: Project, av: AdapterVersion, baseline: str, cfg: GateConfig
+) -> Comparison:
+    """Candidate (a) against baseline (b) on the same records of one snapshot split."""
+    from whetstone.evaluate.compare import compare_evaluations
+    from whetstone.evaluate.runner import choose_snapshot
+
+    snap = choose_snapshot(project, av.task, av.name, cfg.snapshot)
+    ev_a = stored_or_run(project, av, av.name, snap.id, cfg)
+    ev_b = stored_or_run(project, av, baseline, snap.id, cfg)
+    return compare_evaluations(
+        project, project.task(av.task), ev_a, ev_b, resamples=cfg.resamples, seed=cfg.seed
+    )
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def rule_beats_baseline(c: Comparison, cfg: GateConfig) -> RuleResult:
+    m = c.main
+    passed = m["low"] > cfg.min_delta
+    numbers = {
+        "metric": c.main_metric,
+        "candidate": m["a"],
+        "baseline": m["b"],
+        "diff": m["diff"],
+        "low": m["low"],
+        "high": m["high"],
+        "p_value": m["p_value"],
+        "min_delta": cfg.min_delta,
+        "n": len(c.record_ids),
+    }
+    verdict = ">" if passed else "is not above"
+    msg = (
+        f"{c.main_metric} {m['a']:.3f} vs {m['b']:.3f} ({c.b.model}), difference {m['diff']:+.3f} "
+        f"with 95% CI [{m['low']:+.3f}, {m['high']:+.3f}] on {len(c.record_ids)} records; "
+        f"lower bound {m['low']:+.3f} {verdict} min-delta {cfg.min_delta:+.3f}"
+    )
+    return RuleResult("beats-baseline", passed, msg, numbers)
+
+
+def rule_slices(c: Comparison, cfg: GateConfig) -> RuleResult:
+    checked = [s for s in c.slices if s.n >= cfg.min_slice_size]
+    bad = sorted((s for s in checked if s.diff < -cfg.slice_tolerance), key=lambda s: s.diff)
+    numbers = {
+        "min_slice_size": cfg.min_slice_size,
+        "tolerance": cfg.slice_tolerance,
+        "checked": len(checked),
+        "skipped_small": len(c.slices) - len(checked),
+        "regressions": [
+            {"slice": s.name, "n": s.n, "candidate": s.a, "baseline": s.b, "diff": s.diff}
+            for s in bad
+        ],
+        "worst": min(
+            ({"slice": s.name, "n": s.n, "diff": s.diff} for s in checked),
+            key=lambda x: x["diff"],
+            default=None,
+        ),
+    }
+    if bad:
+        listed = ", ".join(
+            f"{s.name} (n={s.n}) {s.a:.3f} vs {s.b:.3f} = {s.diff:+.3f}" for s in bad[:5]
+        )
+        msg = f"{len(bad)} slice(s) regress by more than {cfg.slice_tolerance:.3f}: {listed}"
+    elif checked:
+        w = numbers["worst"]
+        msg = (
+            f"{len(checked)} slice(s) with >= {cfg.min_slice_size} records, worst "
+            f"{w['slice']} {w['diff']:+.3f} (tolerance {cfg.slice_tolerance:.3f})"
+        )
+    else:
+        msg = f"no slice has >= {cfg.min_slice_size} records ({len(c.slices)} smaller ones skipped)"
+    return RuleResult("slices", not bad, msg, numbers)
+
+
+def rule_latency(c: Comparison, cfg: GateConfig) -> RuleResult:
+    p95 = c.cost["a"]["latency_p95_ms"]
+    numbers = {
+        "candidate_p95_ms": p95,
+        "baseline_p95_ms": c.cost["b"]["latency_p95_ms"],
+        "budget_ms": cfg.latency_budget_ms,
+    }
+    if cfg.latency_budget_ms is None:
+        shown = "unknown" if p95 is None else f"{p95:.1f} ms"
+        return RuleResult("latency", True, f"p95 {shown}; no budget set", numbers)
+    if p95 is None:
+        return RuleResult("latency", False, "no latency was measured for the candidate", numbers)
+    passed = p95 <= cfg.latency_budget_ms
+    op = "<=" if passed else ">"
+    return RuleResult(
+        "latency", passed, f"p95 {p95:.1f} ms {op} budget {cfg.latency_budget_ms:.1f} ms", numbers
+    )
+
+
+def rule_leakage(
+    project: Project, av: AdapterVersion, c: Comparison, cfg: GateConfig
+) -> RuleResult:
+    from whetstone import snapshots
+    from whetstone.evaluate.leakage import find_leaks
+
+    eval_recs = list(project.store.iter_records(av.task, ids=c.record_ids))
+    train_snap = snapshots.load(project, av.snapshot_id or str(c.a.snapshot_id))
+    train_recs = snapshots.records(project, train_snap, "train")
+    rep = find_leaks(eval_recs, train_recs, threshold=cfg.near_duplicate)
+    numbers = {**rep.to_dict(), "train_snapshot": train_snap.id}
+    if rep.pairs:
+        ex = ", ".join(
+            f"record {p.eval_id}~{p.train_id} ({p.kind}, J={p.jaccard:.2f})" for p in rep.pairs[:3]
+        )
+        msg = (
+            f"{len(rep.leaked_eval_ids)} of {rep.eval_records} evaluation record(s) duplicate "
+            f"a training record ({rep.exact} exact, {rep.near} near at Jaccard >= "
+            f"{cfg.near_duplicate:.2f}), e.g. {ex}"
+        )
+        return RuleResult("leakage", False, msg, numbers)
+    msg = (
+        f"no evaluation record duplicates any of {rep.train_records} training record(s) "
+        f"(exact or Jaccard >= {cfg.near_duplicate:.2f})"
+    )
+    return RuleResult("leakage", True, msg, numbers)
+
+
+# ---------------------------------------------------------------- gate, promote, rollback
+
+
+def candidate(project: Project, ref: str) -> AdapterVersion:
+    _, version = registry.parse_ref(ref)
+    if version is None:
+        raise InvalidInput(f"name the version to promote, e.g. {ref}@1 (see whetstone adapters)")
+    return registry.get(project, ref)
+
+
+def gate(project: Project, ref: str, config: GateConfig | None = None) -> GateDecision:
+    """Run every rule for adapter `T@N` against the production model (or the base model)."""
+    cfg = config or gate_config(project)
+    av = candidate(project, ref)
+    baseline = baseline_for(project, av)
+    c = paired_comparison(project, av, baseline, cfg)
+    rules = [
+        rule_beats_baseline(c, cfg),
+        rule_slices(c, cfg),
+        rule_latency(c, cfg),
+        rule_leakage(project, av, c, cfg),
+    ]
+    return GateDecision(
+        task=av.task,
+        candidate=av.name,
+        baseline=c.b.model,
+        snapshot_id=str(c.a.snapshot_id),
+        split=cfg.split,
+        main_metric=c.main_metric,
+        rules=rules,
+        evaluations={"candidate": c.a.id, "baseline": c.b.id},
+        config=cfg.model_dump(),
+    )
+
+
+@dataclass
+class Promotion:
+    decision: GateDecision
+    promoted: bool
+    forced: bool
+    adapter: AdapterVersion
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def promote(
+    project: Project,
+    ref: str,
+    config: GateConfig | None = None,
+    *,
+    force: bool = False,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> Promotion:
+    """Gate `T@N` and move it to production if every rule passes (or `force`, which needs a
+    reason). The decision is kept in the adapter's info; a refusal is a registry event."""
+    if force and not (reason and reason.strip()):
+        raise InvalidInput("--force needs --reason: say why the gate is overruled")
+    av = candidate(project, ref)
+    if av.stage == "production":
+        raise InvalidInput(f"{av.name} is already the production version of {av.task!r}")
+    actor = actor or default_actor()
+    decision = gate(project, av.name, config)
+    registry.update_info(project, av.name, gate=decision.to_dict())
+    if decision.passed:
+        av = registry.set_stage(
+            project,
+            av.name,
+            "production",
+            action="promote",
+            actor=actor,
+            reason=reason or f"gate passed against {decision.baseline}",
+        )
+        return Promotion(decision, True, False, av)
+    if force:
+        failed = ", ".join(r.name for r in decision.failed)
+        av = registry.set_stage(
+            project,
+            av.name,
+            "production",
+            action="promote-forced",
+            actor=actor,
+            reason=f"{reason} (gate failed: {failed})",
+        )
+        return Promotion(decision, True, True, av)
+    registry.record_event(project, av.name, "gate-refused", actor=actor, reason=decision.summary())
+    return Promotion(decision, False, False, registry.get(project, av.name))
+
+
+def production_stack(project: Project, task: str) -> list[int]:
+    """The versions that were production, oldest first, with rolled-back ones removed: the
+    last is the current one, the one before it is where a rollback goes."""
+    stack: list[int] = []
+    for ev in registry.history(project, task):
+        if ev["to_stage"] != "production":
+            continue
+        v = ev["version"]
+        if ev["action"] == "rollback" and v in stack:
+            del stack[stack.index(v) + 1 :]
+        else:
+            if v in stack:
+                stack.remove(v)
+            stack.append(v)
+    return stack
+
+
+def rollback(
+    project: Project,
+    task: str,
+    to: int | None = None,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> tuple[AdapterVersion, AdapterVersion]:
+    """Make the previous production version (or version `to`, which must have been in
+    production before) production again; the current one is retired. Returns (new, old)."""
+    project.task(task)
+    current = registry.production(project, task)
+    if current is None:
+        raise NotFound(f"task {task!r} has no production version to roll back from")
+    earlier = [v for v in production_stack(project, task) if v != current.version]
+    if not earlier:
+        raise InvalidInput(
+            f"nothing to roll back to: {current.name} is the first production "
+            f"version of {task!r} still on record"
+        )
+    target = earlier[-1] if to is None else to
+    if target not in earlier:
+        was = ", ".join(f"{task}@{v}" for v in earlier)
+        raise InvalidInput(
+            f"{task}@{target} was never production before {current.name} "
+            f"(rollback targets: {was}); promote it through the gate instead"
+        )
+    new = registry.set_stage(
+        project,
+        f"{task}@{target}",
+        "production",
+        action="rollback",
+        actor=actor or default_actor(),
+        reason=reason or f"rolled back from {current.name}",
+    )
+    return new, registry.get(project, current.name)
