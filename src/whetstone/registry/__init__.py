@@ -178,6 +178,17 @@ def set_stage(
     return get(project, av.name)
 
 
+def record_event(
+    project: Project, ref: str, action: str, *, actor: str | None = None, reason: str | None = None
+) -> None:
+    """An event that changes no stage (a refused promotion), so the history still shows it."""
+    av = get(project, ref)
+    with project.store.begin() as c:
+        c.execute(schema.registry_events.insert().values(
+            task=av.task, version=av.version, action=action, from_stage=av.stage, to_stage=av.stage,
+            actor=actor, reason=reason, created_at=utcnow().isoformat()))
+
+
 def update_info(project: Project, ref: str, **info: Any) -> AdapterVersion:
     av = get(project, ref)
     merged = {**av.info, **info}
