@@ -3,6 +3,7 @@ re-imports, schema versions, bad URLs, and many processes capturing at once."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from collections.abc import Iterator
 
@@ -46,7 +47,9 @@ def test_task_twice_is_refused(store: Store) -> None:
 
 
 def test_unknown_task_lists_the_known_ones(store: Store) -> None:
-    with pytest.raises(NotFound, match=r"unknown task 'ticket' \(known tasks: summaries, tickets\)"):
+    with pytest.raises(
+        NotFound, match=r"unknown task 'ticket' \(known tasks: summaries, tickets\)"
+    ):
         store.get_task("ticket")
     with pytest.raises(NotFound, match="unknown task 'nope'"):
         store.capture("nope", "hello")
@@ -72,7 +75,12 @@ def test_capture_then_get(store: Store) -> None:
     rec = store.get_record(rid)
     assert rec.id == rid
     assert (rec.task, rec.input, rec.output) == ("tickets", "my parcel never came", "billing")
-    assert (rec.model, rec.confidence, rec.tags, rec.meta) == ("tickets@1", 0.4, ["web"], {"latency_ms": 12})
+    assert (rec.model, rec.confidence, rec.tags, rec.meta) == (
+        "tickets@1",
+        0.4,
+        ["web"],
+        {"latency_ms": 12},
+    )
     assert (rec.status, rec.source, rec.reference, rec.history) == (
         Status.unreviewed,
         Source.production,
@@ -230,7 +238,9 @@ def test_filters(store: Store) -> None:
 def test_reimport_with_the_same_source_key_adds_nothing(store: Store) -> None:
     def rows(*keys: str) -> list[Record]:
         return [
-            Record(task="tickets", input=f"in {k}", reference="other", source="import", source_key=k)
+            Record(
+                task="tickets", input=f"in {k}", reference="other", source="import", source_key=k
+            )
             for k in keys
         ]
 
@@ -274,7 +284,9 @@ def test_unreachable_postgres_is_one_line() -> None:
     with pytest.raises(StoreError) as e:
         Store("postgresql://nobody@127.0.0.1:1/nothing")
     msg = str(e.value)
-    assert msg.startswith("cannot open the store at postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    assert msg.startswith(
+        "cannot open the store at postgresql+psycopg://nobody@127.0.0.1:1/nothing"
+    )
     assert "\n" not in msg
 
 
@@ -289,72 +301,72 @@ def test_unwritable_sqlite_path_is_a_store_error(tmp_path) -> None:
         Store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
 
 
+def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a database, just some words that fill the header " * 10)
+    with pytest.raises(StoreError, match="file is not a database"):
+        Store(str(junk))
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://ana@db/whetstone", "unsupported store 'mysql'"),
+        ("postgresql://ana@db:port/whetstone", "not a store URL"),
+    ],
+)
+def test_urls_whetstone_cannot_use(url: str, problem: str) -> None:
+    with pytest.raises(InvalidInput, match=problem) as e:
+        Store(url)
+    assert "postgresql://USER@HOST" in str(e.value)  # says what would work
+
+
 # ---- many processes at once ------------------------------------------------------------
 WRITERS = 4
 PER_WRITER = 2000
+IMPORTED = 200
 
 
-def _capture_many(url: str, writer: int, n: int) -> None:
-    # Each process opens its own store, as every server worker does; every capture is its
-    # own transaction, as in serving.
+def _worker(url: str, writer: int) -> None:
+    """What a server worker does when several start together on a fresh store: open it (so
+    migrate it), make sure its task exists, import the same seed file as the others, then
+    capture, each capture its own transaction as in serving."""
     s = Store(url)
-    for i in range(n):
-        s.capture("tickets", f"w{writer}-{i}", "other", meta={"marker": f"w{writer}-{i}"})
-    s.close()
-
-
-def _open_fresh(url: str, _: int) -> None:
-    s = Store(url)
-    s.create_task(Task(name=f"t{multiprocessing.current_process().pid}", kind="generate"))
-    s.close()
-
-
-def test_concurrent_writers_lose_nothing(store: Store, store_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_capture_many, args=(store_url, w, PER_WRITER)) for w in range(WRITERS)
+    with contextlib.suppress(InvalidInput):  # another worker created it first
+        s.create_task(Task(name="tickets", kind="classify", labels=LABELS))
+    seed = [
+        Record(task="tickets", input=f"seed {k}", source="import", source_key=f"k{k}")
+        for k in range(IMPORTED)
     ]
+    s.add_records(seed)
+    for i in range(PER_WRITER):
+        s.capture("tickets", f"w{writer}-{i}", "other", meta={"writer": writer})
+    s.close()
+
+
+def test_workers_starting_together_on_a_fresh_store_lose_nothing(store_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(store_url, w)) for w in range(WRITERS)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=300)
-    assert [p.exitcode for p in procs] == [0] * WRITERS
-    with store.engine.connect() as c:
-        texts = [r[0] for r in c.execute(sa.select(schema.records.c.input_text))]
+    assert [p.exitcode for p in procs] == [0] * WRITERS  # a failing worker's traceback is in stderr
+
+    s = Store(store_url)
+    with s.engine.connect() as c:
+        assert c.execute(sa.select(schema.meta)).all() == [("schema_version", str(LATEST))]
+        texts = [
+            r[0]
+            for r in c.execute(
+                sa.select(schema.records.c.input_text).where(
+                    schema.records.c.source == "production"
+                )
+            )
+        ]
+    assert [t.name for t in s.list_tasks()] == ["tickets"]
+    assert s.count_records("tickets", source="import") == IMPORTED
+    # Every capture exactly once: as many rows as captures, and each marker among them.
     assert len(texts) == WRITERS * PER_WRITER
     assert set(texts) == {f"w{w}-{i}" for w in range(WRITERS) for i in range(PER_WRITER)}
-
-
-def test_processes_opening_a_fresh_store_together_migrate_it_once(store_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_open_fresh, args=(store_url, w)) for w in range(WRITERS)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0] * WRITERS
-    s = Store(store_url)
-    assert len(s.list_tasks()) == WRITERS
     s.close()
-
-
-def _import_same_rows(url: str, _: int) -> None:
-    s = Store(url)
-    s.add_records(
-        [
-            Record(task="tickets", input=f"row {k}", source="import", source_key=f"k{k}")
-            for k in range(200)
-        ]
-    )
-    s.close()
-
-
-def test_concurrent_reimports_skip_rather_than_crash(store: Store, store_url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_import_same_rows, args=(store_url, w)) for w in range(WRITERS)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert [p.exitcode for p in procs] == [0] * WRITERS
-    assert store.count_records("tickets") == 200

@@ -42,6 +42,8 @@ def normalise_url(url: str) -> str:
     return url
 
 
+_URL_HELP = "use a SQLite file path, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB"
+
 # Built once, with bound parameters: building `.values(...)` per row costs more than SQLite's
 # commit does, and captures are the serving hot path.
 _INSERT_RECORD = schema.records.insert()
@@ -79,12 +81,24 @@ class Store:
     def __init__(self, url: str):
         self.url = normalise_url(url)
         try:
-            if self.url.startswith("sqlite"):
+            backend = sa.make_url(self.url).get_backend_name()
+        except (sa.exc.ArgumentError, ValueError):
+            raise InvalidInput(f"not a store URL: {url!r} ({_URL_HELP})") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise InvalidInput(f"unsupported store {backend!r} in {url!r} ({_URL_HELP})")
+        try:
+            if backend == "sqlite":
                 self.engine = _sqlite_engine(self.url)
             else:
-                self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+                # A bounded connect: an unreachable host fails in seconds rather than hanging.
+                self.engine = sa.create_engine(
+                    self.url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+                )
+        except ValueError:  # e.g. a port that is not a number
+            raise InvalidInput(f"not a store URL: {url!r} ({_URL_HELP})") from None
+        try:
             migrate(self.engine)
-        except sa.exc.OperationalError as e:
+        except sa.exc.DBAPIError as e:  # cannot connect, or not a database at all
             raise StoreError(
                 f"cannot open the store at {self.display_url}: {_first_line(e)}"
             ) from None
