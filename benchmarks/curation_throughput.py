@@ -1,0 +1,151 @@
+"""Curation throughput: how dedup and embedding cost grows with the corpus.
+
+For each size, a fresh project gets N short synthetic records (address-like lines, 10% of them
+exact or near copies of others), then `curate` runs validate → dedup → split twice: the first
+run computes hashes, MinHashes and MiniLM embeddings; the second re-uses them from the store
+(`record_features`), which is what curating again after new records arrive costs. Each size
+runs in its own process so its peak memory (max RSS) is its own.
+
+Run:  python benchmarks/curation_throughput.py [--sizes 10000,50000,100000]
+Writes benchmarks/results/curation_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import random
+import resource
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "curation_throughput.json"
+
+STREETS = [
+    "Main St",
+    "Oak Ave",
+    "Pine Rd",
+    "Maple Dr",
+    "Cedar Ln",
+    "Elm St",
+    "Lake Blvd",
+    "Hill Ct",
+]
+CITIES = ["Springfield", "Portland", "Austin", "Denver", "Madison", "Salem", "Dover", "Albany"]
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        if i > 10 and rng.random() < 0.1:
+            base = texts[rng.randrange(len(texts))]
+            texts.append(base if rng.random() < 0.5 else base.replace(",", "", 1) + " please")
+        else:
+            texts.append(
+                f"Ship order {rng.randrange(10**6)} to {rng.randrange(1, 9999)} "
+                f"{rng.choice(STREETS)}, {rng.choice(CITIES)} {rng.randrange(10000, 99999)}"
+            )
+    return texts
+
+
+def one_size(n: int, queue: Any) -> None:
+    import whetstone
+    from whetstone.curate import curate
+    from whetstone.models import embeddings
+    from whetstone.records import Record, Source, Status
+
+    embed_seconds = [0.0]
+    real = embeddings.embed
+
+    def timed(texts: list[str], spec: str | None = None, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real(texts, spec, **kw)
+        finally:
+            embed_seconds[0] += time.perf_counter() - t0
+
+    embeddings.embed = timed
+    embeddings.load(None)  # model load is a fixed cost, not throughput
+    with tempfile.TemporaryDirectory() as d:
+        p = whetstone.init(d + "/p")
+        p.create_task("ship", "generate")
+        recs = [
+            Record(
+                task="ship", input=t, reference="ok", source=Source.imported, status=Status.accepted
+            )
+            for t in corpus(n)
+        ]
+        for i in range(0, n, 5000):
+            p.store.add_records(recs[i : i + 5000])
+        cfg = {"steps": ["validate", "dedup", "split"], "card": False}
+        runs = []
+        for label in ("cold", "warm (features cached)"):
+            embed_seconds[0] = 0.0
+            t0 = time.perf_counter()
+            res = curate(p, "ship", cfg)
+            total = time.perf_counter() - t0
+            steps = {s.name: s.seconds for s in res.steps}
+            runs.append(
+                {
+                    "run": label,
+                    "total_s": round(total, 2),
+                    "embedding_s": round(embed_seconds[0], 2),
+                    "dedup_s": round(steps["dedup"], 2),
+                    "split_s": round(steps["split"], 2),
+                    "removed_as_duplicates": next(
+                        s.removed for s in res.steps if s.name == "dedup"
+                    ),
+                }
+            )
+        p.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"records": n, "runs": runs, "peak_rss_mb": round(peak_mb)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="10000,50000,100000")
+    args = ap.parse_args()
+    results = []
+    ctx = mp.get_context("spawn")
+    for n in [int(s) for s in args.sizes.split(",")]:
+        q = ctx.Queue()
+        proc = ctx.Process(target=one_size, args=(n, q))
+        proc.start()
+        row = q.get()
+        proc.join()
+        results.append(row)
+        cold, warm = row["runs"]
+        print(
+            f"{n:>7} records: cold {cold['total_s']:>7.1f}s (embedding {cold['embedding_s']:.1f}s, "
+            f"dedup {cold['dedup_s']:.1f}s) · warm {warm['total_s']:>6.1f}s · peak {row['peak_rss_mb']} MB"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "curation_throughput",
+                "when": datetime.now(timezone.utc).isoformat(),
+                "machine": {
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "cpus": __import__("os").cpu_count(),
+                },
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
