@@ -321,6 +321,39 @@ def test_urls_whetstone_cannot_use(url: str, problem: str) -> None:
     assert "postgresql://USER@HOST" in str(e.value)  # says what would work
 
 
+@pytest.mark.timeout(30)  # a reader that waited for the lock would sit out the 60 s busy timeout
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    writer, reader = Store(url), Store(url)
+    writer.create_task(Task(name="t", kind="generate"))
+    rid = writer.capture("t", "committed")
+    with writer.begin() as c:  # holds SQLite's write lock until the block ends
+        c.execute(
+            sa.insert(schema.tasks).values(
+                name="pending", kind="generate", created_at="2026-01-01T00:00:00+00:00"
+            )
+        )
+        assert reader.get_record(rid).input == "committed"
+        assert [t.name for t in reader.list_tasks()] == ["t"]  # nothing uncommitted
+        assert reader.count_records() == 1
+    assert [t.name for t in reader.list_tasks()] == ["pending", "t"]
+
+
+def test_losing_the_database_mid_session_is_a_store_error(pg_url: str, pg_server_url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    s = Store(pg_url)
+    s.create_task(Task(name="t", kind="generate"))
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        name = pg_url.rpartition("/")[2]
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with pytest.raises(StoreError, match="cannot reach the store at postgresql") as e:
+        s.get_task("t")
+    assert "\n" not in str(e.value)
+    s.close()
+
+
 # ---- many processes at once ------------------------------------------------------------
 WRITERS = 4
 PER_WRITER = 2000

@@ -3,6 +3,7 @@ derived from them. SQLite (WAL) by default, PostgreSQL by URL, through SQLAlchem
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -42,6 +43,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
+_READ_ONLY = "whetstone_read_only"  # execution option: begin a deferred (reading) transaction
 _URL_HELP = "use a SQLite file path, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB"
 
 # Built once, with bound parameters: building `.values(...)` per row costs more than SQLite's
@@ -70,9 +72,13 @@ def _sqlite_engine(url: str) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        # Take the write lock up front: a deferred transaction that later upgrades to a writer
-        # can fail with SQLITE_BUSY at once, whatever the timeout, when writers race.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that later upgrades to a
+        # writer can fail with SQLITE_BUSY at once, whatever the timeout, when writers race.
+        # Readers (`Store.read`) begin deferred: in WAL mode they then never wait for writers.
+        if conn.get_execution_options().get(_READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -111,13 +117,35 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def begin(self) -> Any:
+    def begin(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A transaction that may write; committed when the block ends, rolled back on error."""
+        return self._transaction(read_only=False)
+
+    def read(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """A transaction that only reads. On SQLite it does not take the write lock, so reads
+        go on while captures are being written."""
+        return self._transaction(read_only=True)
+
+    @contextlib.contextmanager
+    def _transaction(self, *, read_only: bool) -> Iterator[sa.Connection]:
+        # Connecting (and, on SQLite, waiting for the write lock) fails as one StoreError line;
+        # errors inside the block are the caller's and pass through untouched.
         try:
-            return self.engine.begin()
-        except sa.exc.OperationalError as e:
-            raise StoreError(
-                f"cannot reach the store at {self.display_url}: {_first_line(e)}"
-            ) from None
+            conn = self.engine.connect()
+        except sa.exc.DBAPIError as e:
+            raise self._unreachable(e) from None
+        with conn:
+            if read_only:
+                conn.execution_options(**{_READ_ONLY: True})
+            try:
+                tx = conn.begin()
+            except sa.exc.DBAPIError as e:
+                raise self._unreachable(e) from None
+            with tx:
+                yield conn
+
+    def _unreachable(self, e: sa.exc.DBAPIError) -> StoreError:
+        return StoreError(f"cannot reach the store at {self.display_url}: {_first_line(e)}")
 
     # ---- tasks -------------------------------------------------------------------------
     def create_task(self, task: Task) -> Task:
@@ -145,7 +173,7 @@ class Store:
         return task
 
     def get_task(self, name: str) -> Task:
-        with self.begin() as c:
+        with self.read() as c:
             return self._task(c, name)
 
     def _task(self, c: sa.Connection, name: str) -> Task:
@@ -162,7 +190,7 @@ class Store:
         return _task(row)
 
     def list_tasks(self) -> list[Task]:
-        with self.begin() as c:
+        with self.read() as c:
             rows = c.execute(sa.select(schema.tasks).order_by(schema.tasks.c.name)).mappings()
             return [_task(r) for r in rows]
 
@@ -327,7 +355,7 @@ class Store:
         q = q.order_by(r.id.desc() if newest_first else r.id).offset(offset)
         if limit is not None:
             q = q.limit(limit)
-        with self.begin() as c:
+        with self.read() as c:
             rows = c.execute(q).mappings().all()
         for row in rows:
             yield _record(row)
@@ -345,7 +373,7 @@ class Store:
         has_reference: bool | None = None,
     ) -> int:
         conds = self._filters(task, status, source, tag, has_reference, None, None)
-        with self.begin() as c:
+        with self.read() as c:
             return int(
                 c.execute(
                     sa.select(sa.func.count()).select_from(schema.records).where(*conds)
