@@ -271,7 +271,7 @@ class Store:
             return int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
 
     def get_record(self, record_id: int) -> Record:
-        with self.begin() as c:
+        with self.read() as c:
             row = (
                 c.execute(sa.select(schema.records).where(schema.records.c.id == record_id))
                 .mappings()
