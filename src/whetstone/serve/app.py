@@ -200,6 +200,8 @@ def create_app(
         request.state.model = route.model
         stops = req.stops
         ids = await run_in_threadpool(encode, route, inp, raw)
+        if not ids:
+            raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
         n = max_tokens(req, len(ids), "max_tokens")
         ref = new_ref()
         loop = asyncio.get_running_loop()
