@@ -73,8 +73,13 @@ def list_(
 @records_app.command("show")
 def show(record_id: Annotated[str, typer.Argument(help="Record id.")]) -> None:
     """Show one record with its full review history."""
-    rec = common.project().record(common.parse_record_id(record_id))
-    common.print_json(rec.model_dump(mode="json"))
+    from whetstone.curate import decisions_for
+
+    p = common.project()
+    rec = p.record(common.parse_record_id(record_id))
+    # Why a record is in or out of each curated snapshot, newest first.
+    assert rec.id is not None
+    common.print_json({**rec.model_dump(mode="json"), "decisions": decisions_for(p, rec.id)})
 
 
 @records_app.command("correct")
