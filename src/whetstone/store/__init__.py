@@ -270,6 +270,17 @@ class Store:
                 rec.reference = t.check_reference(reference)
             return int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
 
+    def find_source_key(self, source_key: str) -> int | None:
+        """The id of the record stored under `source_key` (in any task), or None."""
+        r = schema.records.c
+        with self.read() as c:
+            # Naming every task lets the (task, source_key) unique index answer the lookup.
+            tasks = [row[0] for row in c.execute(sa.select(schema.tasks.c.name))]
+            row = c.execute(
+                sa.select(r.id).where(r.task.in_(tasks), r.source_key == source_key)
+            ).first()
+        return int(row[0]) if row else None
+
     def get_record(self, record_id: int) -> Record:
         with self.read() as c:
             row = (
