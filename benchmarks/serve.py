@@ -210,7 +210,7 @@ def main() -> None:
     }
     t = results["throughput"]
     top = str(max(concurrency))
-    mixed, single, naive = (t[m][top]["tokens_per_s"] for m in modes)
+    single, mixed, naive = (t[m][top]["tokens_per_s"] for m in modes)
     results["targets"] = {
         f"mixed_vs_single_at_{top}": round(mixed / single, 2),
         f"mixed_vs_naive_at_{top}": round(mixed / naive, 2),

@@ -117,7 +117,7 @@ class Router:
     def _refresh(self) -> None:
         t = schema.adapters
         tasks = {task.name: task for task in self.project.store.list_tasks()}
-        with self.project.store.begin() as c:
+        with self.project.store.read() as c:
             prod = {
                 r[0]: r[1]
                 for r in c.execute(
