@@ -449,12 +449,14 @@ class Store:
             if rec.output is None and rec.reference is None:
                 raise InvalidInput(f"record {record_id} has no output to accept")
             if rec.reference is None and rec.output is not None:
+                # An answer that fails the task's own rules (a label outside the set, JSON
+                # that breaks the schema) must not quietly become ground truth.
                 try:
                     reference = task.check_reference(
                         rec.output, where=f"record {record_id}: output"
                     )
-                except InvalidInput:
-                    reference = rec.output
+                except InvalidInput as e:
+                    raise InvalidInput(f"cannot accept it as it is: {e}; correct it instead") from None
         now = _ts()
         values: dict[str, Any] = {"status": status.value, "updated_at": now}
         if reference is not None:
