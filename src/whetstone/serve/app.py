@@ -482,7 +482,6 @@ def create_app(
     from whetstone.serve import review
 
     app.include_router(review.router)
-    app.include_router(review.api)
     return app
 
 
