@@ -173,7 +173,7 @@ def history_cmd(
             else (f"{e['from_stage']} -> {e['to_stage']}")
         )
         table.add_row(
-            str(e["created_at"])[:19],
+            str(e["created_at"])[:16].replace("T", " "),
             f"{task}@{e['version']}",
             e["action"],
             stages or "",

@@ -221,8 +221,10 @@ def rule_slices(c: Comparison, cfg: GateConfig) -> RuleResult:
             f"{len(checked)} slice(s) with >= {cfg.min_slice_size} records, worst "
             f"{w['slice']} {w['diff']:+.3f} (tolerance {cfg.slice_tolerance:.3f})"
         )
-    else:
+    elif c.slices:
         msg = f"no slice has >= {cfg.min_slice_size} records ({len(c.slices)} smaller ones skipped)"
+    else:
+        msg = "no slices to check (the records have no tags, and the task no labels or fields)"
     return RuleResult("slices", not bad, msg, numbers)
 
 
