@@ -1,14 +1,15 @@
-"""Helpers for the server tests: tiny PEFT adapters and a real uvicorn server in a thread."""
+"""Helpers for the server tests: tiny PEFT adapters; the real uvicorn server in a thread is
+`whetstone.serve.background.running`."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from whetstone.serve.background import free_port, running
+
+__all__ = ["free_port", "make_lora", "register_lora", "running", "wait_for"]
 
 
 def make_lora(
@@ -50,33 +51,6 @@ def register_lora(project: Any, task: str, base_dir: Path, seed: int, tmp: Path,
         base_model=str(base_dir),
         base_hash=base.resolve(str(base_dir)).hash,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free localhost port; yield its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def wait_for(check: Any, timeout: float = 20.0) -> Any:
