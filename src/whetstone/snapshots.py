@@ -65,9 +65,8 @@ def trainable(rec: Record) -> bool:
     """Has a trustworthy reference and may be used for training or evaluation."""
     if rec.reference is None or rec.status == Status.rejected:
         return False
-    if rec.source == Source.production and rec.status == Status.unreviewed:
-        return False  # a model's own unreviewed answer is not ground truth
-    return True
+    # A model's own unreviewed answer is not ground truth.
+    return not (rec.source == Source.production and rec.status == Status.unreviewed)
 
 
 def default_assignment(

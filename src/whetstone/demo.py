@@ -1,0 +1,437 @@
+"""`whetstone demo`: the whole story on real data, offline, in one command.
+
+In a fresh project with the bundled base model and the bundled hand-labelled addresses:
+1. a fixed held-out test set is set aside (imported as ground truth, tagged `heldout`);
+2. the base model is evaluated on it (the baseline);
+3. each turn, a "production" stream of new addresses is answered by the current production
+   model (or the base model) and captured; a simulated reviewer, whose answers are the real
+   labels, reviews a budget of them chosen by `curate next`; then one flywheel turn runs
+   (curate → train → evaluate → gate → promote or refuse → report → next queue);
+4. a second arm does the same with the reviewer choosing at random, so the report can show
+   what choosing by `curate next` buys per human label.
+
+With `serve=True` the production traffic goes through the OpenAI-compatible server
+(`/v1/chat/completions`) and the reviewer's corrections through `/v1/feedback`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whetstone.errors import InvalidInput
+from whetstone.project import Project
+from whetstone.records import Kind, Record, Source, Status, canonical_json, content_key
+
+TASK = "addresses"
+ARMS = ("curate-next", "random")
+
+
+@dataclass
+class DemoPlan:
+    turns: int = 3
+    stream_per_turn: int = 150
+    labels_per_turn: int = 80
+    test_size: int = 150
+    seed: int = 0
+    compare_random: bool = True
+    serve: bool = False
+    minutes: float | None = None  # stop starting new turns once this budget would be passed
+    train: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRAIN))
+    eval_batch_size: int = 32
+
+
+# Settings that learn the address task fast on 2 CPU cores (see benchmarks/address_quality.py).
+DEFAULT_TRAIN: dict[str, Any] = {
+    "method": "lora",
+    "epochs": 3,
+    "batch_size": 8,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "max_length": 384,
+}
+
+
+@dataclass
+class TurnRow:
+    arm: str
+    turn: int
+    labels: int
+    exact_match: dict[str, float]
+    field_f1: dict[str, float]
+    decision: str
+    model: str
+    train_seconds: float
+    turn_seconds: float
+
+
+@dataclass
+class DemoResult:
+    folder: str
+    baseline: dict[str, dict[str, float]]
+    rows: list[TurnRow]
+    report: str
+    curve_png: str
+    seconds: float
+    machine: dict[str, Any]
+
+    def final(self, arm: str = "curate-next") -> TurnRow | None:
+        rows = [r for r in self.rows if r.arm == arm]
+        return rows[-1] if rows else None
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+    }
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+def _truth(rows: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    return {text: canonical_json(ref) for text, ref in rows}
+
+
+def _new_project(
+    folder: Path, plan: DemoPlan, test_rows: list[tuple[str, dict[str, str]]]
+) -> Project:
+    from whetstone.demo_data import demo_instruction, demo_schema
+
+    p = Project.init(folder)
+    p.create_task(TASK, Kind.extract, instruction=demo_instruction(), schema=demo_schema())
+    # The held-out test set: ground truth that no turn ever trains on.
+    held = [
+        Record(
+            task=TASK,
+            input=text,
+            reference=canonical_json(ref),
+            status=Status.accepted,
+            source=Source.imported,
+            tags=["heldout", "demo"],
+            source_key=content_key("demo-heldout", text),
+        )
+        for text, ref in test_rows
+    ]
+    p.store.add_records(held)
+    # The flywheel's own settings for the demo: every human label goes to train/validation,
+    # the test split is the held-out set above.
+    cfg = p.config_path.read_text() + (
+        "flywheel:\n"
+        f"  next_n: {plan.labels_per_turn}\n"
+        f"  eval_batch_size: {plan.eval_batch_size}\n"
+        "  curate:\n    test: 0.0\n    validation: 0.15\n    card: true\n"
+        "gate:\n  min_delta: 0.0\n"
+        "train:\n" + "".join(f"  {k}: {v}\n" for k, v in plan.train.items())
+    )
+    from whetstone.util import atomic_write_text
+
+    atomic_write_text(p.config_path, cfg)
+    return Project(p.root)
+
+
+def error_category(output: str | None, reference: str) -> str:
+    """What kind of mistake the model made, as a reviewer would file it."""
+    if output is None or not output.strip():
+        return "empty"
+    try:
+        got = json.loads(output)
+    except json.JSONDecodeError:
+        return "invalid_json"
+    if not isinstance(got, dict):
+        return "invalid_json"
+    want = json.loads(reference)
+    if set(want) - set(got):
+        return "missing_field"
+    if set(got) - set(want):
+        return "extra_field"
+    return "wrong_value"
+
+
+# ------------------------------------------------------------------------ production stream
+
+
+class Production:
+    """Answers the stream with the task's current production model and captures each answer,
+    either in-process or through the HTTP server."""
+
+    def __init__(self, project: Project, url: str | None):
+        self.project = project
+        self.url = url
+        self._predictor: Any = None
+        self._loaded: str | None = None
+
+    def current(self) -> str:
+        from whetstone import registry
+
+        prod = registry.production(self.project, TASK)
+        return prod.name if prod else "base"
+
+    def answer(self, texts: list[str], batch_size: int) -> None:
+        if self.url:
+            self._answer_http(texts)
+            return
+        from whetstone.predict import load_predictor
+
+        model = self.current()
+        if self._loaded != model:
+            self._predictor = load_predictor(self.project, TASK, model)
+            self._loaded = model
+        gens = self._predictor(texts, batch_size=batch_size, max_new_tokens=160)
+        for text, g in zip(texts, gens, strict=True):
+            self.project.capture(
+                TASK,
+                text,
+                g.text,
+                model=self._predictor.name,
+                confidence=g.confidence,
+                meta={"latency_ms": round(g.latency_ms, 2), "output_tokens": g.output_tokens},
+            )
+
+    def _answer_http(self, texts: list[str]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{self.url}/v1", api_key="demo", max_retries=0, timeout=600)
+
+        def one(text: str) -> None:
+            client.chat.completions.create(
+                model=TASK,
+                messages=[{"role": "user", "content": text}],
+                max_tokens=160,
+                temperature=0,
+            )
+
+        # Concurrent clients, so the server batches them as it would real traffic.
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(one, texts))
+        self._wait_captured(len(texts))
+
+    def _wait_captured(self, expected_new: int) -> None:
+        """Capture is asynchronous by design; the reviewer needs the records in the store."""
+        deadline = time.monotonic() + 120
+        target = getattr(self, "_seen", 0) + expected_new
+        while time.monotonic() < deadline:
+            n = self.project.store.count_records(TASK, source="production")
+            if n >= target:
+                self._seen = n
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the server captured fewer answers than it gave ({n} of {target})")
+
+
+class Reviewer:
+    """A simulated human whose answers are the real labels."""
+
+    def __init__(
+        self, project: Project, truth: dict[str, str], url: str | None, rng: random.Random
+    ):
+        self.project = project
+        self.truth = truth
+        self.url = url
+        self.rng = rng
+
+    def choose(self, arm: str, n: int) -> list[Record]:
+        if arm == "curate-next":
+            from whetstone.curate import next_to_label
+
+            return [r for r, _, _ in next_to_label(self.project, TASK, n)]
+        pool = list(self.project.store.iter_records(TASK, source="production", status="unreviewed"))
+        return self.rng.sample(pool, min(n, len(pool)))
+
+    def review(self, records: list[Record]) -> int:
+        from whetstone.prompts import normalise_answer
+
+        task = self.project.task(TASK)
+        for rec in records:
+            assert rec.id is not None
+            ref = self.truth[rec.input_text]
+            right = rec.output is not None and normalise_answer(task, rec.output) == ref
+            if self.url:
+                self._feedback(rec, ref, right)
+            elif right:
+                self.project.accept(rec.id, annotator="demo-reviewer")
+            else:
+                self.project.correct(
+                    rec.id,
+                    ref,
+                    error_category=error_category(rec.output, ref),
+                    annotator="demo-reviewer",
+                )
+        return len(records)
+
+    def _feedback(self, rec: Record, ref: str, right: bool) -> None:
+        import httpx
+
+        body: dict[str, Any] = {"record_id": rec.id, "annotator": "demo-reviewer"}
+        if right:
+            body["rating"] = "up"
+        else:
+            body.update(reference=ref, error_category=error_category(rec.output, ref))
+        r = httpx.post(f"{self.url}/v1/feedback", json=body, timeout=60)
+        r.raise_for_status()
+
+
+# ------------------------------------------------------------------------------ the story
+
+
+@contextmanager
+def _server(project: Project, enabled: bool) -> Iterator[str | None]:
+    if not enabled:
+        yield None
+        return
+    from whetstone.serve.app import create_app
+    from whetstone.serve.background import running
+    from whetstone.serve.settings import Settings
+
+    app = create_app(project, Settings.load(project.section("serve"), max_wait_ms=20.0))
+    with running(app) as url:
+        yield url
+
+
+def _metric(ev_metrics: dict[str, dict[str, float]], name: str) -> dict[str, float]:
+    m = ev_metrics.get(name) or {}
+    return {k: round(float(v), 4) for k, v in m.items() if k in ("value", "low", "high")}
+
+
+def _production_metrics(summary: Any, turn_steps: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The metrics of whatever is in production after the turn, and its name."""
+    evals = turn_steps.get("evaluate", {})
+    side = "after" if summary.decision == "promoted" else "before"
+    return evals.get(side, {}).get("metrics", {}), evals.get(side, {}).get("model", "base")
+
+
+def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
+    from whetstone.demo_data import demo_rows
+    from whetstone.evaluate.runner import evaluate
+    from whetstone.flywheel import load_config, run_turn
+    from whetstone.progress import console
+    from whetstone.snapshots import snapshot_task
+
+    t_start = time.perf_counter()
+    folder = folder.resolve()
+    if folder.exists() and any(folder.iterdir()):
+        raise InvalidInput(
+            f"{folder} is not empty: the demo starts from a fresh folder (pick another --dir)"
+        )
+    rows = demo_rows()
+    rng = random.Random(plan.seed)
+    rng.shuffle(rows)
+    need = plan.test_size + plan.turns * plan.stream_per_turn
+    if need > len(rows):
+        raise InvalidInput(f"the plan needs {need} addresses but the demo data has {len(rows)}")
+    if plan.labels_per_turn > plan.stream_per_turn:
+        raise InvalidInput("labels_per_turn cannot exceed stream_per_turn")
+    test_rows, pool = rows[: plan.test_size], rows[plan.test_size :]
+    truth = _truth(rows)
+    arms = ARMS if plan.compare_random else ARMS[:1]
+    projects = {arm: _new_project(folder / arm, plan, test_rows) for arm in arms}
+
+    # Baseline: the base model on the held-out set (once; both arms share it).
+    console.print("[bold]Baseline[/bold]: the base model on the held-out addresses")
+    main = projects[arms[0]]
+    base_snap = snapshot_task(
+        main, TASK, validation=0.0, test=0.0, info={"purpose": "demo baseline"}
+    )
+    base_ev = evaluate(main, TASK, "base", "test", base_snap.id, batch_size=plan.eval_batch_size)
+    baseline = {
+        "exact_match": _metric(base_ev.metrics, "object_exact"),
+        "field_f1": _metric(base_ev.metrics, "field_f1"),
+    }
+
+    out_rows: list[TurnRow] = []
+    labels = dict.fromkeys(arms, 0)
+    turn_seconds: list[float] = []
+    with _server(main, plan.serve) as url:
+        producers = {
+            arm: Production(projects[arm], url if arm == arms[0] else None) for arm in arms
+        }
+        reviewers = {
+            arm: Reviewer(
+                projects[arm], truth, url if arm == arms[0] else None, random.Random(plan.seed + 1)
+            )
+            for arm in arms
+        }
+        for k in range(1, plan.turns + 1):
+            elapsed = time.perf_counter() - t_start
+            if plan.minutes and turn_seconds and elapsed + max(turn_seconds) > plan.minutes * 60:
+                console.print(
+                    f"[yellow]Stopping after {k - 1} turn(s): the next would pass the {plan.minutes:g}-minute budget[/yellow]"
+                )
+                break
+            stream = [
+                text for text, _ in pool[(k - 1) * plan.stream_per_turn : k * plan.stream_per_turn]
+            ]
+            t_turn = time.perf_counter()
+            for arm in arms:
+                p = projects[arm]
+                console.print(f"[bold]Turn {k} · {arm}[/bold]: {len(stream)} production requests")
+                if arm == "curate-next":
+                    producers[arm].answer(stream, plan.eval_batch_size)
+                else:
+                    # Choosing at random needs no model answers: capture the inputs alone.
+                    for text in stream:
+                        p.capture(TASK, text, None, model=None)
+                labels[arm] += reviewers[arm].review(
+                    reviewers[arm].choose(arm, plan.labels_per_turn)
+                )
+                summary = run_turn(p, TASK, load_config(p), progress=progress)
+                metrics, model = _production_metrics(summary, summary.steps)
+                out_rows.append(
+                    TurnRow(
+                        arm=arm,
+                        turn=k,
+                        labels=labels[arm],
+                        exact_match=_metric(metrics, "object_exact"),
+                        field_f1=_metric(metrics, "field_f1"),
+                        decision=summary.decision,
+                        model=model,
+                        train_seconds=float(summary.steps.get("train", {}).get("seconds", 0.0)),
+                        turn_seconds=round(summary.seconds, 1),
+                    )
+                )
+            turn_seconds.append(time.perf_counter() - t_turn)
+
+    result = DemoResult(
+        folder=str(folder),
+        baseline=baseline,
+        rows=out_rows,
+        report="",
+        curve_png="",
+        seconds=round(time.perf_counter() - t_start, 1),
+        machine=machine_info(),
+    )
+    from whetstone.demo_report import write_demo_report
+
+    result.report, result.curve_png = write_demo_report(folder, result)
+    from whetstone.util import atomic_write_text
+
+    atomic_write_text(
+        folder / "demo-results.json", json.dumps(asdict(result), indent=2, default=str)
+    )
+    return result

@@ -1,0 +1,413 @@
+"""One turn of the loop, composed from the stages: collect → curate → train → evaluate → gate →
+promote or refuse → report → queue the next records to label.
+
+A turn's progress lives in `.whetstone/flywheel/<task>/turn-NNNN.json`, written atomically after
+every step. Running the flywheel again after an interruption resumes the unfinished turn at its
+first unfinished step (a training run killed mid-way resumes from its last checkpoint); a
+finished turn is never redone, and the next call starts a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from whetstone.errors import InvalidInput
+from whetstone.project import Project
+from whetstone.records import utcnow
+from whetstone.util import atomic_write_text
+
+STEPS = ("collect", "curate", "train", "evaluate", "gate", "report", "next")
+
+
+class FlywheelConfig(BaseModel):
+    """`flywheel.yaml` or the `flywheel:` section of whetstone.yaml. Stage sections are passed
+    through to the stage, which validates its own keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    curate: dict[str, Any] = Field(
+        default_factory=dict, description="curation settings (see curate)"
+    )
+    budget: int | None = Field(None, ge=1, description="train on at most this many curated records")
+    train: dict[str, Any] = Field(default_factory=dict, description="training settings (see train)")
+    tune_trials: int = Field(0, ge=0, description=">0: search hyper-parameters instead of one run")
+    tune_timeout: float | None = Field(None, gt=0, description="seconds for the search")
+    gate: dict[str, Any] = Field(default_factory=dict, description="promotion gate settings")
+    split: str = Field("test", description="held-out split the gate and report use")
+    eval_batch_size: int = Field(16, ge=1)
+    next_n: int = Field(50, ge=0, description="records to queue for labelling after the turn")
+    min_new_records: int = Field(0, ge=0, description="skip the turn when fewer new labels arrived")
+    report: bool = True
+
+
+def load_config(
+    project: Project, path: str | Path | None = None, **overrides: Any
+) -> FlywheelConfig:
+    data: dict[str, Any] = dict(project.section("flywheel"))
+    where = f"{project.config_path} (flywheel:)"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise InvalidInput(f"{p}: no such file")
+        try:
+            data.update(yaml.safe_load(p.read_text()) or {})
+        except yaml.YAMLError as e:
+            raise InvalidInput(f"{p}: not valid YAML ({e})") from None
+        where = str(p)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return FlywheelConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise InvalidInput(f"{where}: {key}: {err['msg']}") from None
+
+
+@dataclass
+class Turn:
+    """The state of one turn, persisted after each step."""
+
+    task: str
+    number: int
+    path: Path
+    started_at: str
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    finished_at: str | None = None
+
+    def save(self) -> None:
+        atomic_write_text(
+            self.path, json.dumps(self.__dict__ | {"path": str(self.path)}, indent=2, default=str)
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Turn:
+        data = json.loads(path.read_text())
+        data["path"] = Path(data["path"])
+        return cls(**data)
+
+    def done(self, step: str) -> bool:
+        return step in self.steps
+
+    def record(self, step: str, result: dict[str, Any], seconds: float) -> None:
+        self.steps[step] = {**result, "seconds": round(seconds, 2)}
+        self.save()
+
+
+def turns_dir(project: Project, task: str) -> Path:
+    return project.home / "flywheel" / task
+
+
+def list_turns(project: Project, task: str) -> list[Turn]:
+    return [Turn.load(p) for p in sorted(turns_dir(project, task).glob("turn-*.json"))]
+
+
+def _current_turn(project: Project, task: str) -> Turn:
+    turns = list_turns(project, task)
+    if turns and turns[-1].finished_at is None:
+        return turns[-1]
+    number = (turns[-1].number + 1) if turns else 1
+    turn = Turn(
+        task=task,
+        number=number,
+        path=turns_dir(project, task) / f"turn-{number:04d}.json",
+        started_at=utcnow().isoformat(),
+    )
+    turn.save()
+    return turn
+
+
+def _labelled_ids(project: Project, task: str) -> set[int]:
+    from whetstone.snapshots import trainable
+
+    return {
+        r.id
+        for r in project.store.iter_records(task, has_reference=True)
+        if trainable(r) and r.id is not None
+    }
+
+
+def _last_labelled(project: Project, task: str, before: int) -> set[int]:
+    for t in reversed(list_turns(project, task)):
+        if t.number < before and "collect" in t.steps:
+            return set(t.steps["collect"].get("labelled_ids", []))
+    return set()
+
+
+def _find_unfinished_run(project: Project, task: str, snapshot_id: str) -> str | None:
+    """A training run of this turn that was killed before it registered its adapter."""
+    from whetstone.train.runs import runs_dir
+
+    candidates = []
+    for info_path in runs_dir(project).glob("*/info.json"):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (
+            info.get("task") == task
+            and info.get("snapshot_id") == snapshot_id
+            and info.get("status") != "registered"
+        ):
+            candidates.append((info_path.stat().st_mtime, info_path.parent.name))
+    return max(candidates)[1] if candidates else None
+
+
+def incumbent(project: Project, task: str) -> str:
+    """What a candidate has to beat: the production adapter, or the base model."""
+    from whetstone import registry
+
+    prod = registry.production(project, task)
+    return prod.name if prod else "base"
+
+
+@dataclass
+class TurnSummary:
+    task: str
+    turn: int
+    records_in: int
+    new_labels: int
+    records_used: int
+    candidate: str | None
+    incumbent: str
+    before: dict[str, float] | None
+    after: dict[str, float] | None
+    main_metric: str
+    decision: str  # promoted | refused | skipped
+    reasons: list[str]
+    seconds: float
+    report: str | None
+    queue: str | None
+    steps: dict[str, dict[str, Any]]
+
+
+def run_turn(
+    project: Project,
+    task: str,
+    config: FlywheelConfig | None = None,
+    *,
+    progress: bool = True,
+    on_step: Callable[[str, dict[str, Any]], None] | None = None,
+) -> TurnSummary:
+    """Run (or resume) one turn of the flywheel for `task`."""
+    from whetstone.progress import console
+
+    cfg = config or load_config(project)
+    t = project.task(task)
+    turn = _current_turn(project, task)
+    if turn.steps:
+        console.print(
+            f"[bold]Resuming flywheel turn {turn.number}[/bold] after step {list(turn.steps)[-1]}"
+        )
+
+    def step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if turn.done(name):
+            return turn.steps[name]
+        if progress:
+            console.print(f"[bold cyan]▶ {name}[/bold cyan]")
+        t0 = time.perf_counter()
+        result = fn()
+        turn.record(name, result, time.perf_counter() - t0)
+        if on_step is not None:
+            on_step(name, turn.steps[name])
+        return turn.steps[name]
+
+    # 1. collect: what reviewers and production produced since the last turn
+    def collect() -> dict[str, Any]:
+        labelled = _labelled_ids(project, task)
+        new = labelled - _last_labelled(project, task, turn.number)
+        return {
+            "records": project.store.count_records(task),
+            "labelled": len(labelled),
+            "new_labels": len(new),
+            "labelled_ids": sorted(labelled),
+        }
+
+    collected = step("collect", collect)
+    if collected["new_labels"] < cfg.min_new_records or collected["labelled"] == 0:
+        reason = (
+            (
+                f"only {collected['new_labels']} new label(s) since the last turn "
+                f"(min_new_records: {cfg.min_new_records})"
+            )
+            if collected["labelled"]
+            else "no labelled records yet"
+        )
+        turn.steps["skipped"] = {"reason": reason}
+        turn.finished_at = utcnow().isoformat()
+        turn.save()
+        return _summary(project, turn, t.main_metric, "skipped", [reason])
+
+    # 2. curate into a snapshot (the held-out test split stays fixed across turns)
+    def curate_step() -> dict[str, Any]:
+        from whetstone.curate import curate
+
+        res = curate(project, task, cfg.curate or None, budget=cfg.budget)
+        return {
+            "snapshot": res.snapshot.id,
+            "counts": res.snapshot.counts(),
+            "steps": [s.__dict__ if hasattr(s, "__dict__") else s for s in res.steps],
+            "card": str(res.card_path) if res.card_path else None,
+        }
+
+    snap = step("curate", curate_step)
+
+    # 3. train a candidate on it (or search hyper-parameters within a time budget)
+    def train_step() -> dict[str, Any]:
+        from whetstone.train import api as train_api
+        from whetstone.train.config import build
+
+        unfinished = _find_unfinished_run(project, task, snap["snapshot"])
+        if unfinished:
+            res = train_api.resume_run(project, unfinished, progress=progress)
+        elif cfg.tune_trials:
+            from whetstone.train.tune import tune
+
+            res = tune(
+                project,
+                task,
+                trials=cfg.tune_trials,
+                timeout=cfg.tune_timeout,
+                base=cfg.train,
+                snapshot_id=snap["snapshot"],
+                progress=progress,
+            ).best
+        else:
+            tc = build(
+                ("project whetstone.yaml (train:)", project.section("train")),
+                ("flywheel config (train:)", cfg.train),
+            )
+            res = train_api.train_task(
+                project, task, tc, snapshot_id=snap["snapshot"], progress=progress
+            )
+        return {
+            "adapter": res.adapter,
+            "run": res.run_id,
+            "best_metric": res.best_metric,
+            "steps": res.steps,
+            "train_seconds": round(sum(res.timings.values()), 1),
+            "records": res.data.get("examples") if isinstance(res.data, dict) else None,
+        }
+
+    trained = step("train", train_step)
+    candidate = trained["adapter"]
+
+    # 4. evaluate candidate and incumbent on the same held-out records
+    def evaluate_step() -> dict[str, Any]:
+        from whetstone.evaluate.runner import evaluate, latest_evaluation
+
+        inc = incumbent(project, task)
+        out: dict[str, Any] = {"incumbent": inc}
+        for role, model in (("before", inc), ("after", candidate)):
+            ev = latest_evaluation(project, task, model, snap["snapshot"], cfg.split)
+            if ev is None:
+                ev = evaluate(
+                    project,
+                    task,
+                    model,
+                    cfg.split,
+                    snap["snapshot"],
+                    batch_size=cfg.eval_batch_size,
+                )
+            out[role] = {"evaluation": ev.id, "model": model, "n": ev.n, "metrics": ev.metrics}
+        return out
+
+    evals = step("evaluate", evaluate_step)
+
+    # 5. the gate decides; promotion happens only when every rule passes
+    def gate_step() -> dict[str, Any]:
+        from whetstone.evaluate.gate import gate_config, promote
+
+        gcfg = gate_config(
+            project, **{**cfg.gate, "split": cfg.split, "snapshot": snap["snapshot"]}
+        )
+        outcome = promote(project, candidate, gcfg, actor="flywheel")
+        rules = outcome.decision.rules
+        return {
+            "promoted": outcome.promoted,
+            "failed": [r.message for r in rules if not r.passed],
+            "rules": [{"name": r.name, "passed": r.passed, "message": r.message} for r in rules],
+        }
+
+    gated = step("gate", gate_step)
+
+    # 6. the report people read
+    def report_step() -> dict[str, Any]:
+        if not cfg.report:
+            return {"path": None}
+        from whetstone.evaluate.report import write_report
+
+        return {"path": str(write_report(project, candidate))}
+
+    reported = step("report", report_step)
+
+    # 7. what a human should label next
+    def next_step() -> dict[str, Any]:
+        if cfg.next_n == 0:
+            return {"path": None, "n": 0}
+        from whetstone.curate import next_to_label
+
+        ranked = next_to_label(project, task, cfg.next_n)
+        path = turns_dir(project, task) / f"turn-{turn.number:04d}-next.jsonl"
+        rows = [
+            {
+                "record_id": r.id,
+                "score": round(s, 4),
+                **{k: round(v, 4) for k, v in parts.items()},
+                "input": r.input_text,
+                "output": r.output,
+            }
+            for r, s, parts in ranked
+        ]
+        atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+        return {"path": str(path), "n": len(rows)}
+
+    queued = step("next", next_step)
+    turn.finished_at = utcnow().isoformat()
+    turn.save()
+    decision = "promoted" if gated["promoted"] else "refused"
+    return _summary(
+        project, turn, t.main_metric, decision, gated["failed"], evals, reported, queued
+    )
+
+
+def _summary(
+    project: Project,
+    turn: Turn,
+    main_metric: str,
+    decision: str,
+    reasons: list[str],
+    evals: dict[str, Any] | None = None,
+    reported: dict[str, Any] | None = None,
+    queued: dict[str, Any] | None = None,
+) -> TurnSummary:
+    collected = turn.steps.get("collect", {})
+    seconds = sum(float(s.get("seconds", 0)) for s in turn.steps.values())
+    snap_counts = turn.steps.get("curate", {}).get("counts", {})
+    before = (evals or {}).get("before", {}).get("metrics")
+    after = (evals or {}).get("after", {}).get("metrics")
+    return TurnSummary(
+        task=turn.task,
+        turn=turn.number,
+        records_in=collected.get("records", 0),
+        new_labels=collected.get("new_labels", 0),
+        records_used=int(snap_counts.get("train", 0)) + int(snap_counts.get("validation", 0)),
+        candidate=turn.steps.get("train", {}).get("adapter"),
+        incumbent=(evals or {}).get("incumbent", incumbent(project, turn.task)),
+        before=before.get(main_metric) if before else None,
+        after=after.get(main_metric) if after else None,
+        main_metric=main_metric,
+        decision=decision,
+        reasons=reasons,
+        seconds=seconds,
+        report=(reported or {}).get("path"),
+        queue=(queued or {}).get("path"),
+        steps=turn.steps,
+    )
