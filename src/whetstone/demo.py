@@ -122,7 +122,7 @@ def _new_project(
 ) -> Project:
     from whetstone.demo_data import demo_instruction, demo_schema
 
-    p = Project.init(folder)
+    p = Project.init(folder, base_model=plan.train.get("base_model"))
     p.create_task(TASK, Kind.extract, instruction=demo_instruction(), schema=demo_schema())
     # The held-out test set: ground truth that no turn ever trains on.
     held = [

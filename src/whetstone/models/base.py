@@ -177,7 +177,10 @@ def load(
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) on the best device. Models for inference are put in eval mode."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # Our own progress goes to stderr already; transformers' per-load bars are noise.
+    hf_logging.disable_progress_bar()
     if not isinstance(base, BaseModel):
         base = resolve(base)
     tok = load_tokenizer(base)
