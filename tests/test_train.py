@@ -178,6 +178,40 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_base_dir: Path) -> Non
     assert torch.allclose(hidden([[b], [a]])[0, :20], hidden([[b]])[0], atol=1e-5)
 
 
+def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_base_dir: Path) -> None:
+    import torch
+
+    from whetstone.models import base
+    from whetstone.train.data import Example, collate, make_batch, shared_prefix
+    from whetstone.train.loop import answer_loss
+
+    model, _ = base.load(base.resolve(str(tiny_base_dir)), dtype=torch.float32)
+    head = list(range(1000, 1040))  # the instruction every example shares
+    exs = [Example(None, head + list(range(100 + 7 * i, 120 + 9 * i)), 45 + i) for i in range(5)]
+    exs.append(Example(None, list(range(600, 650)), 40, truncated=True))  # shares nothing
+    prefix = shared_prefix(exs)
+    assert prefix == head
+    batch = make_batch(exs, list(range(6)), packing=True, capacity=512, pad_id=2, prefix=prefix)
+    assert batch.input_ids.shape == (1, 40 + sum(len(e) - 40 for e in exs[:5]) + 50)
+    assert batch.tokens == sum(len(e) for e in exs)
+    alone = sum(answer_loss(model, collate([[e]], pad_id=2), "cpu") for e in exs)
+    with torch.no_grad():
+        together = answer_loss(model, batch, "cpu")
+    assert batch.target_tokens == sum(collate([[e]], pad_id=2).target_tokens for e in exs)
+    assert torch.allclose(together, alone, rtol=1e-4)
+    # Changing one example's own tokens leaves every other example's loss unchanged.
+    changed = [*exs[:1], Example(None, head + list(range(900, 930)), 45), *exs[2:]]
+    b2 = make_batch(changed, list(range(6)), packing=True, capacity=512, pad_id=2, prefix=prefix)
+    others = sum(
+        answer_loss(model, collate([[e]], pad_id=2), "cpu") for e in exs if e is not exs[1]
+    )
+    assert torch.allclose(
+        answer_loss(model, b2, "cpu") - answer_loss(model, collate([[changed[1]]], 2), "cpu"),
+        others,
+        rtol=1e-4,
+    )
+
+
 def test_logits_only_where_a_loss_is_taken(tiny_base_dir: Path) -> None:
     import torch
 

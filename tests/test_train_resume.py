@@ -38,9 +38,9 @@ def test_sigkilled_run_resumes_to_the_same_result(project: Any, tiny_base_dir: P
     settings = {
         "base_model": str(tiny_base_dir),
         "epochs": 10,
-        "max_steps": 40,
+        "max_steps": 16,
         "batch_size": 4,
-        "eval_every": 10,
+        "eval_every": 8,
         "eval_max_records": 2,
         "save_every": 2,
         "lora_dropout": 0.1,

@@ -127,7 +127,7 @@ def _execute(
     from whetstone.models import base as base_models
     from whetstone.progress import console
     from whetstone.train import methods
-    from whetstone.train.data import encode_records
+    from whetstone.train.data import encode_records, shared_prefix
     from whetstone.train.loop import Setup, train_loop
 
     t_start = time.perf_counter()
@@ -194,6 +194,8 @@ def _execute(
             run=run,
             max_new_tokens=max_new,
             artefact_meta=meta,
+            train_prefix=shared_prefix(train) if cfg.packing else [],
+            val_prefix=shared_prefix(val) if cfg.packing else [],
         )
         if resume is not None:
             run.keep_history_until(resume["progress"]["step"])

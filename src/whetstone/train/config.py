@@ -57,6 +57,11 @@ class TrainConfig(BaseModel):
     packing: bool = Field(
         True, description="pack several examples per row (attention kept inside each)"
     )
+    pack_length: int = Field(
+        1024,
+        ge=16,
+        description="tokens per packed row (at least max_length): longer rows share the instruction more",
+    )
     save_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
 
     @property

@@ -6,7 +6,9 @@ answer's tokens (up to and including the end-of-turn token) carry a loss.
 
 Batches waste little on padding: with `packing`, the examples of a micro-batch are packed into
 a few rows of near-equal length, each example keeping its own position ids (0, 1, 2, ...) and
-a block-diagonal causal attention mask, so no example attends to another. Without packing, each example is one row and rows are grouped by length.
+a block-diagonal causal attention mask, so no example attends to another. The prompt tokens
+all examples share (chat header + task instruction, often most of the prompt) are stored and
+computed once per row, and every example attends to that one copy. Without packing, each example is one row and rows are grouped by length.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Example:
     record_id: int | None
     ids: list[int]
     n_prompt: int  # the first n_prompt tokens are the prompt: no loss on them
+    truncated: bool = False  # the prompt was cut from the left to fit max_length
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -106,12 +109,31 @@ def encode_records(
                 report.dropped += 1
                 continue
             cut = len(ex) - max_length
-            ex = Example(record_id=ex.record_id, ids=ex.ids[cut:], n_prompt=ex.n_prompt - cut)
+            ex = Example(
+                record_id=ex.record_id, ids=ex.ids[cut:], n_prompt=ex.n_prompt - cut, truncated=True
+            )
             report.truncated += 1
         out.append(ex)
         report.max_tokens = max(report.max_tokens, len(ex))
     report.examples = len(out)
     return out, report
+
+
+def shared_prefix(examples: list[Example]) -> list[int]:
+    """The longest run of prompt tokens every example starts with (the chat template's header
+    and the task instruction). It stops at least one token before each answer, since the last
+    prompt token predicts the answer's first and that prediction belongs to one example."""
+    whole = [ex for ex in examples if not ex.truncated]  # a cut prompt simply does not share
+    if not whole:
+        return []
+    first = whole[0].ids
+    n = min(ex.n_prompt for ex in whole) - 1
+    for ex in whole[1:]:
+        k = 0
+        while k < n and ex.ids[k] == first[k]:
+            k += 1
+        n = k
+    return first[: max(n, 0)]
 
 
 @dataclass
@@ -120,67 +142,90 @@ class Batch:
 
     input_ids: Any
     position_ids: Any
-    segments: Any  # which example of its row each token belongs to (padding: a segment of its own)
+    segments: Any  # 0: the row's shared prefix; 1..n: its examples; n+1: padding
+    sees_prefix: Any  # True on tokens of examples that continue the shared prefix
     targets: Any
-    tokens: int  # real (non-padding) tokens
+    tokens: int  # tokens a model without prefix sharing would process (no padding)
     target_tokens: int
 
     def attention_mask(self, device: Any) -> Any:
-        """(rows, 1, width, width) boolean, True where a query may attend to a key: causal and
-        inside the query's own example."""
+        """(rows, 1, width, width) boolean, True where a query may attend to a key: causally,
+        inside its own example, and to the shared prefix its example continues."""
         import torch
 
         seg = self.segments.to(device)
+        sees = self.sees_prefix.to(device)
         width = seg.shape[1]
         causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-        return ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]
+        same = seg[:, :, None] == seg[:, None, :]
+        prefix = sees[:, :, None] & (seg == 0)[:, None, :]
+        return ((same | prefix) & causal)[:, None]
 
 
-def pack_rows(examples: list[Example], capacity: int) -> list[list[Example]]:
-    """Split examples into the fewest rows of at most `capacity` tokens, balanced so rows are
-    nearly the same length (longest first into the emptiest row): little padding is left."""
-    total = sum(len(e) for e in examples)
-    n_rows = max(1, -(-total // capacity))
+def pack_rows(sizes: list[int], capacity: int, fixed: int = 0) -> list[list[int]]:
+    """Split items (by index) into the fewest rows of at most `capacity` tokens, each row
+    starting with `fixed` tokens, balanced so rows are nearly the same length (longest first
+    into the emptiest row): little padding is left."""
+    room = max(1, capacity - fixed)
+    n_rows = max(1, -(-sum(sizes) // room))
     while True:
-        rows: list[list[Example]] = [[] for _ in range(n_rows)]
-        sizes = [0] * n_rows
-        ok = True
-        for ex in sorted(examples, key=len, reverse=True):
-            i = min(range(n_rows), key=sizes.__getitem__)
-            if sizes[i] + len(ex) > capacity and sizes[i] > 0:
-                ok = False
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        used = [0] * n_rows
+        for i in sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True):
+            r = min(range(n_rows), key=used.__getitem__)
+            if used[r] + sizes[i] > room and used[r] > 0:
                 break
-            rows[i].append(ex)
-            sizes[i] += len(ex)
-        if ok:
+            rows[r].append(i)
+            used[r] += sizes[i]
+        else:
             return [r for r in rows if r]
         n_rows += 1
 
 
-def collate(rows: list[list[Example]], pad_id: int) -> Batch:
+def collate(rows: list[list[Example]], pad_id: int, prefix: list[int] | None = None) -> Batch:
+    """Lay rows out as tensors. With a shared `prefix`, each row holds it once and every
+    example that starts with it stores only the rest, at the positions it would have had, and
+    attends to the row's copy: the same numbers as running each example on its own, with the
+    instruction's tokens computed once per row instead of once per example."""
     import torch
 
-    width = max(sum(len(e) for e in row) for row in rows)
+    p = prefix or []
+
+    def shares(ex: Example) -> bool:
+        return bool(p) and ex.ids[: len(p)] == p
+
+    def width_of(row: list[Example]) -> int:
+        has = any(shares(e) for e in row)
+        return (len(p) if has else 0) + sum(len(e) - (len(p) if shares(e) else 0) for e in row)
+
+    width = max(width_of(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     seg = torch.zeros((len(rows), width), dtype=torch.long)
+    sees = torch.zeros((len(rows), width), dtype=torch.bool)
     tgt = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     tokens = 0
     for r, row in enumerate(rows):
         at = 0
-        for k, ex in enumerate(row):
-            n = len(ex)
-            ids[r, at : at + n] = torch.tensor(ex.ids)
-            pos[r, at : at + n] = torch.arange(n)
+        if any(shares(e) for e in row):
+            ids[r, : len(p)] = torch.tensor(p)
+            pos[r, : len(p)] = torch.arange(len(p))
+            at = len(p)
+        for k, ex in enumerate(row, start=1):
+            skip = len(p) if shares(ex) else 0
+            n = len(ex) - skip
+            ids[r, at : at + n] = torch.tensor(ex.ids[skip:])
+            pos[r, at : at + n] = torch.arange(skip, len(ex))
             seg[r, at : at + n] = k
+            sees[r, at : at + n] = skip > 0
             # Position t predicts token t+1; the last token of an example predicts nothing.
-            tgt[r, at : at + n - 1] = torch.tensor(ex.labels[1:])
+            tgt[r, at : at + n - 1] = torch.tensor(ex.labels[skip + 1 :])
             at += n
-            tokens += n
+            tokens += len(ex)
         # Padding is a segment of its own that no real token attends to (and carries no loss).
         pos[r, at:] = torch.arange(width - at)
-        seg[r, at:] = len(row)
-    return Batch(ids, pos, seg, tgt, tokens, int((tgt != IGNORE).sum()))
+        seg[r, at:] = len(row) + 1
+    return Batch(ids, pos, seg, sees, tgt, tokens, int((tgt != IGNORE).sum()))
 
 
 def plan_epoch(
@@ -204,8 +249,18 @@ def plan_epoch(
 
 
 def make_batch(
-    examples: list[Example], idx: list[int], *, packing: bool, capacity: int, pad_id: int
+    examples: list[Example],
+    idx: list[int],
+    *,
+    packing: bool,
+    capacity: int,
+    pad_id: int,
+    prefix: list[int] | None = None,
 ) -> Batch:
     chosen = [examples[i] for i in idx]
-    rows = pack_rows(chosen, capacity) if packing else [[e] for e in chosen]
-    return collate(rows, pad_id)
+    if not packing:
+        return collate([[e] for e in chosen], pad_id)
+    p = prefix or []
+    sizes = [len(e) - (len(p) if p and e.ids[: len(p)] == p else 0) for e in chosen]
+    rows = pack_rows(sizes, capacity, fixed=len(p))
+    return collate([[chosen[i] for i in row] for row in rows], pad_id, p)

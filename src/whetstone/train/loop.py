@@ -56,6 +56,8 @@ class Setup:
     val_records: list[Record]
     run: Run
     max_new_tokens: int
+    train_prefix: list[int]  # prompt tokens every training example starts with (see data.py)
+    val_prefix: list[int]
     artefact_meta: dict[str, Any]
 
 
@@ -135,7 +137,12 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
         for start in range(0, len(s.val_examples), s.cfg.batch_size):
             idx = list(range(start, min(start + s.cfg.batch_size, len(s.val_examples))))
             batch = make_batch(
-                s.val_examples, idx, packing=s.cfg.packing, capacity=s.cfg.max_length, pad_id=pad_id
+                s.val_examples,
+                idx,
+                packing=s.cfg.packing,
+                capacity=max(s.cfg.pack_length, s.cfg.max_length),
+                pad_id=pad_id,
+                prefix=s.val_prefix,
             )
             loss_sum += float(answer_loss(s.model, batch, device))
             n += batch.target_tokens
@@ -262,7 +269,12 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
             while p.micro < len(plan) and p.step < total:
                 group = [
                     make_batch(
-                        s.train, idx, packing=cfg.packing, capacity=cfg.max_length, pad_id=pad_id
+                        s.train,
+                        idx,
+                        packing=cfg.packing,
+                        capacity=max(cfg.pack_length, cfg.max_length),
+                        pad_id=pad_id,
+                        prefix=s.train_prefix,
                     )
                     for idx in plan[p.micro : p.micro + cfg.grad_accum]
                 ]
