@@ -46,6 +46,7 @@ class DemoPlan:
     minutes: float | None = None  # stop starting new turns once this budget would be passed
     train: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRAIN))
     eval_batch_size: int = 32
+    max_new_tokens: int = 160  # the longest demo answer is ~110 tokens
 
 
 # Settings that learn the address task fast on 2 CPU cores (see benchmarks/address_quality.py).
@@ -144,6 +145,7 @@ def _new_project(
         "flywheel:\n"
         f"  next_n: {plan.labels_per_turn}\n"
         f"  eval_batch_size: {plan.eval_batch_size}\n"
+        f"  max_new_tokens: {plan.max_new_tokens}\n"
         "  curate:\n    test: 0.0\n    validation: 0.15\n    card: true\n"
         "gate:\n  min_delta: 0.0\n"
         "train:\n" + "".join(f"  {k}: {v}\n" for k, v in plan.train.items())
@@ -191,9 +193,9 @@ class Production:
         prod = registry.production(self.project, TASK)
         return prod.name if prod else "base"
 
-    def answer(self, texts: list[str], batch_size: int) -> None:
+    def answer(self, texts: list[str], batch_size: int, max_new_tokens: int) -> None:
         if self.url:
-            self._answer_http(texts)
+            self._answer_http(texts, max_new_tokens)
             return
         from whetstone.predict import load_predictor
 
@@ -201,7 +203,7 @@ class Production:
         if self._loaded != model:
             self._predictor = load_predictor(self.project, TASK, model)
             self._loaded = model
-        gens = self._predictor(texts, batch_size=batch_size, max_new_tokens=160)
+        gens = self._predictor(texts, batch_size=batch_size, max_new_tokens=max_new_tokens)
         for text, g in zip(texts, gens, strict=True):
             self.project.capture(
                 TASK,
@@ -212,7 +214,7 @@ class Production:
                 meta={"latency_ms": round(g.latency_ms, 2), "output_tokens": g.output_tokens},
             )
 
-    def _answer_http(self, texts: list[str]) -> None:
+    def _answer_http(self, texts: list[str], max_new_tokens: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from openai import OpenAI
@@ -223,7 +225,7 @@ class Production:
             client.chat.completions.create(
                 model=TASK,
                 messages=[{"role": "user", "content": text}],
-                max_tokens=160,
+                max_tokens=max_new_tokens,
                 temperature=0,
             )
 
@@ -358,7 +360,15 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
     base_snap = snapshot_task(
         main, TASK, validation=0.0, test=0.0, info={"purpose": "demo baseline"}
     )
-    base_ev = evaluate(main, TASK, "base", "test", base_snap.id, batch_size=plan.eval_batch_size)
+    base_ev = evaluate(
+        main,
+        TASK,
+        "base",
+        "test",
+        base_snap.id,
+        batch_size=plan.eval_batch_size,
+        max_new_tokens=plan.max_new_tokens,
+    )
     baseline = {
         "exact_match": _metric(base_ev.metrics, "object_exact"),
         "field_f1": _metric(base_ev.metrics, "field_f1"),
@@ -392,7 +402,7 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
                 p = projects[arm]
                 console.print(f"[bold]Turn {k} · {arm}[/bold]: {len(stream)} production requests")
                 if arm == "curate-next":
-                    producers[arm].answer(stream, plan.eval_batch_size)
+                    producers[arm].answer(stream, plan.eval_batch_size, plan.max_new_tokens)
                 else:
                     # Choosing at random needs no model answers: capture the inputs alone.
                     for text in stream:

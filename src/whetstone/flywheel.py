@@ -43,6 +43,7 @@ class FlywheelConfig(BaseModel):
     gate: dict[str, Any] = Field(default_factory=dict, description="promotion gate settings")
     split: str = Field("test", description="held-out split the gate and report use")
     eval_batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="answer length cap when evaluating")
     next_n: int = Field(50, ge=0, description="records to queue for labelling after the turn")
     min_new_records: int = Field(0, ge=0, description="skip the turn when fewer new labels arrived")
     report: bool = True
@@ -315,6 +316,7 @@ def run_turn(
                     cfg.split,
                     snap["snapshot"],
                     batch_size=cfg.eval_batch_size,
+                    max_new_tokens=cfg.max_new_tokens,
                 )
             out[role] = {"evaluation": ev.id, "model": model, "n": ev.n, "metrics": ev.metrics}
         return out
@@ -325,8 +327,9 @@ def run_turn(
     def gate_step() -> dict[str, Any]:
         from whetstone.evaluate.gate import gate_config, promote
 
+        defaults = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens}
         gcfg = gate_config(
-            project, **{**cfg.gate, "split": cfg.split, "snapshot": snap["snapshot"]}
+            project, **{**defaults, **cfg.gate, "split": cfg.split, "snapshot": snap["snapshot"]}
         )
         outcome = promote(project, candidate, gcfg, actor="flywheel")
         rules = outcome.decision.rules
