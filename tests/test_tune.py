@@ -158,4 +158,6 @@ def test_tune_cli_json(cities: Any, tiny_base_dir: Path, tmp_path: Path) -> None
     assert out["best"] == "cities@1" and out["trials"][0]["state"] == "complete"
     assert out["trials"][0]["steps"] == 2
     bad = CliRunner().invoke(main.app, [*args, "--method", "lora,qlora", "--config", str(cfg)])
-    assert bad.exit_code != 0 and "unknown method 'qlora'" in bad.output
+    assert isinstance(bad.exception, InvalidInput) and "unknown method 'qlora'" in str(
+        bad.exception
+    )
