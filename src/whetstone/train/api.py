@@ -60,6 +60,15 @@ def with_reference(recs: list[Record]) -> list[Record]:
     return [r for r in recs if r.reference is not None]
 
 
+def upweighted(recs: list[Record], weights: dict[int, float]) -> list[Record]:
+    """Curation up-weights hard examples in the snapshot; training honours a weight of w by
+    showing the example round(w) times an epoch (over-sampling keeps the loss a plain mean)."""
+    out: list[Record] = []
+    for r in recs:
+        out.extend([r] * max(1, round(weights.get(r.id or -1, 1.0))))
+    return out
+
+
 def train_task(
     project: Project,
     task: str,
@@ -124,6 +133,7 @@ def _execute(
     import torch
 
     from whetstone import registry, snapshots
+    from whetstone.curate import training_records
     from whetstone.models import base as base_models
     from whetstone.progress import console
     from whetstone.train import methods
@@ -140,8 +150,8 @@ def _execute(
             f"it now resolves to different weights ({base.hash[:12]})"
         )
     snap = snapshots.load(project, info["snapshot_id"])
-    train_recs = with_reference(snapshots.records(project, snap, "train"))
-    val_recs = with_reference(snapshots.records(project, snap, "validation"))
+    train_recs = upweighted(with_reference(training_records(project, snap, "train")), snap.weights)
+    val_recs = with_reference(training_records(project, snap, "validation"))
     set_threads()
     seed_everything(cfg.seed)
     model, tok = base_models.load(base, dtype=torch.float32, for_training=True)
