@@ -14,7 +14,7 @@ from whetstone.cli import common
 
 # One module per stage, each with `register(app)`; order is the order of `--help`.
 COMMAND_MODULES = [
-    "project", "tasks", "records", "data", "demo_data", "predict", "curate", "train",
+    "project", "tasks", "records", "data", "demo_data", "predict", "curate", "train", "tune",
     "evaluate", "registry", "serve", "flywheel", "doctor",
 ]
 
