@@ -140,7 +140,8 @@ def test_demo_rows_and_instruction() -> None:
     assert demo_data.demo_rows(1)[0][1]["street_name"] == "DR MARTIN LUTHER KING JR"
     instruction = demo_data.demo_instruction()
     assert "single-line JSON object" in instruction
-    assert all(key in instruction for key in demo_data.demo_schema()["properties"])
+    assert set(demo_data.COMMON_KEYS) <= set(demo_data.demo_schema()["properties"])
+    assert all(key in instruction for key in demo_data.COMMON_KEYS)
 
 
 def test_load_demo_data_is_idempotent(tmp_path: Path) -> None:
