@@ -1,5 +1,8 @@
 """`train_task`: snapshot → train → register, the one function the CLI, `tune` and the
-flywheel call. `resume_run` continues a killed run from its last checkpoint."""
+flywheel call. `resume_run` continues a killed run from its last checkpoint.
+
+Under `accelerate launch` every process calls the same function; the main process snapshots,
+writes and registers, the others train their share (see `whetstone.train.distributed`)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from whetstone.errors import InvalidInput
 from whetstone.project import Project
 from whetstone.records import Kind, Record
 from whetstone.train.config import TrainConfig, build
+from whetstone.train.distributed import Processes
 from whetstone.train.runs import Run, load_checkpoint, new_run, open_run
 
 
@@ -35,14 +39,15 @@ class TrainResult:
 
 
 def set_threads() -> None:
-    """Use every core this process may run on (a container's CPU quota, not the host's)."""
+    """Use every core this process may run on (a container's CPU quota, not the host's),
+    shared with the other training processes on this machine."""
     import torch
 
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores))
+    torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def seed_everything(seed: int) -> None:
@@ -77,10 +82,20 @@ def train_task(
     progress: bool = True,
 ) -> TrainResult:
     """Freeze a snapshot (unless `snapshot_id`), train, register `task@N` as a candidate."""
+    cfg = config or build(("project whetstone.yaml", project.section("train")))
+    procs = Processes.current()
+    run_id = procs.on_main(lambda: _start(project, task, cfg, snapshot_id, procs.size).id)
+    run = open_run(project, run_id)
+    return _execute(project, run, cfg, resume=None, progress=progress, procs=procs)
+
+
+def _start(
+    project: Project, task: str, cfg: TrainConfig, snapshot_id: str | None, processes: int
+) -> Run:
+    """Freeze (or load) the snapshot and create the run folder."""
     from whetstone import snapshots
     from whetstone.models import base as base_models
 
-    cfg = config or build(("project whetstone.yaml", project.section("train")))
     project.task(task)
     base = base_models.resolve(cfg.base_model or project.base_model)
     if snapshot_id:
@@ -104,11 +119,12 @@ def train_task(
         method=cfg.method,
         status="running",
         created_at=time.time(),
+        world_size=processes,
     )
     from whetstone.util import atomic_write_text
 
     atomic_write_text(run.config_path, cfg.to_yaml())
-    return _execute(project, run, cfg, resume=None, progress=progress)
+    return run
 
 
 def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainResult:
@@ -121,14 +137,22 @@ def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainRes
             f"run {run_id} already finished and was registered as {info.get('adapter')}"
         )
     cfg = build((str(run.config_path), yaml.safe_load(run.config_path.read_text()) or {}))
-    state = load_checkpoint(run)
+    procs = Processes.current()
+    state = load_checkpoint(run)  # the same on any number of processes (see distributed.py)
     if state is None:
-        run.metrics_path.unlink(missing_ok=True)
-    return _execute(project, run, cfg, resume=state, progress=progress)
+        procs.on_main(lambda: run.metrics_path.unlink(missing_ok=True))
+    procs.on_main(lambda: run.write_info(world_size=procs.size))
+    return _execute(project, run, cfg, resume=state, progress=progress, procs=procs)
 
 
 def _execute(
-    project: Project, run: Run, cfg: TrainConfig, *, resume: dict[str, Any] | None, progress: bool
+    project: Project,
+    run: Run,
+    cfg: TrainConfig,
+    *,
+    resume: dict[str, Any] | None,
+    progress: bool,
+    procs: Processes,
 ) -> TrainResult:
     import torch
 
@@ -167,6 +191,11 @@ def _execute(
     if cfg.method == "head" and task.kind == Kind.classify:
         from whetstone.train.label_head import train_label_head
 
+        if procs.size > 1:
+            raise InvalidInput(
+                "the classify label head trains in seconds on one process: "
+                "run `whetstone train` without a multi-process launcher"
+            )
         p, data = train_label_head(
             model, tok, task, train_recs, val_recs, cfg, run, meta, show=progress
         )
@@ -186,10 +215,9 @@ def _execute(
                 f"only {len(train)} training examples: one batch of {len(train)} per step, "
                 f"not {cfg.batch_size}"
             )
-        if report.too_long:
-            console.print(f"[yellow]{report.summary()}[/yellow]")
-        for note in report.notes:
-            console.print(f"[yellow]{note}[/yellow]")
+        for note in [report.summary()] * bool(report.too_long) + report.notes:
+            if procs.is_main:
+                console.print(f"[yellow]{note}[/yellow]")
         model = methods.get(cfg.method).prepare(model, cfg)
         eval_recs = val_recs[: cfg.eval_max_records]
         max_new = min(1024, report.answer_tokens + 16)
@@ -206,9 +234,11 @@ def _execute(
             artefact_meta=meta,
             train_prefix=shared_prefix(train) if cfg.packing else [],
             val_prefix=shared_prefix(val) if cfg.packing else [],
+            procs=procs,
         )
         if resume is not None:
-            run.keep_history_until(resume["progress"]["step"])
+            step = resume["progress"]["step"]
+            procs.on_main(lambda: run.keep_history_until(step))
         p = train_loop(setup, resume=resume, show=progress)
         data = {
             **report.__dict__,
@@ -216,8 +246,6 @@ def _execute(
             "validation_records": len(val_recs),
             "validation_used": len(eval_recs),
         }
-    run.plot()
-    run.write_info(status="finished", best_metric=p.best_metric, best_step=p.best_step)
     tokens_per_s = p.tokens / p.train_seconds if p.train_seconds else 0.0
     timings = {
         "train_s": round(p.train_seconds, 2),
@@ -226,34 +254,41 @@ def _execute(
     }
     from whetstone import __version__
 
-    av = registry.register(
-        project,
-        task.name,
-        run.best_dir,
-        method=cfg.method,
-        base_model=base.name,
-        base_hash=base.hash,
-        snapshot_id=snap.id,
-        run_id=run.id,
-        info={
-            "config": cfg.effective(),
-            "metric": task.main_metric,
-            "best_metric": p.best_metric,
-            "best_step": p.best_step,
-            "steps": p.step,
-            "stopped_early": p.stopped_early,
-            "validation": p.evals,
-            "curve": str(run.curve_path),
-            "metrics": str(run.metrics_path),
-            "whetstone_version": __version__,
-            "tokens_per_s": round(tokens_per_s, 1),
-            "timings": timings,
-            "data": data,
-        },
-    )
-    run.write_info(status="registered", adapter=av.name)
+    def finish() -> str:
+        run.plot()
+        run.write_info(status="finished", best_metric=p.best_metric, best_step=p.best_step)
+        av = registry.register(
+            project,
+            task.name,
+            run.best_dir,
+            method=cfg.method,
+            base_model=base.name,
+            base_hash=base.hash,
+            snapshot_id=snap.id,
+            run_id=run.id,
+            info={
+                "config": cfg.effective(),
+                "metric": task.main_metric,
+                "best_metric": p.best_metric,
+                "best_step": p.best_step,
+                "steps": p.step,
+                "stopped_early": p.stopped_early,
+                "validation": p.evals,
+                "curve": str(run.curve_path),
+                "metrics": str(run.metrics_path),
+                "whetstone_version": __version__,
+                "tokens_per_s": round(tokens_per_s, 1),
+                "timings": timings,
+                "world_size": procs.size,
+                "data": data,
+            },
+        )
+        run.write_info(status="registered", adapter=av.name)
+        return av.name
+
+    adapter = procs.on_main(finish)
     return TrainResult(
-        adapter=av.name,
+        adapter=adapter,
         run_id=run.id,
         run_dir=str(run.dir),
         method=cfg.method,

@@ -5,6 +5,9 @@ AdamW, warmup then cosine or linear decay, gradient accumulation and clipping. E
 validation records; the best by metric (ties: lower loss) is saved to `best/`, and
 `patience` validations without improvement stop the run. A resumable checkpoint is written
 every `save_every` steps and at each validation.
+
+The same loop runs on several processes (see `whetstone.train.distributed`): each takes its
+share of every batch and of validation, and only the main process writes the run folder.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from whetstone.errors import WhetstoneError
 from whetstone.records import Record, Task
 from whetstone.train.config import TrainConfig
 from whetstone.train.data import IGNORE, Batch, Example, make_batch, plan_epoch
+from whetstone.train.distributed import Processes
 from whetstone.train.methods import causal_lm, load_trainable_state, trainable_state
 from whetstone.train.runs import Run, save_checkpoint, set_rng_state
 from whetstone.util import atomic_dir
@@ -59,12 +63,15 @@ class Setup:
     train_prefix: list[int]  # prompt tokens every training example starts with (see data.py)
     val_prefix: list[int]
     artefact_meta: dict[str, Any]
+    procs: Processes = field(default_factory=Processes)
 
 
 def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 mixed precision on CUDA cards that have bf16 (weights and optimizer stay fp32);
+    fp32 elsewhere: CPU bf16 matmuls are slower here, and fp16 would need loss scaling."""
     import torch
 
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -124,7 +131,8 @@ def total_steps(cfg: TrainConfig, n_examples: int) -> tuple[int, int]:
 
 
 def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
-    """Validation loss and the task's main metric on greedy generations."""
+    """Validation loss and the task's main metric on greedy generations. Each process takes
+    its share of the examples and records; the sums and answers are gathered."""
     import torch
 
     from whetstone.evaluate.metrics import main_score
@@ -133,9 +141,10 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
 
     s.model.eval()
     loss_sum, n = 0.0, 0
+    mine = s.procs.share(list(range(len(s.val_examples))))
     with torch.no_grad():
-        for start in range(0, len(s.val_examples), s.cfg.batch_size):
-            idx = list(range(start, min(start + s.cfg.batch_size, len(s.val_examples))))
+        for start in range(0, len(mine), s.cfg.batch_size):
+            idx = mine[start : start + s.cfg.batch_size]
             batch = make_batch(
                 s.val_examples,
                 idx,
@@ -146,17 +155,24 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
             )
             loss_sum += float(answer_loss(s.model, batch, device))
             n += batch.target_tokens
-    recs = s.val_records
-    gens = generate(
-        s.model,
-        s.tok,
-        [chat(s.task, r.input) for r in recs],
-        max_new_tokens=s.max_new_tokens,
-        batch_size=16,
-        max_prompt_tokens=s.cfg.max_length,
+    loss_sum, n = s.procs.sum([loss_sum, n])
+    recs = s.procs.share(list(enumerate(s.val_records)))
+    gens = (
+        generate(
+            s.model,
+            s.tok,
+            [chat(s.task, r.input) for _, r in recs],
+            max_new_tokens=s.max_new_tokens,
+            batch_size=16,
+            max_prompt_tokens=s.cfg.max_length,
+        )
+        if recs
+        else []
     )
-    preds = [normalise_answer(s.task, g.text) for g in gens]
-    metric = main_score(s.task, preds, [str(r.reference) for r in recs])
+    answers = [(i, normalise_answer(s.task, g.text)) for (i, _), g in zip(recs, gens, strict=True)]
+    by_index = dict(s.procs.gather(answers))
+    preds = [by_index[i] for i in range(len(s.val_records))]
+    metric = main_score(s.task, preds, [str(r.reference) for r in s.val_records])
     s.model.train()
     return {"val_loss": loss_sum / max(n, 1), "metric": float(metric)}
 
@@ -212,7 +228,7 @@ def live(show: bool, total: int, start: int) -> Iterator[Any]:
 def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = True) -> Progress:
     import torch
 
-    cfg, model, run = s.cfg, s.model, s.run
+    cfg, model, run, procs = s.cfg, s.model, s.run, s.procs
     from whetstone.models.base import device as best_device
 
     device = best_device()
@@ -234,6 +250,7 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
         set_rng_state(resume["rng"])
     lengths = [len(e) for e in s.train]
     model.train()
+    loss_of = procs.loss_function(model, lambda m, b: answer_loss(m, b, device))
 
     def evaluate_now() -> None:
         t0 = time.perf_counter()
@@ -241,7 +258,6 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
         row = validate(s, device, pad_id) if s.val_records else {"val_loss": None, "metric": None}
         p.eval_seconds += time.perf_counter() - t0
         row = {"kind": "validation", "step": p.step, "epoch": p.epoch, **row}
-        run.log(row)
         better = (
             p.best_step is None
             or row["metric"] is None
@@ -255,36 +271,53 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
                 p.step,
                 0,
             )
-            save_best(s)
         else:
             p.bad_evals += 1
         p.evals.append(row)
-        run.plot()
 
-    with live(show, total, p.step) as (update, note):
+        def write() -> None:
+            run.log(row)
+            if better:
+                save_best(s)
+            run.plot()
+
+        procs.on_main(write)
+
+    with live(show and procs.is_main, total, p.step) as (update, note):
         while p.epoch < cfg.epochs and p.step < total and not p.stopped_early:
             plan = plan_epoch(
                 lengths, cfg.batch_size, seed=cfg.seed, epoch=p.epoch, packing=cfg.packing
             )
             while p.micro < len(plan) and p.step < total:
+                micro = plan[p.micro : p.micro + cfg.grad_accum]
+                # Each process takes its share of every micro-batch: together they see the
+                # batch one process would. One left without examples still runs one with no
+                # weight, since DDP needs every process in every backward pass.
+                shares = [procs.share(idx) for idx in micro]
                 group = [
                     make_batch(
                         s.train,
-                        idx,
+                        mine or idx[:1],
                         packing=cfg.packing,
                         capacity=max(cfg.pack_length, cfg.max_length),
                         pad_id=pad_id,
                         prefix=s.train_prefix,
                     )
-                    for idx in plan[p.micro : p.micro + cfg.grad_accum]
+                    for mine, idx in zip(shares, micro, strict=True)
                 ]
+                weights = [1.0 if mine else 0.0 for mine in shares]
                 t0 = time.perf_counter()
-                n_targets = sum(b.target_tokens for b in group)
-                loss_sum = 0.0
-                for b in group:
-                    loss = answer_loss(model, b, device) / n_targets
-                    loss.backward()
+                # The mean over the answer tokens of the whole batch, on every process.
+                (n_targets,) = procs.sum(
+                    [sum(b.target_tokens * w for b, w in zip(group, weights, strict=True))]
+                )
+                loss_sum, tokens = 0.0, 0
+                for b, w in zip(group, weights, strict=True):
+                    loss = loss_of(b) * w / n_targets
+                    procs.backward(loss)
                     loss_sum += loss.item()
+                    tokens += b.tokens if w else 0
+                loss_sum, tokens = procs.sum([loss_sum, tokens])
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 sched.step()
@@ -292,18 +325,19 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
                 p.train_seconds += time.perf_counter() - t0
                 p.step += 1
                 p.micro += len(group)
-                p.tokens += sum(b.tokens for b in group)
+                p.tokens += int(tokens)
                 tps = p.tokens / max(p.train_seconds, 1e-9)
-                run.log(
-                    {
-                        "kind": "train",
-                        "step": p.step,
-                        "epoch": p.epoch,
-                        "loss": loss_sum,
-                        "lr": sched.get_last_lr()[0],
-                        "tokens_per_s": round(tps, 1),
-                    }
-                )
+                if procs.is_main:
+                    run.log(
+                        {
+                            "kind": "train",
+                            "step": p.step,
+                            "epoch": p.epoch,
+                            "loss": loss_sum,
+                            "lr": sched.get_last_lr()[0],
+                            "tokens_per_s": round(tps, 1),
+                        }
+                    )
                 last = (
                     f" · val {p.evals[-1]['metric']:.3f}"
                     if p.evals and p.evals[-1]["metric"] is not None
@@ -322,7 +356,7 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
                     if p.bad_evals >= cfg.patience:
                         p.stopped_early = True
                 if evaluated or p.step % cfg.save_every == 0:
-                    checkpoint(s, opt, sched, p)
+                    procs.on_main(lambda: checkpoint(s, opt, sched, p))
                 if p.stopped_early:
                     break
             if p.micro >= len(plan):
@@ -330,5 +364,5 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
                 p.micro = 0
         if p.best_step is None:  # stopped before any validation (e.g. resumed a finished run)
             evaluate_now()
-            checkpoint(s, opt, sched, p)
+            procs.on_main(lambda: checkpoint(s, opt, sched, p))
     return p
