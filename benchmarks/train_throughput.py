@@ -63,6 +63,15 @@ def encoded(task: Any, recs: list[Any], max_length: int) -> tuple[list[Any], Any
     return encode_records(tok, task, recs, max_length=max_length, policy="left")
 
 
+def epoch_tokens(project: Any, train: list[Any], max_length: int) -> dict[str, int]:
+    """Tokens and answer tokens of one epoch, as this worker's project encodes them."""
+    examples, _ = encoded(project.task("addresses"), train, max_length)
+    return {
+        "epoch_tokens": sum(len(e) for e in examples),
+        "epoch_answer_tokens": sum(len(e) - e.n_prompt for e in examples),
+    }
+
+
 # ---------------------------------------------------------------- workers (one process each)
 
 
@@ -89,6 +98,7 @@ def run_whetstone(args: argparse.Namespace, method: str) -> dict[str, Any]:
     )
     res = train_task(project, "addresses", cfg, snapshot_id=snap.id, progress=False)
     return {
+        **epoch_tokens(project, train, args.max_length),
         "tokens": round(res.tokens_per_s * res.timings["train_s"]),
         "train_s": res.timings["train_s"],
         "tokens_per_s": res.tokens_per_s,
@@ -188,6 +198,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     preds = [normalise_answer(task, g.text) for g in gens]
     metric = float(main_score(task, preds, [str(r.reference) for r in val]))
     return {
+        **epoch_tokens(project, train, args.max_length),
         "tokens": counted["tokens"],
         "loss_tokens": counted["loss_tokens"],
         "train_s": round(train_s, 2),
@@ -287,14 +298,8 @@ def main() -> None:
         worker(args)
         return
 
-    import whetstone
-
     peaks = [matmul_peak_gflops()]
     shape = model_shape()
-    project = whetstone.init(Path(tempfile.mkdtemp(prefix="whetstone-throughput-")) / "p")
-    task, train, _ = demo_task_and_records(project, args.records, args.validation)
-    examples, _ = encoded(task, train, args.max_length)
-    T, T_ans = sum(len(e) for e in examples), sum(len(e) - e.n_prompt for e in examples)
 
     results: dict[str, Any] = {}
     passthrough = [
@@ -312,7 +317,7 @@ def main() -> None:
             raise SystemExit(f"{case} failed (exit {proc.returncode})")
         res = json.loads(out.read_text())
         cfg = res.get("config") or {"lora_r": args.lora_r}
-        flops = model_flops(case, cfg, shape, T, T_ans)
+        flops = model_flops(case, cfg, shape, res["epoch_tokens"], res["epoch_answer_tokens"])
         res["model_gflops"] = round(flops / 1e9, 1)
         res["achieved_gflops_per_s"] = round(flops / 1e9 / res["train_s"], 1)
         results[case] = res
@@ -365,15 +370,12 @@ def main() -> None:
             "matmul_peak_gflops": round(peak, 1),
             "matmul_peak_measurements": [round(p, 1) for p in peaks],
             "model_shape": shape,
-            "tokens_per_epoch": T,
-            "answer_tokens_per_epoch": T_ans,
             "flops_formula": __doc__.split("The fraction of peak uses")[1].split("Run:")[0].strip(),
             "results": results,
             "summary": summary,
         },
     )
     print(f"wrote {path}")
-    project.close()
 
 
 if __name__ == "__main__":
