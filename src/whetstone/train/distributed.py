@@ -12,16 +12,23 @@ so the step is the one a single process makes on the whole batch (up to float su
 order). Validation is shared the same way and gathered. A checkpoint is therefore the same
 whatever the number of processes: a run may resume on more or fewer of them.
 
-Two CPU processes (gloo), as the tests run it:
+Two CPU processes (DDP over gloo), as the tests run it. Accelerate starts several processes
+through torchrun only for its multi-GPU launcher; `ACCELERATE_USE_CPU=1` keeps them on the CPU.
+On a machine without a GPU the variable is not needed. (`accelerate launch --cpu
+--num_processes 2` starts ONE process unless run under mpirun with `--mpirun_hostfile`;
+plain `torchrun --nproc-per-node 2 -m whetstone train ...` works too.)
 
-    accelerate launch --cpu --num_processes 2 -m whetstone train --task T
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m whetstone train --task T
 
-On GPUs, describe the machine once with `accelerate config` (or pass flags) and launch the
-same command; each process takes its own GPU and trains in bf16 autocast:
+On GPUs, describe the machine once with `accelerate config` (multi-GPU, N processes, no
+FSDP/DeepSpeed) or pass the flags, and launch the same command; each process takes its own GPU
+and trains in bf16 autocast (fp32 weights and optimizer) where the card has bf16:
 
-    accelerate config                      # "multi-GPU", N processes, no FSDP/DeepSpeed
+    accelerate config
     accelerate launch -m whetstone train --task T
     accelerate launch --multi_gpu --num_processes 4 -m whetstone train --task T
+
+Several machines: the usual `--num_machines`, `--machine_rank`, `--main_process_ip` flags.
 
 Whetstone trains with DDP: every process holds the whole model, which is what LoRA, DoRA,
 head and top-k training of small models need. An `accelerate config` that picks FSDP or
@@ -57,14 +64,17 @@ class Processes:
     def current(cls) -> Processes:
         if not launched():
             return cls()
+        import torch
         from accelerate import Accelerator
 
-        acc = Accelerator()
+        # Without a GPU, accelerate sets up CPU processes only when told to; say it for it.
+        acc = Accelerator(cpu=not torch.cuda.is_available())
         kind = str(acc.distributed_type.value)
         if not kind.startswith("MULTI_"):
             raise InvalidInput(
-                f"accelerate is configured for {kind}; whetstone trains with DDP (multi-CPU or "
-                "multi-GPU): run `accelerate config` and choose no FSDP/DeepSpeed"
+                f"accelerate set up {kind} for {os.environ['WORLD_SIZE']} processes; whetstone "
+                "trains with DDP (multi-CPU or multi-GPU): run `accelerate config` and choose "
+                "no FSDP/DeepSpeed"
             )
         return cls(acc)
 
