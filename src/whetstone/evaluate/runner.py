@@ -411,6 +411,40 @@ def latest_evaluation(
     for eid, info in rows:
         if not complete or json.loads(info).get("limit") is None:
             return load_evaluation(project, eid)
+    if snapshot_id and complete:
+        return _same_records_evaluation(project, task, name, snapshot_id, split)
+    return None
+
+
+def _same_records_evaluation(
+    project: Project, task: str, name: str, snapshot_id: str, split: str
+) -> Evaluation | None:
+    """An evaluation of the same model on another snapshot whose split holds exactly the same
+    records with the same references. The flywheel keeps the test split fixed across
+    snapshots, so the incumbent's numbers from the last turn are reused, not recomputed."""
+    from whetstone import snapshots
+
+    snap = snapshots.load(project, snapshot_id)
+    wanted = {
+        r.id: r.reference
+        for r in snapshots.records(project, snap, split)
+        if r.reference is not None
+    }
+    if not wanted:
+        return None
+    t = schema.evaluations
+    q = (
+        sa.select(t.c.id, t.c.info)
+        .where(t.c.task == task, t.c.model == name, t.c.split == split)
+        .order_by(t.c.created_at.desc())
+    )
+    with project.store.begin() as c:
+        rows = c.execute(q).all()
+    for eid, info_raw in rows:
+        info = json.loads(info_raw)
+        frozen = {int(k): v for k, v in info.get("references", {}).items()}
+        if info.get("limit") is None and frozen == wanted:
+            return load_evaluation(project, eid)
     return None
 
 
