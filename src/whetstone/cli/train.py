@@ -140,6 +140,10 @@ def train(
         if not task:
             raise InvalidInput("give --task T (or --resume RUN_ID)")
         result = train_task(p, task, cfg, snapshot_id=from_snapshot)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, the main process reports
+        return
     if as_json:
         from dataclasses import asdict
 
