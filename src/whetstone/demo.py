@@ -37,9 +37,9 @@ ARMS = ("curate-next", "random")
 @dataclass
 class DemoPlan:
     turns: int = 3
-    stream_per_turn: int = 150
-    labels_per_turn: int = 80
-    test_size: int = 150
+    stream_per_turn: int = 110
+    labels_per_turn: int = 70
+    test_size: int = 100
     seed: int = 0
     compare_random: bool = True
     serve: bool = False
@@ -52,11 +52,13 @@ class DemoPlan:
 # Settings that learn the address task fast on 2 CPU cores (see benchmarks/address_quality.py).
 DEFAULT_TRAIN: dict[str, Any] = {
     "method": "lora",
-    "epochs": 3,
+    "epochs": 2,
+    "lr": 2e-3,
     "batch_size": 8,
     "lora_r": 16,
     "lora_alpha": 32,
-    "max_length": 384,
+    "max_length": 256,
+    "eval_max_records": 16,
 }
 
 
@@ -146,7 +148,7 @@ def _new_project(
         f"  next_n: {plan.labels_per_turn}\n"
         f"  eval_batch_size: {plan.eval_batch_size}\n"
         f"  max_new_tokens: {plan.max_new_tokens}\n"
-        "  curate:\n    test: 0.0\n    validation: 0.15\n    card: true\n"
+        "  curate:\n    test: 0.0\n    validation: 0.1\n    card: true\n"
         "gate:\n  min_delta: 0.0\n"
         "train:\n" + "".join(f"  {k}: {v}\n" for k, v in plan.train.items())
     )

@@ -69,9 +69,9 @@ def demo(
         typer.Option("--minutes", help="Start no new turn that would pass this budget."),
     ] = 20.0,
     turns: Annotated[int, typer.Option("--turns")] = 3,
-    stream: Annotated[int, typer.Option("--stream", help="Production requests per turn.")] = 150,
-    labels: Annotated[int, typer.Option("--labels", help="Human labels per turn.")] = 80,
-    test_size: Annotated[int, typer.Option("--test-size", help="Held-out addresses.")] = 150,
+    stream: Annotated[int, typer.Option("--stream", help="Production requests per turn.")] = 110,
+    labels: Annotated[int, typer.Option("--labels", help="Human labels per turn.")] = 70,
+    test_size: Annotated[int, typer.Option("--test-size", help="Held-out addresses.")] = 100,
     compare_random: Annotated[
         bool,
         typer.Option(
