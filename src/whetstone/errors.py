@@ -22,3 +22,18 @@ class InvalidInput(WhetstoneError):
 
 class StoreError(WhetstoneError):
     """The store cannot be reached, or is from a newer schema version."""
+
+
+def from_validation(e: Exception, where: str, section: str = "") -> InvalidInput:
+    """A pydantic ValidationError as one line that names where the settings came from and the
+    offending key."""
+    errors = e.errors() if hasattr(e, "errors") else []
+    if not errors:
+        return InvalidInput(f"{where}: {e}")
+    err = errors[0]
+    key = ".".join(
+        [section, *(str(p) for p in err["loc"])] if section else [str(p) for p in err["loc"]]
+    )
+    key = key or "(settings)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return InvalidInput(f"{where}: {key}: {msg}")

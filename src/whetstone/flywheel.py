@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from whetstone.errors import InvalidInput
 from whetstone.project import Project
 from whetstone.records import utcnow
 from whetstone.util import atomic_write_text
@@ -52,24 +50,20 @@ class FlywheelConfig(BaseModel):
 def load_config(
     project: Project, path: str | Path | None = None, **overrides: Any
 ) -> FlywheelConfig:
+    """`flywheel:` of whetstone.yaml, then a flywheel.yaml, then CLI options (None: not given)."""
+    from whetstone.errors import from_validation
+    from whetstone.util import read_yaml_mapping
+
     data: dict[str, Any] = dict(project.section("flywheel"))
     where = f"{project.config_path} (flywheel:)"
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise InvalidInput(f"{p}: no such file")
-        try:
-            data.update(yaml.safe_load(p.read_text()) or {})
-        except yaml.YAMLError as e:
-            raise InvalidInput(f"{p}: not valid YAML ({e})") from None
-        where = str(p)
+        data.update(read_yaml_mapping(path, "flywheel settings"))
+        where = str(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return FlywheelConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        raise InvalidInput(f"{where}: {key}: {err['msg']}") from None
+        raise from_validation(e, where) from None
 
 
 @dataclass

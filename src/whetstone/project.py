@@ -17,7 +17,7 @@ import yaml
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.records import Input, Kind, Record, Source, Status, Task
 from whetstone.store import Store
-from whetstone.util import atomic_write_text
+from whetstone.util import atomic_write_text, read_yaml_mapping
 
 CONFIG_NAME = "whetstone.yaml"
 HOME_NAME = ".whetstone"
@@ -253,14 +253,7 @@ class Project:
 def load_config(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise NotFound(f"no {CONFIG_NAME} at {path.parent}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise InvalidInput(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{path}: expected a mapping of settings")
+    data = read_yaml_mapping(path)
     unknown = sorted(set(data) - KNOWN_KEYS)
     if unknown:
         raise InvalidInput(

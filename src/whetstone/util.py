@@ -61,3 +61,23 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str = "settings") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file and line."""
+    import yaml
+
+    from whetstone.errors import InvalidInput, NotFound
+
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise InvalidInput(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a mapping of {what}")
+    return data

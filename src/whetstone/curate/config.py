@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from whetstone.errors import InvalidInput, NotFound
+from whetstone.errors import InvalidInput
+from whetstone.util import read_yaml_mapping
 
 # The order steps run in, whatever order the config lists them. `split` runs before `select`
 # because the budget counts training records, and which records are training is the split's call.
@@ -105,17 +106,11 @@ def parse(data: dict[str, Any], where: str) -> CurateConfig:
 def load(project: Any, path: str | Path | None = None, **overrides: Any) -> CurateConfig:
     """The config from `path`, else the project's `curate:` section, then `overrides`
     (CLI options) on top; None-valued overrides are ignored."""
-    import yaml
 
     if path is not None:
         p = Path(path)
-        if not p.exists():
-            raise NotFound(f"curation config {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InvalidInput(f"{p}: not valid YAML ({e})") from None
-        if isinstance(data, dict) and set(data) == {"curate"}:
+        data = read_yaml_mapping(p, "curation settings")
+        if set(data) == {"curate"}:
             data = data["curate"] or {}
         if not isinstance(data, dict):
             raise InvalidInput(f"{p}: expected a mapping of curation settings")

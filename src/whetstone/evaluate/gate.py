@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from whetstone import registry
-from whetstone.errors import InvalidInput, NotFound, WhetstoneError
+from whetstone.errors import InvalidInput, NotFound, WhetstoneError, from_validation
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 from whetstone.project import Project
 from whetstone.records import utcnow
@@ -64,9 +64,7 @@ def gate_config(project: Project, **overrides: Any) -> GateConfig:
     try:
         return GateConfig(**values)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise InvalidInput(f"{project.config_path}: gate.{where}: {first['msg']}") from None
+        raise from_validation(e, str(project.config_path), "gate") from None
 
 
 @dataclass

@@ -117,16 +117,8 @@ def build(*layers: tuple[str, dict[str, Any]]) -> TrainConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise InvalidInput(f"no training config file at {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise InvalidInput(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{path}: expected a mapping of training settings")
+    from whetstone.util import read_yaml_mapping
+
+    data = read_yaml_mapping(path, "training settings")
     # A train.yaml may use the flag spelling (lora-r) as well as the key (lora_r).
     return {str(k).replace("-", "_"): v for k, v in data.items()}
