@@ -111,7 +111,9 @@ def freeze(
     h = hashlib.sha256(task.encode())
     for rid in sorted(assignment):
         r = recs[rid]
-        h.update(canonical_json([rid, assignment[rid], weights.get(rid, 1.0), r.reference]).encode())
+        h.update(
+            canonical_json([rid, assignment[rid], weights.get(rid, 1.0), r.reference]).encode()
+        )
     if fingerprint:
         h.update(fingerprint.encode())
     sid = h.hexdigest()[:16]
@@ -119,14 +121,25 @@ def freeze(
     info.setdefault("counts", {s: sum(1 for v in assignment.values() if v == s) for s in SPLITS})
     now = utcnow()
     with project.store.begin() as c:
-        if c.execute(sa.select(schema.snapshots.c.id).where(schema.snapshots.c.id == sid)).first() is None:
+        if (
+            c.execute(sa.select(schema.snapshots.c.id).where(schema.snapshots.c.id == sid)).first()
+            is None
+        ):
             c.execute(
                 schema.snapshots.insert().values(
-                    id=sid, task=task, info=json.dumps(info, default=str), created_at=now.isoformat()
+                    id=sid,
+                    task=task,
+                    info=json.dumps(info, default=str),
+                    created_at=now.isoformat(),
                 )
             )
             rows = [
-                {"snapshot_id": sid, "record_id": rid, "split": s, "weight": float(weights.get(rid, 1.0))}
+                {
+                    "snapshot_id": sid,
+                    "record_id": rid,
+                    "split": s,
+                    "weight": float(weights.get(rid, 1.0)),
+                }
                 for rid, s in assignment.items()
             ]
             if rows:
@@ -138,14 +151,20 @@ def load(project: Project, snapshot_id: str) -> Snapshot:
     """Load by id or unique id prefix."""
     t = schema.snapshots
     with project.store.begin() as c:
-        rows = c.execute(sa.select(t).where(t.c.id.startswith(snapshot_id, autoescape=True))).mappings().all()
+        rows = (
+            c.execute(sa.select(t).where(t.c.id.startswith(snapshot_id, autoescape=True)))
+            .mappings()
+            .all()
+        )
         if not rows:
             raise NotFound(f"unknown snapshot {snapshot_id!r}")
         if len(rows) > 1:
             raise InvalidInput(f"snapshot prefix {snapshot_id!r} is ambiguous")
         row = rows[0]
         sr = schema.snapshot_records
-        members = c.execute(sa.select(sr).where(sr.c.snapshot_id == row["id"]).order_by(sr.c.record_id)).mappings()
+        members = c.execute(
+            sa.select(sr).where(sr.c.snapshot_id == row["id"]).order_by(sr.c.record_id)
+        ).mappings()
         splits: dict[str, list[int]] = {s: [] for s in SPLITS}
         weights: dict[int, float] = {}
         for m in members:
@@ -153,8 +172,12 @@ def load(project: Project, snapshot_id: str) -> Snapshot:
             if m["weight"] != 1.0:
                 weights[m["record_id"]] = m["weight"]
     return Snapshot(
-        id=row["id"], task=row["task"], created_at=datetime.fromisoformat(row["created_at"]),
-        info=json.loads(row["info"]), splits=splits, weights=weights,
+        id=row["id"],
+        task=row["task"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        info=json.loads(row["info"]),
+        splits=splits,
+        weights=weights,
     )
 
 
@@ -190,13 +213,21 @@ def test_ids_in_use(project: Project, task: str) -> set[int]:
     sr, t = schema.snapshot_records, schema.snapshots
     with project.store.begin() as c:
         rows = c.execute(
-            sa.select(sr.c.record_id).join(t, t.c.id == sr.c.snapshot_id).where(t.c.task == task, sr.c.split == "test")
+            sa.select(sr.c.record_id)
+            .join(t, t.c.id == sr.c.snapshot_id)
+            .where(t.c.task == task, sr.c.split == "test")
         )
         return {r[0] for r in rows}
 
 
-def snapshot_task(project: Project, task: str, *, validation: float = 0.1, test: float = 0.2,
-                  info: dict[str, Any] | None = None) -> Snapshot:
+def snapshot_task(
+    project: Project,
+    task: str,
+    *,
+    validation: float = 0.1,
+    test: float = 0.2,
+    info: dict[str, Any] | None = None,
+) -> Snapshot:
     """The default snapshot, without curation: every trainable record, hash-split, with the
     test records of earlier snapshots kept in test."""
     recs = [r for r in project.store.iter_records(task, has_reference=True) if trainable(r)]
@@ -205,5 +236,9 @@ def snapshot_task(project: Project, task: str, *, validation: float = 0.1, test:
     assignment = default_assignment(recs, validation=validation, test=test)
     for rid in test_ids_in_use(project, task) & set(assignment):
         assignment[rid] = "test"
-    return freeze(project, task, assignment, info={"method": "default-split", "validation": validation,
-                                                    "test": test, **(info or {})})
+    return freeze(
+        project,
+        task,
+        assignment,
+        info={"method": "default-split", "validation": validation, "test": test, **(info or {})},
+    )

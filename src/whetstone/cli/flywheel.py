@@ -88,7 +88,9 @@ def demo(
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     base_model: Annotated[str | None, typer.Option("--base-model")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer length cap.")] = 160,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Answer length cap.")
+    ] = 160,
 ) -> None:
     """Play the whole story offline on the bundled addresses: baseline, production stream,
     simulated reviewer choosing by `curate next`, flywheel turns, and a report."""

@@ -14,8 +14,20 @@ from whetstone.cli import common
 
 # One module per stage, each with `register(app)`; order is the order of `--help`.
 COMMAND_MODULES = [
-    "project", "tasks", "records", "data", "demo_data", "predict", "curate", "train", "tune",
-    "evaluate", "registry", "serve", "flywheel", "doctor",
+    "project",
+    "tasks",
+    "records",
+    "data",
+    "demo_data",
+    "predict",
+    "curate",
+    "train",
+    "tune",
+    "evaluate",
+    "registry",
+    "serve",
+    "flywheel",
+    "doctor",
 ]
 
 app = typer.Typer(
@@ -64,6 +76,7 @@ def main(
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"whetstone.cli.{_name}").register(app)
+
 
 def run() -> None:
     from whetstone.errors import WhetstoneError

@@ -97,15 +97,29 @@ def register(
     with project.store.begin() as c:
         c.execute(
             t.insert().values(
-                task=task, version=version, stage="candidate", path=str(dest.relative_to(project.home)),
-                method=method, base_model=base_model, base_hash=base_hash, snapshot_id=snapshot_id,
-                run_id=run_id, info=json.dumps(info or {}, default=str), created_at=now,
+                task=task,
+                version=version,
+                stage="candidate",
+                path=str(dest.relative_to(project.home)),
+                method=method,
+                base_model=base_model,
+                base_hash=base_hash,
+                snapshot_id=snapshot_id,
+                run_id=run_id,
+                info=json.dumps(info or {}, default=str),
+                created_at=now,
             )
         )
         c.execute(
             schema.registry_events.insert().values(
-                task=task, version=version, action="register", from_stage=None, to_stage="candidate",
-                actor=None, reason=None, created_at=now,
+                task=task,
+                version=version,
+                action="register",
+                from_stage=None,
+                to_stage="candidate",
+                actor=None,
+                reason=None,
+                created_at=now,
             )
         )
     return get(project, f"{task}@{version}")
@@ -113,9 +127,16 @@ def register(
 
 def _row(project: Project, row: Any) -> AdapterVersion:
     return AdapterVersion(
-        task=row["task"], version=row["version"], stage=row["stage"], path=project.home / row["path"],
-        method=row["method"], base_model=row["base_model"], base_hash=row["base_hash"],
-        snapshot_id=row["snapshot_id"], run_id=row["run_id"], info=json.loads(row["info"]),
+        task=row["task"],
+        version=row["version"],
+        stage=row["stage"],
+        path=project.home / row["path"],
+        method=row["method"],
+        base_model=row["base_model"],
+        base_hash=row["base_hash"],
+        snapshot_id=row["snapshot_id"],
+        run_id=row["run_id"],
+        info=json.loads(row["info"]),
         created_at=datetime.fromisoformat(row["created_at"]),
     )
 
@@ -126,12 +147,22 @@ def get(project: Project, ref: str) -> AdapterVersion:
     t = schema.adapters
     with project.store.begin() as c:
         if version is None:
-            row = c.execute(sa.select(t).where(t.c.task == task, t.c.stage == "production")).mappings().first()
+            row = (
+                c.execute(sa.select(t).where(t.c.task == task, t.c.stage == "production"))
+                .mappings()
+                .first()
+            )
             if row is None:
                 project.task(task)
-                raise NotFound(f"task {task!r} has no production adapter yet (promote one with whetstone promote)")
+                raise NotFound(
+                    f"task {task!r} has no production adapter yet (promote one with whetstone promote)"
+                )
         else:
-            row = c.execute(sa.select(t).where(t.c.task == task, t.c.version == version)).mappings().first()
+            row = (
+                c.execute(sa.select(t).where(t.c.task == task, t.c.version == version))
+                .mappings()
+                .first()
+            )
             if row is None:
                 raise NotFound(f"unknown adapter version {task}@{version}")
     return _row(project, row)
@@ -140,7 +171,11 @@ def get(project: Project, ref: str) -> AdapterVersion:
 def production(project: Project, task: str) -> AdapterVersion | None:
     t = schema.adapters
     with project.store.begin() as c:
-        row = c.execute(sa.select(t).where(t.c.task == task, t.c.stage == "production")).mappings().first()
+        row = (
+            c.execute(sa.select(t).where(t.c.task == task, t.c.stage == "production"))
+            .mappings()
+            .first()
+        )
     return _row(project, row) if row else None
 
 
@@ -154,7 +189,13 @@ def list_versions(project: Project, task: str | None = None) -> list[AdapterVers
 
 
 def set_stage(
-    project: Project, ref: str, stage: str, *, action: str, actor: str | None = None, reason: str | None = None
+    project: Project,
+    ref: str,
+    stage: str,
+    *,
+    action: str,
+    actor: str | None = None,
+    reason: str | None = None,
 ) -> AdapterVersion:
     """Move a version to `stage`. Promoting to production retires the current production
     version in the same transaction, so a task never has two."""
@@ -166,15 +207,42 @@ def set_stage(
     with project.store.begin() as c:
         if stage == "production":
             for old in c.execute(
-                sa.select(t.c.version).where(t.c.task == av.task, t.c.stage == "production", t.c.version != av.version)
+                sa.select(t.c.version).where(
+                    t.c.task == av.task, t.c.stage == "production", t.c.version != av.version
+                )
             ).all():
-                c.execute(t.update().where(t.c.task == av.task, t.c.version == old[0]).values(stage="retired"))
-                c.execute(ev.insert().values(task=av.task, version=old[0], action=f"{action}:replaced",
-                                             from_stage="production", to_stage="retired", actor=actor,
-                                             reason=reason, created_at=now))
-        c.execute(t.update().where(t.c.task == av.task, t.c.version == av.version).values(stage=stage))
-        c.execute(ev.insert().values(task=av.task, version=av.version, action=action, from_stage=av.stage,
-                                     to_stage=stage, actor=actor, reason=reason, created_at=now))
+                c.execute(
+                    t.update()
+                    .where(t.c.task == av.task, t.c.version == old[0])
+                    .values(stage="retired")
+                )
+                c.execute(
+                    ev.insert().values(
+                        task=av.task,
+                        version=old[0],
+                        action=f"{action}:replaced",
+                        from_stage="production",
+                        to_stage="retired",
+                        actor=actor,
+                        reason=reason,
+                        created_at=now,
+                    )
+                )
+        c.execute(
+            t.update().where(t.c.task == av.task, t.c.version == av.version).values(stage=stage)
+        )
+        c.execute(
+            ev.insert().values(
+                task=av.task,
+                version=av.version,
+                action=action,
+                from_stage=av.stage,
+                to_stage=stage,
+                actor=actor,
+                reason=reason,
+                created_at=now,
+            )
+        )
     return get(project, av.name)
 
 
@@ -184,9 +252,18 @@ def record_event(
     """An event that changes no stage (a refused promotion), so the history still shows it."""
     av = get(project, ref)
     with project.store.begin() as c:
-        c.execute(schema.registry_events.insert().values(
-            task=av.task, version=av.version, action=action, from_stage=av.stage, to_stage=av.stage,
-            actor=actor, reason=reason, created_at=utcnow().isoformat()))
+        c.execute(
+            schema.registry_events.insert().values(
+                task=av.task,
+                version=av.version,
+                action=action,
+                from_stage=av.stage,
+                to_stage=av.stage,
+                actor=actor,
+                reason=reason,
+                created_at=utcnow().isoformat(),
+            )
+        )
 
 
 def update_info(project: Project, ref: str, **info: Any) -> AdapterVersion:
@@ -194,8 +271,11 @@ def update_info(project: Project, ref: str, **info: Any) -> AdapterVersion:
     merged = {**av.info, **info}
     t = schema.adapters
     with project.store.begin() as c:
-        c.execute(t.update().where(t.c.task == av.task, t.c.version == av.version)
-                  .values(info=json.dumps(merged, default=str)))
+        c.execute(
+            t.update()
+            .where(t.c.task == av.task, t.c.version == av.version)
+            .values(info=json.dumps(merged, default=str))
+        )
     return get(project, av.name)
 
 

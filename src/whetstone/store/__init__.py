@@ -456,7 +456,9 @@ class Store:
                         rec.output, where=f"record {record_id}: output"
                     )
                 except InvalidInput as e:
-                    raise InvalidInput(f"cannot accept it as it is: {e}; correct it instead") from None
+                    raise InvalidInput(
+                        f"cannot accept it as it is: {e}; correct it instead"
+                    ) from None
         now = _ts()
         values: dict[str, Any] = {"status": status.value, "updated_at": now}
         if reference is not None:
