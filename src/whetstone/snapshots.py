@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
 from whetstone.records import Record, Source, Status, canonical_json, utcnow
-from whetstone.store import schema
+from whetstone.store import row_by_prefix, schema
 
 SPLITS = ("train", "validation", "test")
 # Records with these tags are held out: they may be evaluated on, never trained on.
@@ -151,16 +151,7 @@ def load(project: Project, snapshot_id: str) -> Snapshot:
     """Load by id or unique id prefix."""
     t = schema.snapshots
     with project.store.begin() as c:
-        rows = (
-            c.execute(sa.select(t).where(t.c.id.startswith(snapshot_id, autoescape=True)))
-            .mappings()
-            .all()
-        )
-        if not rows:
-            raise NotFound(f"unknown snapshot {snapshot_id!r}")
-        if len(rows) > 1:
-            raise InvalidInput(f"snapshot prefix {snapshot_id!r} is ambiguous")
-        row = rows[0]
+        row = row_by_prefix(c, t, snapshot_id, "snapshot")
         sr = schema.snapshot_records
         members = c.execute(
             sa.select(sr).where(sr.c.snapshot_id == row["id"]).order_by(sr.c.record_id)

@@ -14,12 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from whetstone.errors import InvalidInput, NotFound
+from whetstone.errors import InvalidInput
 from whetstone.evaluate import metrics as m
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap, percentile
 from whetstone.project import Project
 from whetstone.records import Kind, Record, Source, Task, content_key, utcnow
-from whetstone.store import schema
+from whetstone.store import row_by_prefix, schema
 
 
 @dataclass
@@ -334,16 +334,7 @@ def load_evaluation(project: Project, eval_id: str) -> Evaluation:
     """A stored evaluation by id or unique id prefix."""
     t = schema.evaluations
     with project.store.begin() as c:
-        rows = (
-            c.execute(sa.select(t).where(t.c.id.startswith(eval_id, autoescape=True)))
-            .mappings()
-            .all()
-        )
-        if not rows:
-            raise NotFound(f"unknown evaluation {eval_id!r}")
-        if len(rows) > 1:
-            raise InvalidInput(f"evaluation prefix {eval_id!r} is ambiguous")
-        row = rows[0]
+        row = row_by_prefix(c, t, eval_id, "evaluation")
         p = schema.predictions
         prow = (
             c.execute(sa.select(p).where(p.c.evaluation_id == row["id"]).order_by(p.c.record_id))

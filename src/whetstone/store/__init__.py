@@ -516,6 +516,21 @@ def _why(e: ValueError) -> str:
     return str(e)
 
 
+def row_by_prefix(c: sa.Connection, table: sa.Table, prefix: str, what: str) -> Any:
+    """The one row whose id is `prefix` or starts with it (content-hash ids are long; users
+    type the first few characters, as with git)."""
+    rows = (
+        c.execute(sa.select(table).where(table.c.id.startswith(prefix, autoescape=True)))
+        .mappings()
+        .all()
+    )
+    if not rows:
+        raise NotFound(f"unknown {what} {prefix!r}")
+    if len(rows) > 1:
+        raise InvalidInput(f"{what} prefix {prefix!r} is ambiguous")
+    return rows[0]
+
+
 def _first_line(e: BaseException) -> str:
     msg = str(getattr(e, "orig", None) or e)
     return msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
