@@ -127,6 +127,37 @@ def test_prompt_tokens_carry_no_loss(cities: Any, real_base: Any) -> None:
     assert ex.ids[: ex.n_prompt] == encode_prompts(tok, [chat(task, rec.input)])[0]
 
 
+def test_extract_answers_are_taught_in_input_order_and_score_the_same() -> None:
+    import json
+
+    from whetstone.prompts import answer_text, normalise_answer
+    from whetstone.records import Task, canonical_json
+
+    task = Task(name="addr", kind="extract")
+    ref = canonical_json(
+        {
+            "address_number": "12",
+            "street_name": "Main",
+            "street_name_pre_directional": "NORTH",
+            "street_name_post_directional": "N",
+            "zip_code": "00000",
+        }
+    )
+    taught = answer_text(task, "12 NORTH Main N", ref)
+    # Left to right as written; "N" is the lone word, not the N of NORTH; a value the input
+    # does not hold goes last.
+    assert list(json.loads(taught)) == [
+        "address_number",
+        "street_name_pre_directional",
+        "street_name",
+        "street_name_post_directional",
+        "zip_code",
+    ]
+    assert normalise_answer(task, taught) == ref
+    assert answer_text(task, "x", "not json") == "not json"
+    assert answer_text(Task(name="g", kind="generate"), "x", ref) == ref
+
+
 def test_over_long_examples_are_cut_or_dropped_and_counted(cities: Any, real_base: Any) -> None:
     from whetstone.models import base
     from whetstone.train.data import encode_records

@@ -4,8 +4,9 @@ build prompts here, so a model is always asked the same way it was taught."""
 from __future__ import annotations
 
 import json
+import re
 
-from whetstone.records import Input, Kind, Task, to_messages
+from whetstone.records import Input, Kind, Task, input_text, to_messages
 
 
 def instruction(task: Task) -> str:
@@ -22,6 +23,36 @@ def instruction(task: Task) -> str:
 
 def chat(task: Task, inp: Input) -> list[dict[str, str]]:
     return to_messages(inp, instruction(task))
+
+
+def answer_text(task: Task, inp: Input, reference: str) -> str:
+    """The assistant turn a model is taught to write for `reference`. For extract tasks the
+    keys come in the order their values appear in the input, not in the stored (sorted) order:
+    a small model then copies the input left to right instead of also having to sort the
+    keys, which costs it whole-object exact matches. Answers are compared after
+    `normalise_answer`, so the order never changes a score."""
+    if task.kind != Kind.extract:
+        return reference
+    try:
+        obj = json.loads(reference)
+    except json.JSONDecodeError:
+        return reference
+    if not isinstance(obj, dict):
+        return reference
+    text = input_text(inp)
+
+    def position(item: tuple[str, object]) -> int:
+        value = item[1]
+        if not isinstance(value, str) or not value:
+            return len(text)
+        # A whole-word match first, so a short value ("N") is not found inside a longer word.
+        word = re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text)
+        found = word.start() if word else text.find(value)
+        return found if found >= 0 else len(text)
+
+    # sorted() is stable: keys whose values start at the same place keep their stored order.
+    ordered = dict(sorted(obj.items(), key=position))
+    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
 
 
 def normalise_answer(task: Task, text: str) -> str:

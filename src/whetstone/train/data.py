@@ -19,7 +19,7 @@ from typing import Any
 
 from whetstone.errors import InvalidInput
 from whetstone.models.generate import encode_prompts
-from whetstone.prompts import chat
+from whetstone.prompts import answer_text, chat
 from whetstone.records import Record, Task
 
 IGNORE = -100
@@ -73,7 +73,12 @@ def encode_example(tok: Any, task: Task, record: Record) -> Example:
     messages = chat(task, record.input)
     prompt = encode_prompts(tok, [messages])[0]
     full = _ids(
-        tok.apply_chat_template([*messages, {"role": "assistant", "content": record.reference}])
+        tok.apply_chat_template(
+            [
+                *messages,
+                {"role": "assistant", "content": answer_text(task, record.input, record.reference)},
+            ]
+        )
     )
     if full[: len(prompt)] != prompt:
         raise InvalidInput(
