@@ -1,17 +1,22 @@
-"""Curation steps on small synthetic data: PII, normalisation, config errors, selection."""
+"""Curation steps on small synthetic data: PII, normalisation, config errors, selection,
+label noise (grounded extract values, robust loss cut-off, batched losses)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from whetstone.curate import config as curate_config
+from whetstone.curate.noise import per_example_loss, robust_cutoff, ungrounded_keys
 from whetstone.curate.normalise import normalise
 from whetstone.curate.pii import iban_ok, luhn_ok, redact
 from whetstone.curate.select import k_center, quotas
+from whetstone.curate.state import Row
 from whetstone.errors import InvalidInput, NotFound
+from whetstone.records import Kind, Record, Status, Task
 
 
 def test_luhn_and_iban_checks() -> None:
@@ -68,6 +73,10 @@ def _cfg(data: dict) -> curate_config.CurateConfig:
         ({"tresholds": 1}, "tresholds"),
         ({"validation": 0.5, "test": 0.5}, "validation + test"),
         ({"pii_types": ["ssn"]}, "unknown PII type"),
+        ({"grounded_values": "maybe"}, "grounded_values"),
+        ({"grounded_values": [True]}, "grounded_values"),
+        ({"loss_mad_k": 0}, "loss_mad_k"),
+        ({"loss_z": 2.0}, "loss_z"),  # replaced by loss_mad_k: an error, not silently ignored
     ],
 )
 def test_bad_config(data: dict, needle: str) -> None:
@@ -109,3 +118,126 @@ def test_quotas_are_proportional_and_complete() -> None:
     assert sum(q.values()) == 5 and q["b"] == 1 and q["c"] == 1
     assert quotas({"a": 2, "b": 50}, 10) == {"a": 1, "b": 9}
     assert quotas({"a": 3, "b": 3, "c": 3}, 2) == {"a": 1, "b": 1, "c": 0}
+
+
+def test_config_grounded_values_defaults_on_and_can_be_turned_off() -> None:
+    assert _cfg({}).grounded_values is True
+    assert _cfg({"grounded_values": False}).grounded_values is False
+
+
+# ---- label noise -----------------------------------------------------------------------------
+ADDRESS_SCHEMA = {
+    "type": "object",
+    "properties": {k: {"type": "string"} for k in ("number", "street", "city", "zip")},
+    "additionalProperties": False,
+}
+ADDRESSES = [
+    (
+        "12 Oak Street, Springfield 01101",
+        {"number": "12", "street": "Oak Street", "city": "Springfield", "zip": "01101"},
+    ),
+    (
+        "7 Elm Road, Shelbyville 02202",
+        {"number": "7", "street": "Elm Road", "city": "Shelbyville", "zip": "02202"},
+    ),
+    (
+        "300 Pine Avenue, Ogdenville 03303",
+        {"number": "300", "street": "Pine Avenue", "city": "Ogdenville", "zip": "03303"},
+    ),
+    (
+        "45 Maple Lane, North Haverbrook 04404",
+        {"number": "45", "street": "Maple Lane", "city": "North Haverbrook", "zip": "04404"},
+    ),
+]
+
+
+def test_ungrounded_keys_name_values_not_taken_from_the_input() -> None:
+    text, ref = ADDRESSES[0]
+    assert ungrounded_keys(text, json.dumps(ref)) == []
+    # Swapped with another record: every value is foreign except what they share.
+    assert ungrounded_keys(text, json.dumps(ADDRESSES[1][1])) == ["number", "street", "city", "zip"]
+    assert ungrounded_keys(text, json.dumps({**ref, "city": "Shelbyville"})) == ["city"]
+    # Case, unicode width and spacing do not matter; a value may join words the text keeps apart.
+    assert (
+        ungrounded_keys("12  OAK street, ＳＰＲＩＮＧＦＩＥＬＤ", json.dumps(ref | {"zip": "12"}))
+        == []
+    )
+    assert ungrounded_keys("Route 30 & Route 45", json.dumps({"street": "30 45"})) == []
+    # Nested values are named by their path; numbers and non-JSON are not checked.
+    nested = {"a": {"b": ["Oak", "Birch"]}, "n": 99}
+    assert ungrounded_keys(text, json.dumps(nested)) == ["a.b.1"]
+    assert ungrounded_keys(text, '{"number": "12", "str') == []
+
+
+def test_robust_cutoff_is_not_inflated_by_outliers() -> None:
+    losses = [0.10, 0.12, 0.11, 0.09, 0.10, 0.13, 0.08, 5.0, 6.0]
+    cut = robust_cutoff(losses, 3.0)
+    assert 0.13 < cut < 1.0  # both outliers are above it, every typical loss below
+    assert float(np.mean(losses) + 2 * np.std(losses)) > 5.0  # mean + 2 std would miss one
+    # No spread in the majority: the mean absolute deviation still separates the odd one out.
+    assert 1.0 < robust_cutoff([1.0, 1.0, 1.0, 1.0, 2.0], 3.0) < 2.0
+    assert robust_cutoff([1.0, 1.0, 1.0], 3.0) == float("inf")
+    assert robust_cutoff([1.0, 9.0], 3.0) == float("inf")
+
+
+def test_batched_losses_equal_one_row_at_a_time(tiny_base_dir: Path) -> None:
+    """Padded batches of mixed lengths give each row the loss training's own encoding gives it
+    alone: padding carries no loss and changes no real token."""
+    import torch
+
+    from whetstone.models import base
+    from whetstone.train.data import encode_example
+
+    model, tok = base.load(str(tiny_base_dir))
+    task = Task(name="addr", kind=Kind.extract, schema=ADDRESS_SCHEMA)
+    items = [(t, json.dumps(r, sort_keys=True)) for t, r in ADDRESSES]
+    items += [("a short one: 1 A St, B 2", json.dumps({"number": "1", "street": "A St"}))]
+    items += [(t + " " + t, r) for t, r in items[:2]]  # longer prompts, so batches need padding
+    rows = [
+        Row(record=Record(id=i + 1, task="addr", input=t, reference=r), input=t, reference=r)
+        for i, (t, r) in enumerate(items)
+    ]
+    expected = []
+    with torch.inference_mode():
+        for row in rows:
+            ex = encode_example(tok, task, row.record)
+            ids = torch.tensor([ex.ids])
+            expected.append(float(model(input_ids=ids, labels=torch.tensor([ex.labels])).loss))
+    assert len({len(encode_example(tok, task, r.record)) for r in rows}) > 3
+    for batch_size in (16, 3, 1):
+        got = per_example_loss(model, tok, task, rows, batch_size=batch_size)
+        assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_swapped_extract_references_are_flagged_or_dropped_with_the_keys(project) -> None:
+    from whetstone.curate import curate, decisions_for
+
+    p = project
+    p.create_task("addr", "extract", schema=ADDRESS_SCHEMA)
+    refs = [r for _, r in ADDRESSES]
+    refs[0], refs[1] = refs[1], refs[0]  # two records' references swapped
+    ids = p.store.add_records(
+        [
+            Record(task="addr", input=t, reference=json.dumps(r), status=Status.accepted)
+            for (t, _), r in zip(ADDRESSES, refs, strict=True)
+        ]
+    )
+    steps = {"steps": ["validate", "noise", "split"], "test": 0.0, "validation": 0.0}
+    res = curate(p, "addr", steps)
+    assert set(res.snapshot.ids("all")) == set(ids)  # flagged, not dropped
+    noise = next(s for s in res.steps if s.name == "noise")
+    assert noise.flagged == 2 and noise.removed == 0
+    why = [d for d in decisions_for(p, ids[0]) if d["step"] == "noise"]
+    assert why[0]["action"] == "flagged"
+    # Keys in the canonical (sorted) order validation stores references in.
+    assert why[0]["reason"] == "reference values not found in the input: city, number, street, zip"
+    assert why[0]["detail"]["keys"] == ["city", "number", "street", "zip"]
+    assert not [d for d in decisions_for(p, ids[2]) if d["step"] == "noise"]
+
+    dropped = curate(p, "addr", {**steps, "drop_noisy": True})
+    assert set(dropped.snapshot.ids("all")) == set(ids[2:])
+    newest = [d for d in decisions_for(p, ids[1]) if d["snapshot"] == dropped.snapshot.id]
+    assert [d["action"] for d in newest if d["step"] == "noise"] == ["removed"]
+
+    off = curate(p, "addr", {**steps, "drop_noisy": True, "grounded_values": False})
+    assert set(off.snapshot.ids("all")) == set(ids)

@@ -39,7 +39,13 @@ class CurateConfig(BaseModel):
     # noise
     drop_noisy: bool = False
     noise_folds: int = Field(default=5, ge=2, le=20)
-    loss_z: float = Field(default=2.0, gt=0)
+    # A reference loss above median + loss_mad_k x 1.4826 x MAD (the median absolute deviation,
+    # scaled to read like a standard deviation) is a suspect. Median and MAD, unlike mean and
+    # standard deviation, are not dragged up by the very outliers the rule looks for.
+    loss_mad_k: float = Field(default=3.0, gt=0)
+    # Extract tasks: flag references with a string value not copied from the input (case and
+    # spacing ignored), the sign of references swapped between records. false skips the check.
+    grounded_values: bool = True
     # hard examples
     hard_tags: list[str] = Field(default_factory=lambda: ["hard"])
     low_confidence: float = Field(default=0.5, ge=0, le=1)  # exp(mean log-prob) below this

@@ -1,17 +1,33 @@
-"""Step 5, label noise. For classify: out-of-sample probabilities from a logistic regression on
-the embeddings (k-fold cross-validation, so no row scores itself), then confident learning
-(cleanlab) names the rows whose label disagrees with what the rest of the data implies.
-For generate and extract: per-example loss of the reference under the current production
-adapter; rows far above the typical loss are suspects. Suspects are flagged for review, and
-dropped when `drop_noisy` is set (never those earlier snapshots put in test)."""
+"""Step 5, label noise. Suspects are flagged for review, and dropped when `drop_noisy` is set
+(never rows earlier snapshots put in test). Three rules, by task kind:
+
+- classify: out-of-sample probabilities from a logistic regression on the embeddings (k-fold
+  cross-validation, so no row scores itself), then confident learning (cleanlab) names the
+  rows whose label disagrees with what the rest of the data implies.
+- extract, `grounded_values`: a model-free check that every string value of the reference is
+  copied from the input (after the same unicode/whitespace normalisation as the validate step,
+  ignoring case). A value none of whose wording is in the input is not extracted from it: the
+  typical sign of references swapped between records.
+- generate and extract: per-example loss of the reference under the current production
+  adapter, encoded exactly as training encodes it. Rows far above the typical loss are
+  suspects. "Far" is robust: median + `loss_mad_k` x the scaled median absolute deviation,
+  since the wrong labels this rule hunts would inflate a mean and standard deviation and hide
+  themselves. The adapter was trained on these rows, so labels it memorised score low: the
+  loss rule finds what it failed to memorise, not every wrong label.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from typing import Any
 
+from whetstone.curate.normalise import normalise
 from whetstone.curate.state import Row, Run
 from whetstone.records import Kind, Task
+
+_WORD = re.compile(r"\w+")
 
 
 def classify_suspects(vecs: Any, labels: list[str], folds: int) -> list[tuple[int, str, float]]:
@@ -36,24 +52,101 @@ def classify_suspects(vecs: Any, labels: list[str], folds: int) -> list[tuple[in
     return [(int(i), classes[int(probs[i].argmax())], float(probs[i, y[i]])) for i in issues]
 
 
-def per_example_loss(model: Any, tok: Any, task: Task, rows: list[Row]) -> list[float]:
-    """Mean token cross-entropy of each row's reference after its prompt, as training sees it."""
+def per_example_loss(
+    model: Any, tok: Any, task: Task, rows: list[Row], batch_size: int = 16
+) -> list[float]:
+    """Mean token cross-entropy of each row's answer after its prompt, with the prompt and
+    answer encoded as training encodes them (`train.data.encode_pair`). Rows are scored in
+    right-padded batches of similar length; padding is masked out of attention and loss."""
     import torch
 
-    from whetstone.models.generate import encode_prompts
-    from whetstone.prompts import chat
+    from whetstone.train.data import IGNORE, encode_pair
 
-    prompts = encode_prompts(tok, [chat(task, r.input) for r in rows])
+    examples = [encode_pair(tok, task, r.input, r.reference) for r in rows]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     dev = next(model.parameters()).device
-    out = []
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    out = [0.0] * len(examples)
     with torch.inference_mode():
-        for prompt, row in zip(prompts, rows, strict=True):
-            answer = tok(row.reference, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids = torch.tensor([prompt + answer], device=dev)
-            labels = ids.clone()
-            labels[0, : len(prompt)] = -100
-            out.append(float(model(input_ids=ids, labels=labels).loss))
+        for at in range(0, len(order), batch_size):
+            idx = order[at : at + batch_size]
+            width = max(len(examples[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+            for b, i in enumerate(idx):
+                ex = examples[i]
+                ids[b, : len(ex)] = torch.tensor(ex.ids)
+                mask[b, : len(ex)] = 1
+                labels[b, : len(ex)] = torch.tensor(ex.labels)
+            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+            # Position t predicts token t+1.
+            targets = labels[:, 1:].to(dev)
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2),
+                targets,
+                ignore_index=IGNORE,
+                reduction="none",
+            )
+            per_row = nll.sum(dim=1) / (targets != IGNORE).sum(dim=1)
+            for b, i in enumerate(idx):
+                out[i] = float(per_row[b])
     return out
+
+
+def robust_cutoff(losses: list[float], k: float) -> float:
+    """median + k x scaled MAD (1.4826 x MAD estimates the standard deviation of normal data,
+    so k reads like a z-score). With fewer than 3 losses, or no spread at all, nothing is
+    far from typical: the cut-off is infinite."""
+    import numpy as np
+
+    arr = np.asarray(losses, dtype=float)
+    if len(arr) < 3:
+        return float("inf")
+    med = float(np.median(arr))
+    spread = 1.4826 * float(np.median(np.abs(arr - med)))
+    if spread == 0:
+        # Over half the losses are equal: fall back to the mean absolute deviation (scaled
+        # the same way), as the modified z-score does.
+        spread = 1.2533 * float(np.mean(np.abs(arr - med)))
+    return med + k * spread if spread > 0 else float("inf")
+
+
+def _words(text: str) -> tuple[str, set[str]]:
+    flat = " ".join(normalise(text).casefold().split())
+    return flat, set(_WORD.findall(flat))
+
+
+def _string_values(value: Any, key: str = "") -> list[tuple[str, str]]:
+    """(key path, value) of every non-empty string in a JSON value, e.g. ("items.0.name", ...)."""
+    if isinstance(value, str):
+        return [(key, value)] if value.strip() else []
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return []  # numbers and booleans may be written differently in the text
+    return [kv for k, v in items for kv in _string_values(v, f"{key}.{k}" if key else str(k))]
+
+
+def ungrounded_keys(text: str, reference: str) -> list[str]:
+    """Keys of the extract reference whose string value is not taken from `text`: neither the
+    value nor every one of its words occurs in it (case and spacing ignored). Word by word,
+    because a value may join words the text keeps apart ("Route 30 & Route 45" gives the
+    street name "30 45"). A reference that is not JSON has no values to check."""
+    try:
+        obj = json.loads(reference)
+    except json.JSONDecodeError:
+        return []
+    flat, words = _words(text)
+    missing = []
+    for key, value in _string_values(obj):
+        v_flat, v_words = _words(value)
+        if v_flat in flat or v_words <= words:
+            continue
+        missing.append(key)
+    return missing
 
 
 def production_model(ctx: Run) -> tuple[Any, Any, str] | None:
@@ -68,6 +161,45 @@ def production_model(ctx: Run) -> tuple[Any, Any, str] | None:
 def _act(ctx: Run, row: Row, reason: str, **detail: Any) -> None:
     drop = ctx.config.drop_noisy and row.prior_split != "test"
     ctx.decide(row, "removed" if drop else "flagged", reason, **detail)
+
+
+def _grounding(ctx: Run, suspects: list[dict[str, Any]]) -> set[int]:
+    """Flag extract rows whose reference values are not in their input; their ids."""
+    found = set()
+    for row in ctx.rows:
+        keys = ungrounded_keys(row.text, row.reference)
+        if not keys:
+            continue
+        found.add(row.id)
+        suspects.append({"id": row.id, "text": row.text, "label": row.reference, "keys": keys})
+        _act(ctx, row, "reference values not found in the input: " + ", ".join(keys), keys=keys)
+    return found
+
+
+def _loss_rule(ctx: Run, suspects: list[dict[str, Any]], skip: set[int]) -> None:
+    loaded = production_model(ctx)
+    if loaded is None:
+        ctx.note("skipped: no production adapter to score references with")
+        return
+    model, tok, name = loaded
+    rows = ctx.rows
+    losses = per_example_loss(model, tok, ctx.task, rows)
+    for row, loss in zip(rows, losses, strict=True):
+        row.loss = loss
+    # Rows already suspected stay in the statistics: the cut-off is robust to them.
+    cut = robust_cutoff(losses, ctx.config.loss_mad_k)
+    ctx.card["loss_model"] = name
+    ctx.card["loss_cutoff"] = cut
+    for row, loss in zip(rows, losses, strict=True):
+        if loss > cut and row.id not in skip:
+            suspects.append({"id": row.id, "text": row.text, "label": row.reference, "loss": loss})
+            _act(
+                ctx,
+                row,
+                f"reference has an unusually high loss under {name}",
+                loss=round(loss, 4),
+                cutoff=round(cut, 4),
+            )
 
 
 def run(ctx: Run) -> None:
@@ -92,32 +224,9 @@ def run(ctx: Run) -> None:
                 p_given=round(p, 4),
             )
     else:
-        loaded = production_model(ctx)
-        if loaded is None:
-            ctx.note("skipped: no production adapter to score references with")
-        else:
-            import numpy as np
-
-            model, tok, name = loaded
-            losses = per_example_loss(model, tok, ctx.task, rows)
-            for row, loss in zip(rows, losses, strict=True):
-                row.loss = loss
-            arr = np.array(losses)
-            cut = (
-                float(arr.mean() + ctx.config.loss_z * arr.std()) if len(arr) > 2 else float("inf")
-            )
-            ctx.card["loss_model"] = name
-            for row, loss in zip(rows, losses, strict=True):
-                if loss > cut:
-                    suspects.append(
-                        {"id": row.id, "text": row.text, "label": row.reference, "loss": loss}
-                    )
-                    _act(
-                        ctx,
-                        row,
-                        f"reference has an unusually high loss under {name}",
-                        loss=round(loss, 4),
-                        cutoff=round(cut, 4),
-                    )
+        grounded: set[int] = set()
+        if ctx.task.kind == Kind.extract and ctx.config.grounded_values:
+            grounded = _grounding(ctx, suspects)
+        _loss_rule(ctx, suspects, skip=grounded)
         ctx.note("teacher disagreement: no teacher configured")
     ctx.card["suspects"] = suspects

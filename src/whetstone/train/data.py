@@ -20,7 +20,7 @@ from typing import Any
 from whetstone.errors import InvalidInput
 from whetstone.models.generate import encode_prompts
 from whetstone.prompts import answer_text, chat
-from whetstone.records import Record, Task
+from whetstone.records import Input, Record, Task
 
 IGNORE = -100
 
@@ -70,13 +70,21 @@ def encode_example(tok: Any, task: Task, record: Record) -> Example:
     """Prompt and answer tokens of one record, the answer ending at the end-of-turn token."""
     if record.reference is None:
         raise InvalidInput(f"record {record.id} has no reference to train on")
-    messages = chat(task, record.input)
+    return encode_pair(tok, task, record.input, record.reference, record_id=record.id)
+
+
+def encode_pair(
+    tok: Any, task: Task, inp: Input, reference: str, *, record_id: int | None = None
+) -> Example:
+    """`encode_example` for an input and reference that need not be a stored record (curation
+    scores its normalised, redacted rows exactly as training will see them)."""
+    messages = chat(task, inp)
     prompt = encode_prompts(tok, [messages])[0]
     full = _ids(
         tok.apply_chat_template(
             [
                 *messages,
-                {"role": "assistant", "content": answer_text(task, record.input, record.reference)},
+                {"role": "assistant", "content": answer_text(task, inp, reference)},
             ]
         )
     )
@@ -91,7 +99,7 @@ def encode_example(tok: Any, task: Task, record: Record) -> Example:
         answer = answer[: answer.index(tok.eos_token_id) + 1]
     else:
         answer = [*answer, tok.eos_token_id]
-    return Example(record_id=record.id, ids=prompt + answer, n_prompt=len(prompt))
+    return Example(record_id=record_id, ids=prompt + answer, n_prompt=len(prompt))
 
 
 def encode_records(
