@@ -1,26 +1,43 @@
-"""The model and its batching worker.
+"""The model and its batching worker: iteration-level (continuous) batching.
 
-Requests become `Job`s on a queue. One background thread owns the model: it waits for a job,
-gathers more for up to `max_wait_ms` (or until `max_batch_size`), and decodes them together,
-token by token, with a KV cache. Rows of one batch may use DIFFERENT adapters: PEFT's mixed
-adapter batches (`adapter_names=[...]`, "__base__" for base rows) run them in one forward pass.
-DoRA adapters cannot join a mixed batch (PEFT refuses), so a DoRA adapter's jobs run in a
-batch of their own.
+Requests become `Job`s on a queue. One background thread owns the model and runs one
+*iteration* at a time: it admits waiting jobs into the running batch, then advances every row
+of that batch by one token in a single forward pass, with a KV cache. Admission happens between
+any two decode steps: the newcomers' prompts are prefilled together (left-padded, with their
+own attention mask and position ids), each gets its first token from that prefill, and their
+cache is merged into the running batch's (`Rows.merge`): the shorter cache is padded on the
+left along the sequence axis, and masked there, so every row keeps its own positions. A row
+leaves the batch (and its cache) the step it finishes, and cache columns that are padding for
+every remaining row are trimmed, so the cache never grows past the longest live row. A job
+arriving while others decode therefore starts at the next step instead of waiting for the
+whole batch to finish. When the engine is idle, the first job waits up to `max_wait_ms` for
+others (or until `max_batch_size`), so that a burst is prefilled in one pass.
+
+Rows of one batch may use DIFFERENT adapters: PEFT's mixed adapter batches
+(`adapter_names=[...]`, "__base__" for base rows) run them in one forward pass. DoRA adapters
+cannot join a mixed batch (PEFT refuses), so a DoRA adapter's jobs run in a batch of their own:
+only jobs of the running batch's group (that one DoRA adapter, or any mix of LoRA adapters and
+base) are admitted. Admission into a running batch is strictly first come, first served: a job
+that cannot join (another group, or one adapter too many) stops admission until the batch has
+drained enough for it, so it never starves behind later arrivals.
 
 Each row keeps its own sampling settings, so jobs never need grouping by them: greedy when
 `temperature` is 0 or unset (the default: answers are reproducible and comparable across
 versions), else temperature + nucleus (`top_p`) sampling; its own `max_tokens` and `stop`
-strings; rows that finish leave the batch (and its cache) at once. The batch is fixed once
-decoding starts: a job arriving meanwhile waits for the next batch.
+strings. Loading and unloading adapters (the admin endpoints) run on the engine thread between
+two steps; unloading an adapter that running rows use waits until they finish, and no new job
+of that adapter is admitted meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,10 +86,101 @@ class Job:
     tokens: list[int] = field(default_factory=list)
     logprob_sum: float = 0.0
     sent: int = 0
+    finished: bool = False  # no more events: Done or Failed was emitted, or cancelled
 
     @property
     def key(self) -> str:
         return self.adapter.name if self.adapter else "__base__"
+
+
+def _pad_left(t: Any, n: int, dim: int) -> Any:
+    """`t` with `n` zero columns prepended along `dim` (negative, counted from the end)."""
+    if n == 0:
+        return t
+    import torch.nn.functional as F
+
+    # F.pad takes (left, right) pairs starting from the LAST dimension.
+    return F.pad(t, (0, 0) * (-dim - 1) + (n, 0))
+
+
+@dataclass
+class Rows:
+    """The running batch: its jobs and the decoding state they share.
+
+    Every row's mask is zeros then ones (left padding only), so column j of the cache holds
+    the same kind of thing for all rows only by accident: what keeps rows apart is the mask,
+    and each row's own position ids (RoPE is applied to keys when they are cached, so a key's
+    column in the cache never matters, only the position it was computed at)."""
+
+    jobs: list[Job]
+    names: list[str]  # PEFT adapter name per row ("__base__" for the base)
+    group: str | None  # the DoRA adapter's key when its jobs run alone, else None
+    cache: Any  # transformers DynamicCache: per layer, keys/values [rows, heads, width, dim]
+    mask: Any  # [rows, width]: 1 where the cache column holds one of the row's tokens
+    pos: Any  # [rows, 1]: position id of each row's next input token
+    nxt: Any  # [rows]: each row's next input token (sampled, not yet in the cache)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def mergeable(self) -> bool:
+        """Only plain growing caches can be padded and concatenated (a sliding-window or
+        quantised layer keeps state that this does not know how to merge)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only `rows` (indices into the batch), in that order."""
+        import torch
+
+        sel = torch.tensor(rows, device=self.mask.device)
+        self.cache.batch_select_indices(sel)
+        self.mask, self.pos, self.nxt = self.mask[sel], self.pos[sel], self.nxt[sel]
+        self.jobs = [self.jobs[r] for r in rows]
+        self.names = [self.names[r] for r in rows]
+        self.trim()
+
+    def merge(self, other: Rows) -> None:
+        """Append `other`'s rows. The narrower cache gets masked zero columns on its left, so
+        both line up at their newest token (the column the next step writes after)."""
+        import torch
+
+        width = max(self.width, other.width)
+        a, b = width - self.width, width - other.width
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_left(mine.keys, a, -2), _pad_left(theirs.keys, b, -2)])
+            mine.values = torch.cat(
+                [_pad_left(mine.values, a, -2), _pad_left(theirs.values, b, -2)]
+            )
+        self.mask = torch.cat([_pad_left(self.mask, a, -1), _pad_left(other.mask, b, -1)])
+        self.pos = torch.cat([self.pos, other.pos])
+        self.nxt = torch.cat([self.nxt, other.nxt])
+        self.jobs += other.jobs
+        self.names += other.names
+
+    def trim(self) -> None:
+        """Drop the leading cache columns that are padding for every row (left by a long
+        prompt that has finished, or by merging): the cache stays as wide as the longest live
+        row, however long the batch keeps running."""
+        lead = int(self.mask.any(0).int().argmax())  # first column some row uses
+        if lead == 0:
+            return
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, lead:]
+            layer.values = layer.values[:, :, lead:]
+        self.mask = self.mask[:, lead:]
+
+
+@dataclass
+class _Chore:
+    """Admin work on the model, done by the engine thread between two steps."""
+
+    run: Callable[[], Any]
+    done: Future[Any]
+    drains: str | None = None  # an adapter that must have no running row first
 
 
 class Engine:
@@ -85,15 +193,18 @@ class Engine:
         eos = model.generation_config.eos_token_id
         self.eos = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.lock = threading.RLock()  # the model: batches and admin loads take turns
+        self.batch: Rows | None = None  # the running batch; only the engine thread touches it
         self._queue: deque[Job] = deque()
-        self._cond = threading.Condition()
+        self._chores: list[_Chore] = []
+        self._cond = threading.Condition()  # guards the queue, the chores and the flags
         self._stopping = False
+        self._serving = False  # the engine thread runs (else chores run in the caller)
         self._thread: threading.Thread | None = None
         self._dora: dict[str, bool] = {}
 
     # ---- outside API ---------------------------------------------------------------------
     def start(self) -> None:
+        self._serving = True
         self._thread = threading.Thread(target=self._run, name="whetstone-engine", daemon=True)
         self._thread.start()
 
@@ -114,44 +225,88 @@ class Engine:
         return len(self._queue)
 
     def load(self, av: AdapterVersion) -> None:
-        with self.lock:
-            self.pool.get(av)
+        # Running rows' adapters are pinned: loading another never evicts one in use.
+        self._chore(lambda: self.pool.get(av, self._active()))
 
     def unload(self, ref: str) -> bool:
-        with self.lock:
-            return self.pool.unload(ref)
+        return bool(self._chore(lambda: self.pool.unload(ref), drains=ref))
+
+    def _chore(self, run: Callable[[], Any], drains: str | None = None) -> Any:
+        with self._cond:
+            if self._serving:
+                chore = _Chore(run, Future(), drains)
+                self._chores.append(chore)
+                self._cond.notify()
+            else:
+                chore = None
+        if chore is None:  # no engine thread (tests that drive `step` themselves): no batch
+            return run()
+        return chore.done.result()
 
     # ---- the worker ----------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            jobs = self._collect()
-            if jobs is None:
-                return
-            if jobs:
-                self._run_batch(jobs)
-
-    def _collect(self) -> list[Job] | None:
         s = self.settings
+        while True:
+            with self._cond:
+                while not (self._queue or self._chores or self.batch):
+                    if self._stopping:
+                        self._serving = False
+                        return
+                    self._cond.wait(0.5)
+                if self.batch is None and self._queue:
+                    # Idle: give a burst up to max_wait_ms to arrive, to prefill it in one pass.
+                    deadline = time.monotonic() + s.max_wait_ms / 1000
+                    while len(self._queue) < s.max_batch_size and not self._stopping:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+            self.step()
+
+    def step(self) -> None:
+        """One iteration: pending admin chores, then admission of waiting jobs into the
+        running batch, then one decode step for every row."""
+        self._do_chores()
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait(0.5)
-            deadline = time.monotonic() + s.max_wait_ms / 1000
-            while len(self._queue) < s.max_batch_size and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return self._plan()
+            newcomers = self._plan()
+        try:
+            if newcomers:
+                self._admit(newcomers)
+            if self.batch is not None:
+                self._decode_step(self.batch)
+        except Exception as e:  # a bug or out of memory: fail these rows, keep serving
+            log.exception("generation failed")
+            hit = newcomers + (self.batch.jobs if self.batch else [])
+            self.batch = None
+            for job in {id(j): j for j in hit if not j.finished}.values():
+                self._fail(job, APIError(500, f"generation failed: {e}", code="server_error"))
+
+    def _fail(self, job: Job, error: APIError) -> None:
+        job.finished = True
+        job.emit(Failed(error))
+
+    def _active(self) -> set[str]:
+        return {j.key for j in self.batch.jobs} if self.batch else set()
+
+    def _do_chores(self) -> None:
+        with self._cond:
+            chores, self._chores = self._chores, []
+        active = self._active()
+        for chore in chores:
+            if chore.drains is not None and chore.drains in active:
+                with self._cond:
+                    self._chores.append(chore)  # again after the next step
+                continue
+            try:
+                chore.done.set_result(chore.run())
+            except Exception as e:  # the caller gets it
+                chore.done.set_exception(e)
 
     def _is_dora(self, job: Job) -> bool:
         av = job.adapter
         if av is None:
             return False
         if av.name not in self._dora:
-            import json
-
             try:
                 cfg = json.loads((av.path / "adapter_config.json").read_text())
                 self._dora[av.name] = bool(cfg.get("use_dora"))
@@ -159,115 +314,156 @@ class Engine:
                 return False  # loading it will fail with a clear message
         return self._dora[av.name]
 
+    def _group(self, job: Job) -> str | None:
+        """Jobs may share a forward pass when their groups are equal: a DoRA adapter's key,
+        or None for LoRA adapters and the base."""
+        return job.key if self._is_dora(job) else None
+
     def _plan(self) -> list[Job]:
-        """Take the next batch off the queue (FIFO): jobs of a DoRA adapter alone, any mix of
-        LoRA adapters and base otherwise, never more distinct adapters than can be loaded."""
+        """Take the jobs to admit now off the queue (the caller holds `_cond`).
+
+        Into a running batch: in arrival order, as long as each fits (the batch's group,
+        `max_batch_size`, `max_adapters`, not an adapter being unloaded); the first that does
+        not fit stops admission, so later arrivals never overtake it. Into an idle engine: the
+        first job sets the group and later jobs that do not fit are skipped, as a fresh batch
+        need not wait for anything."""
         s = self.settings
-        first = self._queue[0]
-        dora = self._is_dora(first)
-        batch: list[Job] = []
-        keys: set[str] = set()
-        rest: deque[Job] = deque()
-        while self._queue:
+        running = self.batch
+        if running is not None and not running.mergeable:
+            return []
+        draining = {c.drains for c in self._chores}
+        room = s.max_batch_size - (len(running.jobs) if running else 0)
+        keys = self._active()
+        group = running.group if running else None
+        fresh = running is None
+        taken: list[Job] = []
+        skipped: deque[Job] = deque()
+        while self._queue and len(taken) < room:
             job = self._queue.popleft()
-            fits = len(batch) < s.max_batch_size and (
-                (job.key == first.key) if dora else not self._is_dora(job)
-            )
+            if job.cancelled:
+                continue  # its client went away before it started
+            if fresh and not taken:
+                group = self._group(job)
+            fits = self._group(job) == group and job.key not in draining
             if fits and job.adapter is not None and job.key not in keys:
                 fits = len(keys - {"__base__"}) < s.max_adapters
             if fits:
-                batch.append(job)
+                taken.append(job)
                 keys.add(job.key)
+            elif fresh:
+                skipped.append(job)
             else:
-                rest.append(job)
-        self._queue.extend(rest)
-        return batch
+                self._queue.appendleft(job)
+                break
+        self._queue.extendleft(reversed(skipped))
+        return taken
 
-    def _run_batch(self, jobs: list[Job]) -> None:
-        jobs = [j for j in jobs if not j.cancelled]
-        with self.lock:
-            pinned = {j.key for j in jobs}
-            names: list[str] = []
-            ready: list[Job] = []
-            for job in jobs:
-                if job.adapter is None:
-                    names.append("__base__")
-                    ready.append(job)
-                    continue
-                try:
-                    names.append(self.pool.get(job.adapter, pinned).name)
-                    ready.append(job)
-                except APIError as e:
-                    job.emit(Failed(e))
-            if not ready:
-                return
-            self.metrics.batch_size.observe(len(ready))
-            self.metrics.batch_adapters.observe(len(set(names)))
-            try:
-                self._decode(ready, names)
-            except Exception as e:  # a bug or out of memory: fail this batch, keep serving
-                log.exception("generation failed")
-                for job in ready:
-                    job.emit(Failed(APIError(500, f"generation failed: {e}", code="server_error")))
-
-    def _decode(self, jobs: list[Job], names: list[str]) -> None:
+    def _admit(self, jobs: list[Job]) -> None:
+        """Prefill `jobs`, give each its first token, and add those not yet finished to the
+        running batch."""
         import torch
-        from peft import PeftModel
 
-        model = self.pool.model
-        dev = next(model.parameters()).device
-        width = max(len(j.prompt_ids) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, job in enumerate(jobs):
+        pinned = self._active() | {j.key for j in jobs}
+        names: list[str] = []
+        ready: list[Job] = []
+        for job in jobs:
+            if job.adapter is None:
+                names.append("__base__")
+                ready.append(job)
+                continue
+            try:
+                names.append(self.pool.get(job.adapter, pinned).name)
+                ready.append(job)
+            except APIError as e:
+                self._fail(job, e)
+        if not ready:
+            return
+        dev = next(self.pool.model.parameters()).device
+        width = max(len(j.prompt_ids) for j in ready)
+        ids = torch.full((len(ready), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ready), width), dtype=torch.long)
+        for row, job in enumerate(ready):
             ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[row, width - len(job.prompt_ids) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         # Left padding: positions count real tokens only, as model.generate does.
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        group = self._group(ready[0])
+        out = self._forward(ready, names, group, ids, mask, pos, None)
+        rows = Rows(ready, names, group, out.past_key_values, mask, pos[:, -1:] + 1, None)
+        self._sample(rows, out.logits)
+        if rows.jobs:
+            if self.batch is None:
+                self.batch = rows
+            else:
+                self.batch.merge(rows)
+
+    def _decode_step(self, rows: Rows) -> None:
+        import torch
+
+        rows.mask = torch.cat([rows.mask, rows.mask.new_ones((len(rows.jobs), 1))], dim=1)
+        out = self._forward(
+            rows.jobs, rows.names, rows.group, rows.nxt[:, None], rows.mask, rows.pos, rows.cache
+        )
+        rows.pos = rows.pos + 1
+        self._sample(rows, out.logits)
+        if not rows.jobs:
+            self.batch = None
+
+    def _forward(
+        self,
+        jobs: list[Job],
+        names: list[str],
+        group: str | None,
+        ids: Any,
+        mask: Any,
+        pos: Any,
+        cache: Any,
+    ) -> Any:
+        """One forward pass over `jobs` (their adapters named per row in `names`)."""
+        import torch
+        from peft import PeftModel
+
+        model = self.pool.model  # may have become a PeftModel since the batch started
         extra: dict[str, Any] = {}
         if isinstance(model, PeftModel):
-            if self._is_dora(jobs[0]):
-                model.set_adapter(names[0])
+            if group is not None:  # a DoRA adapter's own batch: PEFT runs its active adapter
+                if model.active_adapters != [names[0]]:
+                    model.set_adapter(names[0])
             else:
                 extra["adapter_names"] = list(names)
-        live = list(range(len(jobs)))  # rows still decoding, as indices into `jobs`
+        self.metrics.batch_size.observe(len(jobs))
+        self.metrics.batch_adapters.observe(len(set(names)))
         with torch.inference_mode():
-            out = model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra
+            return model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                **extra,
             )
-            while True:
-                logits = out.logits[:, -1, :].float()
-                nxt = self._choose(logits, [jobs[i] for i in live])
-                logps = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0].tolist()
-                keep = []
-                for row, i in enumerate(live):
-                    job = jobs[i]
-                    tok_id = int(nxt[row])
-                    job.tokens.append(tok_id)
-                    job.logprob_sum += logps[row]
-                    if not self._advance(job, tok_id):
-                        keep.append(row)
-                if not keep:
-                    return
-                cache = out.past_key_values
-                if len(keep) < len(live):
-                    sel = torch.tensor(keep, device=dev)
-                    cache.batch_select_indices(sel)
-                    mask, pos, nxt = mask[sel], pos[sel], nxt[sel]
-                    live = [live[r] for r in keep]
-                    if "adapter_names" in extra:
-                        extra["adapter_names"] = [names[i] for i in live]
-                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-                pos = pos[:, -1:] + 1
-                out = model(
-                    input_ids=nxt[:, None],
-                    attention_mask=mask,
-                    position_ids=pos,
-                    past_key_values=cache,
-                    use_cache=True,
-                    **extra,
-                )
+
+    def _sample(self, rows: Rows, logits: Any) -> None:
+        """Choose each row's next token from the last position's `logits`, stream it, and
+        drop the rows that finished."""
+        import torch
+
+        last = logits[:, -1, :].float()
+        nxt = self._choose(last, rows.jobs)
+        logps = torch.log_softmax(last, -1).gather(1, nxt[:, None])[:, 0].tolist()
+        rows.nxt = nxt
+        keep = []
+        for row, job in enumerate(rows.jobs):
+            tok_id = int(nxt[row])
+            job.tokens.append(tok_id)
+            job.logprob_sum += logps[row]
+            if not self._advance(job, tok_id):
+                keep.append(row)
+        if not keep:
+            rows.jobs, rows.names = [], []
+        elif len(keep) < len(rows.jobs):
+            rows.select(keep)
 
     def _choose(self, logits: Any, jobs: list[Job]) -> Any:
         import torch
@@ -289,6 +485,7 @@ class Engine:
     def _advance(self, job: Job, tok_id: int) -> bool:
         """Stream the new text of `job`; True when it is finished."""
         if job.cancelled:
+            job.finished = True  # nobody listens any more
             return True
         finish = None
         answer = job.tokens
@@ -311,6 +508,7 @@ class Engine:
             job.emit(Delta(safe[job.sent :]))
             job.sent = len(safe)
         if finish is not None:
+            job.finished = True
             n = len(job.tokens)
             job.emit(
                 Done(
