@@ -26,7 +26,8 @@ Each row keeps its own sampling settings, so jobs never need grouping by them: g
 versions), else temperature + nucleus (`top_p`) sampling; its own `max_tokens` and `stop`
 strings. Loading and unloading adapters (the admin endpoints) run on the engine thread between
 two steps; unloading an adapter that running rows use waits until they finish, and no new job
-of that adapter is admitted meanwhile.
+of that adapter is admitted meanwhile. The batch histograms (`whetstone_batch_size`,
+`whetstone_batch_adapters`) observe every forward pass: each prefill and each decode step.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ def _pad_left(t: Any, n: int, dim: int) -> Any:
 class Rows:
     """The running batch: its jobs and the decoding state they share.
 
-    Every row's mask is zeros then ones (left padding only), so column j of the cache holds
-    the same kind of thing for all rows only by accident: what keeps rows apart is the mask,
-    and each row's own position ids (RoPE is applied to keys when they are cached, so a key's
-    column in the cache never matters, only the position it was computed at)."""
+    Every row's mask is zeros then ones (left padding only) and all rows end at the newest
+    column. Rows need not agree on what column j means: attention only sees the columns the
+    mask allows, and RoPE is applied to keys as they are cached, at the row's own position
+    id, so where a key sits in the cache never changes what it contributes."""
 
     jobs: list[Job]
     names: list[str]  # PEFT adapter name per row ("__base__" for the base)
