@@ -3,6 +3,12 @@
 Confidence is the mean log-probability of the answer's tokens (end-of-turn included): 0 for
 an answer the model was certain of, more negative the less sure it was. Curation and the
 review queue rank records by it.
+
+Prompts of one task share a long head (chat template, system prompt, the task's
+instruction): often most of the prompt. That head is run through the model once per call and
+its key/value cache reused by every batch, so each prompt costs only its own tail. Pads go
+between the shared head and the tail, where the attention mask hides them and positions
+(taken from the mask's running sum) stay those of an unpadded prompt.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def generate(
     batch_size: int = 16,
     max_prompt_tokens: int | None = None,
     on_batch: Any = None,
+    share_prefix: bool = True,
 ) -> list[Generation]:
     """Greedy answers for many chats, batched by length to waste little on padding."""
     import torch
@@ -51,21 +58,30 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     dev = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    head = shared_head(prompts) if share_prefix else []
+    head_cache = _prefill(model, head, dev) if head else None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        # Left padding, so every answer starts at the same column.
+        tails = [prompts[i][len(head) :] for i in idx]
+        width = len(head) + max(len(t) for t in tails)
+        # Pads after the shared head and before each tail, so every answer starts at the
+        # same column and the head's cache fits every row.
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            p = prompts[i]
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids[:, : len(head)] = torch.tensor(head, dtype=torch.long)
+        mask[:, : len(head)] = 1
+        for row, tail in enumerate(tails):
+            ids[row, width - len(tail) :] = torch.tensor(tail)
+            mask[row, width - len(tail) :] = 1
         t0 = time.perf_counter()
         with torch.inference_mode():
+            extra = {}
+            if head_cache is not None:
+                extra["past_key_values"] = _expand(head_cache, len(idx))
             out = model.generate(
                 input_ids=ids.to(dev),
                 attention_mask=mask.to(dev),
+                **extra,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 temperature=None,
@@ -94,3 +110,45 @@ def generate(
         if on_batch is not None:
             on_batch(len(idx))
     return [r for r in results if r is not None]
+
+
+# A head shorter than this is not worth a separate forward pass.
+MIN_SHARED_HEAD = 8
+
+
+def shared_head(prompts: list[list[int]]) -> list[int]:
+    """The longest token prefix every prompt starts with, leaving each prompt at least one
+    token of its own (the model needs a fresh token to produce the first answer logits)."""
+    if len(prompts) < 2:
+        return []
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return first[:n] if n >= MIN_SHARED_HEAD else []
+
+
+def _prefill(model: Any, head: list[int], dev: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([head], device=dev), use_cache=True)
+    return out.past_key_values
+
+
+def _expand(cache: Any, rows: int) -> Any:
+    """A fresh cache holding the one-row head cache repeated for `rows` rows (generation
+    appends to it in place, so every batch gets its own copy)."""
+    from transformers import DynamicCache
+
+    fresh = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        fresh.update(
+            layer.keys.expand(rows, -1, -1, -1).contiguous(),
+            layer.values.expand(rows, -1, -1, -1).contiguous(),
+            i,
+        )
+    return fresh
