@@ -459,3 +459,41 @@ def test_adapter_on_another_base_model_is_refused(
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InvalidInput, match="was trained on base model"):
         registry.load_adapter_model(cities, res.adapter, base_model=str(other))
+
+
+def test_warm_start_begins_from_the_given_adapter(cities: Any, tiny_base_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from whetstone import registry
+    from whetstone.train import train_task
+
+    def weights(name: str) -> dict[str, Any]:
+        return load_file(str(registry.get(cities, name).path / "adapter_model.safetensors"))
+
+    first = train_task(cities, "cities", quick(tiny_base_dir), progress=False).adapter
+    # A vanishing learning rate: what the run registers is what it started from.
+    still = {"max_steps": 2, "eval_every": 2, "lr": 1e-12}
+    warm = train_task(
+        cities, "cities", quick(tiny_base_dir, init_from=first, **still), progress=False
+    ).adapter
+    cold = train_task(cities, "cities", quick(tiny_base_dir, **still), progress=False).adapter
+    a, w, c = weights(first), weights(warm), weights(cold)
+    lora_b = [k for k in a if "lora_B" in k]
+    assert lora_b and all(float(a[k].abs().max()) > 0 for k in lora_b)
+    for k in lora_b:
+        assert (w[k] - a[k]).abs().max() < 1e-6
+        assert float(c[k].abs().max()) < 1e-9  # a cold start's B matrices begin at zero
+    assert registry.get(cities, warm).info["init_from"] == first
+    # "production" with nothing in production is a cold start, not an error.
+    none_yet = train_task(
+        cities, "cities", quick(tiny_base_dir, init_from="production", **still), progress=False
+    ).adapter
+    assert registry.get(cities, none_yet).info["init_from"] is None
+    with pytest.raises(InvalidInput, match="same lora_r"):
+        train_task(
+            cities, "cities", quick(tiny_base_dir, init_from=first, lora_r=4), progress=False
+        )
+    with pytest.raises(InvalidInput, match="lora or dora"):
+        train_task(
+            cities, "cities", quick(tiny_base_dir, init_from=first, method="full"), progress=False
+        )

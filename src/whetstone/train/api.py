@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from whetstone.errors import InvalidInput
+from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
 from whetstone.records import Kind, Record
 from whetstone.train.config import TrainConfig, build
@@ -110,6 +110,7 @@ def _start(
             f"snapshot {snap.id} of task {task!r} has no training records with a reference "
             f"({c['validation']} validation, {c['test']} test: those are never trained on)"
         )
+    init_from = warm_start_source(project, task, cfg, base.hash)
     run = new_run(project, task)
     run.write_info(
         task=task,
@@ -117,6 +118,7 @@ def _start(
         base_model=base.name,
         base_hash=base.hash,
         method=cfg.method,
+        init_from=init_from,
         status="running",
         created_at=time.time(),
         world_size=processes,
@@ -125,6 +127,73 @@ def _start(
 
     atomic_write_text(run.config_path, cfg.to_yaml())
     return run
+
+
+def warm_start_source(project: Project, task: str, cfg: TrainConfig, base_hash: str) -> str | None:
+    """The adapter version a run starts from (`init_from`), resolved once when the run is
+    created so a resumed run starts from the same one; None for a cold start."""
+    from whetstone import registry
+
+    if cfg.init_from is None:
+        return None
+    if cfg.method not in ("lora", "dora"):
+        raise InvalidInput(f"init_from: a warm start needs method lora or dora, not {cfg.method}")
+    if cfg.init_from == "production":
+        prod = registry.production(project, task)
+        if prod is None:
+            return None  # nothing in production yet: the first turn starts from zero
+        av = prod
+    else:
+        av = registry.get(project, cfg.init_from)
+    if av.task != task:
+        raise InvalidInput(f"init_from: {av.name} is an adapter of task {av.task!r}, not {task!r}")
+    if av.method != cfg.method or av.base_hash != base_hash:
+        # The choice is automatic for `production`: a different method or base model (say
+        # after a switch to dora) simply means this run starts cold.
+        if cfg.init_from == "production":
+            return None
+        raise InvalidInput(
+            f"init_from: {av.name} is a {av.method} adapter on base {av.base_model}; this run "
+            f"trains {cfg.method} on another base or method"
+        )
+    if not av.path.exists():
+        raise NotFound(f"init_from: the files of {av.name} are missing ({av.path})")
+    rank = av.info.get("config", {}).get("lora_r")
+    if rank is not None and rank != cfg.lora_r:
+        if cfg.init_from == "production":
+            return None
+        raise InvalidInput(
+            f"init_from: {av.name} has lora_r {rank}, this run {cfg.lora_r}: use the same lora_r"
+        )
+    return av.name
+
+
+def warm_start(model: Any, project: Project, ref: str) -> None:
+    """Copy a registered LoRA/DoRA adapter's weights into the freshly prepared PEFT model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from whetstone import registry
+
+    av = registry.get(project, ref)
+    try:
+        state = load_file(str(av.path / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, state)
+    except (OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[:2]
+        raise InvalidInput(
+            f"init_from: cannot start from {av.name}: {' '.join(first)} (use the same lora_r "
+            "and target_modules)"
+        ) from None
+    # Missing keys include every base weight (the file holds the adapter only); what matters
+    # is that the file and this run's adapter hold the same LoRA weights.
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise InvalidInput(
+            f"init_from: {av.name} and this run's adapter do not hold the same weights "
+            f"(e.g. {(missing or unexpected)[0]}): use the same lora_r and target_modules"
+        )
 
 
 def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainResult:
@@ -219,6 +288,8 @@ def _execute(
             if procs.is_main:
                 console.print(f"[yellow]{note}[/yellow]")
         model = methods.get(cfg.method).prepare(model, cfg)
+        if info.get("init_from") and resume is None:
+            warm_start(model, project, str(info["init_from"]))
         eval_recs = val_recs[: cfg.eval_max_records]
         max_new = min(1024, report.answer_tokens + 16)
         setup = Setup(
@@ -277,6 +348,7 @@ def _execute(
                 "curve": str(run.curve_path),
                 "metrics": str(run.metrics_path),
                 "whetstone_version": __version__,
+                "init_from": info.get("init_from"),
                 "tokens_per_s": round(tokens_per_s, 1),
                 "timings": timings,
                 "world_size": procs.size,

@@ -63,6 +63,11 @@ class TrainConfig(BaseModel):
         description="tokens per packed row (at least max_length): longer rows share the instruction more",
     )
     save_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    init_from: str | None = Field(
+        None,
+        description="lora/dora: start from this adapter's weights (T@N, or 'production' for the "
+        "task's production adapter, if any) instead of from zero: a warm start",
+    )
 
     @property
     def learning_rate(self) -> float:
