@@ -38,6 +38,8 @@ def test_luhn_and_iban_checks() -> None:
         ("not an ip: 300.1.2.3, a time 10:30:00", "not an ip: 300.1.2.3, a time 10:30:00", {}),
         ("call +1 415 555 2671 or (555) 123-4567", "call <PHONE> or <PHONE>", {"phone": 2}),
         ("shipped 2024-01-15, order 12345", "shipped 2024-01-15, order 12345", {}),
+        ("Springfield IL 62704-1234 or 627041234", "Springfield IL 62704-1234 or 627041234", {}),
+        ("ring 912 345 678", "ring <PHONE>", {"phone": 1}),
     ],
 )
 def test_redact(text: str, expected: str, kinds: dict[str, int]) -> None:

@@ -2,7 +2,8 @@
 IBANs (mod-97 checked) and IP addresses become typed placeholders such as `<EMAIL>`.
 
 Checksums keep order numbers and dates from being mistaken for cards and IBANs; phone numbers
-need 9 to 15 digits (or a leading +), so dates and short codes stay as they are. Inputs and
+need 9 to 15 digits (or a leading +), so dates and short codes stay as they are, and a
+ZIP+4 code is not a phone number. Inputs and
 references are redacted alike (classify labels are left alone), so an extraction target still
 matches its input.
 """
@@ -72,9 +73,17 @@ def _ipv4(m: re.Match[str]) -> bool:
     return all(int(p) <= 255 for p in m.group().split("."))
 
 
+# A US ZIP+4 code ("62704-1234", "627041234") has 9 digits like many national phone numbers;
+# addresses are full of them, and redacting one would corrupt the very field a task extracts.
+_ZIP4 = re.compile(r"\d{5}[ -]?\d{4}")
+
+
 def _phone(m: re.Match[str]) -> bool:
-    digits = re.sub(r"\D", "", m.group())
-    return 9 <= len(digits) <= 15 or (m.group().startswith("+") and 7 <= len(digits) <= 15)
+    text = m.group()
+    digits = re.sub(r"\D", "", text)
+    if text.startswith("+"):
+        return 7 <= len(digits) <= 15
+    return 9 <= len(digits) <= 15 and not _ZIP4.fullmatch(text)
 
 
 # Most specific first: an IBAN or a card number also looks like a phone number.
