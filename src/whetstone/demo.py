@@ -412,9 +412,15 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
                 if arm == "curate-next":
                     producers[arm].answer(stream, plan.eval_batch_size, plan.max_new_tokens)
                 else:
-                    # Choosing at random needs no model answers: capture the inputs alone.
-                    for text in stream:
-                        p.capture(TASK, text, None, model=None)
+                    # The random reviewer's picks do not depend on the answers, so only the
+                    # picked requests are answered (and captured): their records are what they
+                    # would be had all been answered, with the model's output and confidence,
+                    # so curation treats both arms' corrections alike (a corrected model error
+                    # is up-weighted in either arm).
+                    picked = reviewers[arm].rng.sample(
+                        stream, min(plan.labels_per_turn, len(stream))
+                    )
+                    producers[arm].answer(picked, plan.eval_batch_size, plan.max_new_tokens)
                 labels[arm] += reviewers[arm].review(
                     reviewers[arm].choose(arm, plan.labels_per_turn)
                 )
