@@ -37,6 +37,61 @@ def encode_prompts(tok: Any, chats: list[list[dict[str, str]]]) -> list[list[int
     return out
 
 
+def _greedy(
+    model: Any, ids: Any, mask: Any, past: Any, max_new_tokens: int, eos_id: int
+) -> list[tuple[list[int], list[float]]]:
+    """Greedy decoding of a left-padded batch: each row's tokens (end-of-turn included) and
+    their log-probabilities. A row leaves the batch (and its cache) the step it finishes, so
+    one long answer does not keep every finished row computing until it ends, as
+    `model.generate` does; on a CPU, that tail was most of an evaluation's time."""
+    import torch
+
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    done = past.get_seq_length() if past is not None else 0
+    out = model(
+        input_ids=ids[:, done:],
+        attention_mask=mask,
+        position_ids=positions[:, done:],
+        past_key_values=past,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    logits = out.logits[:, -1, :]
+    next_pos = positions[:, -1] + 1
+    rows = list(range(ids.shape[0]))  # which input row each live batch row is
+    answers: list[tuple[list[int], list[float]]] = [([], []) for _ in rows]
+    for _ in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        token = logp.argmax(dim=-1)
+        token_lp = logp.gather(1, token[:, None]).squeeze(1).tolist()
+        keep = []
+        for j, (row, t) in enumerate(zip(rows, token.tolist(), strict=True)):
+            toks, lps = answers[row]
+            toks.append(t)
+            lps.append(token_lp[j])
+            if t != eos_id and len(toks) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            sel = torch.tensor(keep, device=ids.device)
+            cache.batch_select_indices(sel)
+            mask, token, next_pos = mask[sel], token[sel], next_pos[sel]
+            rows = [rows[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return answers
+
+
 def generate(
     model: Any,
     tok: Any,
@@ -75,38 +130,17 @@ def generate(
             mask[row, width - len(tail) :] = 1
         t0 = time.perf_counter()
         with torch.inference_mode():
-            extra = {}
-            if head_cache is not None:
-                extra["past_key_values"] = _expand(head_cache, len(idx))
-            out = model.generate(
-                input_ids=ids.to(dev),
-                attention_mask=mask.to(dev),
-                **extra,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=pad_id,
-                eos_token_id=tok.eos_token_id,
-                return_dict_in_generate=True,
-                output_scores=True,
-            )
-            scores = model.compute_transition_scores(
-                out.sequences, out.scores, normalize_logits=True
+            past = _expand(head_cache, len(idx)) if head_cache is not None else None
+            answers = _greedy(
+                model, ids.to(dev), mask.to(dev), past, max_new_tokens, tok.eos_token_id
             )
         elapsed = (time.perf_counter() - t0) * 1000 / len(idx)
-        new = out.sequences[:, width:].cpu()
-        scores = scores.float().cpu()
-        for row, i in enumerate(idx):
-            toks = new[row].tolist()
-            n = len(toks)
-            if tok.eos_token_id in toks:
-                n = toks.index(tok.eos_token_id) + 1
-            lp = scores[row, :n]
-            conf = float(lp.mean()) if n else 0.0
-            text = tok.decode(toks[:n], skip_special_tokens=True).strip()
-            results[i] = Generation(text=text, confidence=conf, output_tokens=n, latency_ms=elapsed)
+        for i, (toks, lps) in zip(idx, answers, strict=True):
+            conf = sum(lps) / len(lps) if lps else 0.0
+            text = tok.decode(toks, skip_special_tokens=True).strip()
+            results[i] = Generation(
+                text=text, confidence=conf, output_tokens=len(toks), latency_ms=elapsed
+            )
         if on_batch is not None:
             on_batch(len(idx))
     return [r for r in results if r is not None]
