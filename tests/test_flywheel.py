@@ -168,3 +168,11 @@ def test_demo_through_the_http_server(tmp_path: Path, tiny_base_dir: Path) -> No
     assert all(r.source_key for r in prod)
     reviewed = [r for r in prod if r.status in (Status.accepted, Status.corrected)]
     assert len(reviewed) == 5 and all(p.record(r.id).history for r in reviewed)
+
+
+def test_demo_budget_guard_expects_turns_to_grow() -> None:
+    from whetstone.demo import next_turn_estimate
+
+    assert next_turn_estimate([100.0]) == 100.0
+    assert next_turn_estimate([100.0, 160.0]) == 220.0  # each turn trains on all labels so far
+    assert next_turn_estimate([160.0, 150.0]) == 150.0  # never below the last turn
