@@ -318,3 +318,6 @@ def test_generate_noise_uses_the_production_adapter_loss(
     ]
     hard = next(s for s in res.steps if s.name == "hard")
     assert hard.changed >= 1  # the highest-loss half is up-weighted as hard examples
+    # With drop_noisy, a high loss is read as a suspect label, never as a hard example.
+    res = curate(p, "reply", {**cfg, "drop_noisy": True})
+    assert next(s for s in res.steps if s.name == "hard").changed == 0

@@ -1,6 +1,6 @@
 """Step 6, hard examples: rows tagged hard (or failures queued by evaluation), production
 outputs the model was unsure of, corrections of a model's wrong answer and rows with a high
-loss under the current adapter. They are kept preferentially by the budgeted selection and
+loss under the current adapter (unless `drop_noisy` is on: see below). They are kept preferentially by the budgeted selection and
 up-weighted in training."""
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ def run(ctx: Run) -> None:
         ):
             why.append("corrected model error")
         # A high loss on a row flagged as noise is more likely a wrong label than a hard case.
+        # With `drop_noisy` the user distrusts high-loss labels altogether: the adapter that
+        # scored them was trained on them, so the wrong labels it half memorised sit just
+        # under the noise cut-off, and up-weighting (and preferring) them would bring the
+        # noise back. Loss then stops being a hardness signal; the others still count.
         if (
-            loss_cut is not None
+            not cfg.drop_noisy
+            and loss_cut is not None
             and row.loss is not None
             and row.loss >= loss_cut
             and row.id not in flagged
