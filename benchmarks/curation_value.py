@@ -28,7 +28,7 @@ All three use the same validation and test records (the curation's split step ke
 splits earlier snapshots gave). Ground truth about which rows were corrupted is used only to
 report what each arm trained on and how well the curation found the noise, never to choose.
 
-Run:  python benchmarks/curation_value.py [--train-pool 600] [--budget 200] [--noise 0.3]
+Run:  python benchmarks/curation_value.py [--train-pool 200] [--budget 140] [--noise 0.3]
                                           [--seed 0] [--max-minutes 15]
 Writes benchmarks/results/curation_value.json.
 """
@@ -303,7 +303,12 @@ def answer_budget(refs: list[str]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--train-pool", type=int, default=200, help="clean pool rows before noise")
-    ap.add_argument("--budget", type=int, default=70, help="N for the random and curated arms")
+    ap.add_argument(
+        "--budget",
+        type=int,
+        default=140,
+        help="N for the random and curated arms (about what curation keeps of the pool)",
+    )
     ap.add_argument(
         "--noise", type=float, default=0.3, help="fraction of pool references corrupted"
     )
