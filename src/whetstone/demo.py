@@ -129,6 +129,7 @@ def _truth(rows: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
 def _new_project(
     folder: Path, plan: DemoPlan, test_rows: list[tuple[str, dict[str, str]]]
 ) -> Project:
+    from whetstone.curate.config import STEPS as CURATE_STEPS
     from whetstone.demo_data import demo_instruction, demo_schema
 
     p = Project.init(folder, base_model=plan.train.get("base_model"))
@@ -148,13 +149,16 @@ def _new_project(
     ]
     p.store.add_records(held)
     # The flywheel's own settings for the demo: every human label goes to train/validation,
-    # the test split is the held-out set above.
+    # the test split is the held-out set above. Every curation step runs but label noise:
+    # the demo's reviewer is the ground truth, so there is no noise to find, and scoring every
+    # record's loss under the production adapter would cost a minute per arm and turn.
+    steps = ", ".join(s for s in CURATE_STEPS if s != "noise")
     cfg = p.config_path.read_text() + (
         "flywheel:\n"
         f"  next_n: {plan.labels_per_turn}\n"
         f"  eval_batch_size: {plan.eval_batch_size}\n"
         f"  max_new_tokens: {plan.max_new_tokens}\n"
-        "  curate:\n    test: 0.0\n    validation: 0.1\n    card: true\n"
+        f"  curate:\n    steps: [{steps}]\n    test: 0.0\n    validation: 0.1\n    card: true\n"
         "gate:\n  min_delta: 0.0\n"
         "train:\n" + "".join(f"  {k}: {v}\n" for k, v in plan.train.items())
     )

@@ -317,15 +317,19 @@ def run_turn(
 
     evals = step("evaluate", evaluate_step)
 
-    # 5. the gate decides; promotion happens only when every rule passes
-    def gate_step() -> dict[str, Any]:
-        from whetstone.evaluate.gate import gate_config, promote
+    def turn_gate_config() -> Any:
+        from whetstone.evaluate.gate import gate_config
 
         defaults = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens}
-        gcfg = gate_config(
+        return gate_config(
             project, **{**defaults, **cfg.gate, "split": cfg.split, "snapshot": snap["snapshot"]}
         )
-        outcome = promote(project, candidate, gcfg, actor="flywheel")
+
+    # 5. the gate decides; promotion happens only when every rule passes
+    def gate_step() -> dict[str, Any]:
+        from whetstone.evaluate.gate import promote
+
+        outcome = promote(project, candidate, turn_gate_config(), actor="flywheel")
         rules = outcome.decision.rules
         return {
             "promoted": outcome.promoted,
@@ -341,7 +345,12 @@ def run_turn(
             return {"path": None}
         from whetstone.evaluate.report import write_report
 
-        return {"path": str(write_report(project, candidate))}
+        # The comparison the gate made, with the turn's evaluation settings: both evaluations
+        # are stored already, so the report runs no model.
+        path = write_report(
+            project, candidate, config=turn_gate_config(), baseline=evals["incumbent"]
+        )
+        return {"path": str(path)}
 
     reported = step("report", report_step)
 

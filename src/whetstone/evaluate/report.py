@@ -398,17 +398,23 @@ def default_path(project: Project, av: AdapterVersion) -> Path:
 
 
 def write_report(
-    project: Project, ref: str, out: str | Path | None = None, config: GateConfig | None = None
+    project: Project,
+    ref: str,
+    out: str | Path | None = None,
+    config: GateConfig | None = None,
+    baseline: str | None = None,
 ) -> Path:
     """Write the report of adapter `ref` ("T@N", or "T" for its production version) and its
-    PNGs; returns the HTML path. Evaluations are reused when stored, else run (as the gate does)."""
+    PNGs; returns the HTML path. Evaluations are reused when stored, else run (as the gate does).
+    `baseline` is what it is compared with (default: the production adapter, or the base model
+    when `ref` is in production); after a promotion, pass what the gate compared it with."""
     from whetstone import registry
     from whetstone.evaluate.gate import baseline_for, gate_config, paired_comparison
 
     av = registry.get(project, ref)
     task = project.task(av.task)
     cfg = config or gate_config(project)
-    c = paired_comparison(project, av, baseline_for(project, av), cfg)
+    c = paired_comparison(project, av, baseline or baseline_for(project, av), cfg)
     path = Path(out) if out is not None else default_path(project, av)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
