@@ -113,7 +113,10 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     dev = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    head = shared_head(prompts) if share_prefix else []
+    # A model that answers in its own way (a classify label head) decodes nothing token by
+    # token, so it has no use for a shared head's cache.
+    custom = getattr(model, "answer_greedy", None)
+    head = shared_head(prompts) if share_prefix and custom is None else []
     head_cache = _prefill(model, head, dev) if head else None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -131,9 +134,12 @@ def generate(
         t0 = time.perf_counter()
         with torch.inference_mode():
             past = _expand(head_cache, len(idx)) if head_cache is not None else None
-            answers = _greedy(
-                model, ids.to(dev), mask.to(dev), past, max_new_tokens, tok.eos_token_id
-            )
+            if custom is not None:
+                answers = custom(ids.to(dev), mask.to(dev), max_new_tokens)
+            else:
+                answers = _greedy(
+                    model, ids.to(dev), mask.to(dev), past, max_new_tokens, tok.eos_token_id
+                )
         elapsed = (time.perf_counter() - t0) * 1000 / len(idx)
         for i, (toks, lps) in zip(idx, answers, strict=True):
             conf = sum(lps) / len(lps) if lps else 0.0

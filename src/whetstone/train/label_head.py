@@ -2,16 +2,16 @@
 state (the classic feature-extraction recipe). Features are computed once, so training the
 head takes seconds.
 
-For inference the head is wrapped in `LabelHeadModel`, which answers `generate()` the way a
-causal LM does (the label's tokens, then end-of-turn), so prediction, evaluation and serving
-use it without knowing it is not a language model.
+For inference the head is wrapped in `LabelHeadModel`, whose `answer_greedy` gives what
+`models.generate` gets from greedy decoding (the label's tokens, then end-of-turn), so
+prediction and evaluation use it without knowing it is not a language model. The server
+refuses it (it batches token by token).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch  # this module is only imported when a label head is trained or loaded
@@ -210,23 +210,18 @@ class LabelHeadModel(torch.nn.Module):
             [*tok.encode(label, add_special_tokens=False), eos] for label in head.labels
         ]
 
-    def generate(self, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    def answer_greedy(
+        self, input_ids: Any, attention_mask: Any, max_new_tokens: int
+    ) -> list[tuple[list[int], list[float]]]:
+        """What `models.generate` asks of a model that answers in its own way: per row, the
+        label's tokens (end-of-turn included) and their log-probabilities (the whole label's
+        log-probability spread over its tokens)."""
         import torch
 
         feats = pooled_features(self.lm, input_ids, attention_mask)
         logp = torch.log_softmax(self.head.logits(feats.cpu()), -1)
-        best = logp.argmax(-1).tolist()
-        width = max(len(self.label_ids[b]) for b in best)
-        eos = self.label_ids[0][-1]
-        new = torch.full((len(best), width), eos, dtype=torch.long)
-        scores = torch.zeros((len(best), width))
-        for row, b in enumerate(best):
-            new[row, : len(self.label_ids[b])] = torch.tensor(self.label_ids[b])
-            # The whole label's log-probability, spread over its tokens.
-            scores[row, : len(self.label_ids[b])] = float(logp[row, b]) / len(self.label_ids[b])
-        return SimpleNamespace(sequences=torch.cat([input_ids.cpu(), new], 1), scores=scores)
-
-    def compute_transition_scores(
-        self, sequences: Any, scores: Any, normalize_logits: bool = True
-    ) -> Any:
-        return scores
+        out = []
+        for row, b in enumerate(logp.argmax(-1).tolist()):
+            ids = self.label_ids[b][:max_new_tokens]
+            out.append((list(ids), [float(logp[row, b]) / len(self.label_ids[b])] * len(ids)))
+        return out
