@@ -56,41 +56,26 @@ def per_example_loss(
     model: Any, tok: Any, task: Task, rows: list[Row], batch_size: int = 16
 ) -> list[float]:
     """Mean token cross-entropy of each row's answer after its prompt, with the prompt and
-    answer encoded as training encodes them (`train.data.encode_pair`). Rows are scored in
-    right-padded batches of similar length; padding is masked out of attention and loss."""
+    answer encoded (`train.data.encode_pair`) and batched (`collate`, one example per row) as
+    training does, and the loss taken as training takes it (`train.loop.token_losses`)."""
     import torch
 
-    from whetstone.train.data import IGNORE, encode_pair
+    from whetstone.train.data import collate, encode_pair
+    from whetstone.train.loop import token_losses
 
     examples = [encode_pair(tok, task, r.input, r.reference) for r in rows]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    dev = next(model.parameters()).device
+    dev = str(next(model.parameters()).device)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     out = [0.0] * len(examples)
     with torch.inference_mode():
         for at in range(0, len(order), batch_size):
             idx = order[at : at + batch_size]
-            width = max(len(examples[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+            losses, row_of = token_losses(model, collate([[examples[i]] for i in idx], pad_id), dev)
+            sums = torch.zeros(len(idx)).index_add_(0, row_of.cpu(), losses.cpu())
+            counts = torch.bincount(row_of.cpu(), minlength=len(idx))
             for b, i in enumerate(idx):
-                ex = examples[i]
-                ids[b, : len(ex)] = torch.tensor(ex.ids)
-                mask[b, : len(ex)] = 1
-                labels[b, : len(ex)] = torch.tensor(ex.labels)
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-            # Position t predicts token t+1.
-            targets = labels[:, 1:].to(dev)
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2),
-                targets,
-                ignore_index=IGNORE,
-                reduction="none",
-            )
-            per_row = nll.sum(dim=1) / (targets != IGNORE).sum(dim=1)
-            for b, i in enumerate(idx):
-                out[i] = float(per_row[b])
+                out[i] = float(sums[b] / counts[b])
     return out
 
 

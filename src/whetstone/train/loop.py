@@ -91,9 +91,14 @@ def attention_mask(lm: Any, batch: Batch, device: str) -> Any:
 
 
 def answer_loss(model: Any, batch: Batch, device: str) -> Any:
-    """Summed cross-entropy over the answer tokens of a batch. The model body runs on every
-    token, but the vocabulary projection only where a loss is taken: prompt positions never
-    materialise their (tokens x vocab) logits."""
+    """Summed cross-entropy over the answer tokens of a batch."""
+    return token_losses(model, batch, device)[0].sum()
+
+
+def token_losses(model: Any, batch: Batch, device: str) -> tuple[Any, Any]:
+    """Cross-entropy of every answer token of a batch, and the batch row each belongs to.
+    The model body runs on every token, but the vocabulary projection only where a loss is
+    taken: prompt positions never materialise their (tokens x vocab) logits."""
     import torch.nn.functional as F
 
     lm = causal_lm(model)
@@ -108,7 +113,8 @@ def answer_loss(model: Any, batch: Batch, device: str) -> Any:
         ).last_hidden_state
         where = targets != IGNORE
         logits = lm.get_output_embeddings()(hidden[where])
-    return F.cross_entropy(logits.float(), targets[where], reduction="sum")
+    losses = F.cross_entropy(logits.float(), targets[where], reduction="none")
+    return losses, where.nonzero()[:, 0]
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
