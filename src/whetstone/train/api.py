@@ -138,33 +138,29 @@ def warm_start_source(project: Project, task: str, cfg: TrainConfig, base_hash: 
         return None
     if cfg.method not in ("lora", "dora"):
         raise InvalidInput(f"init_from: a warm start needs method lora or dora, not {cfg.method}")
-    if cfg.init_from == "production":
-        prod = registry.production(project, task)
-        if prod is None:
-            return None  # nothing in production yet: the first turn starts from zero
-        av = prod
-    else:
-        av = registry.get(project, cfg.init_from)
+    auto = cfg.init_from == "production"
+    av = registry.production(project, task) if auto else registry.get(project, cfg.init_from)
+    if av is None:
+        return None  # nothing in production yet: the first turn starts from zero
     if av.task != task:
         raise InvalidInput(f"init_from: {av.name} is an adapter of task {av.task!r}, not {task!r}")
+    rank = av.info.get("config", {}).get("lora_r")
+    mismatch = None
     if av.method != cfg.method or av.base_hash != base_hash:
-        # The choice is automatic for `production`: a different method or base model (say
-        # after a switch to dora) simply means this run starts cold.
-        if cfg.init_from == "production":
-            return None
-        raise InvalidInput(
-            f"init_from: {av.name} is a {av.method} adapter on base {av.base_model}; this run "
-            f"trains {cfg.method} on another base or method"
+        mismatch = (
+            f"{av.name} is a {av.method} adapter on base {av.base_model}; this run trains "
+            f"{cfg.method} on another base or method"
         )
+    elif rank is not None and rank != cfg.lora_r:
+        mismatch = f"{av.name} has lora_r {rank}, this run {cfg.lora_r}: use the same lora_r"
+    if mismatch:
+        # `production` is chosen automatically: one that does not fit (say after a switch to
+        # dora or another rank) means this run starts cold; a named adapter is an error.
+        if auto:
+            return None
+        raise InvalidInput(f"init_from: {mismatch}")
     if not av.path.exists():
         raise NotFound(f"init_from: the files of {av.name} are missing ({av.path})")
-    rank = av.info.get("config", {}).get("lora_r")
-    if rank is not None and rank != cfg.lora_r:
-        if cfg.init_from == "production":
-            return None
-        raise InvalidInput(
-            f"init_from: {av.name} has lora_r {rank}, this run {cfg.lora_r}: use the same lora_r"
-        )
     return av.name
 
 
