@@ -310,7 +310,7 @@ def test_generate_noise_uses_the_production_adapter_loss(
     res = curate(p, "reply", {"steps": ["validate", "noise", "split"]})
     assert "no production adapter" in next(s for s in res.steps if s.name == "noise").notes[0]
     model, tok = base.load(str(tiny_base_dir))
-    monkeypatch.setattr(noise, "production_model", lambda ctx: (model, tok, "reply@1"))
+    monkeypatch.setattr(noise, "production_model", lambda ctx: (model, tok, "reply@1", set()))
     cfg = {"steps": ["validate", "noise", "hard", "split"], "hard_loss_quantile": 0.5}
     res = curate(p, "reply", cfg)
     assert next(s for s in res.steps if s.name == "noise").notes == [

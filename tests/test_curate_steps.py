@@ -243,3 +243,52 @@ def test_swapped_extract_references_are_flagged_or_dropped_with_the_keys(project
 
     off = curate(p, "addr", {**steps, "drop_noisy": True, "grounded_values": False})
     assert set(off.snapshot.ids("all")) == set(ids)
+
+
+def test_misfiled_values_finds_values_under_the_wrong_key() -> None:
+    """Span-level confident disagreement on 200 bundled addresses: values of two keys exchanged,
+    or a value moved to another key, are found; clean references are rarely suspected."""
+    from whetstone.curate.spans import misfiled_values
+    from whetstone.demo_data import demo_rows
+
+    rows = demo_rows(200)
+    texts = [t for t, _ in rows]
+    refs = [dict(r) for _, r in rows]
+    # Ten different slips, each made once: a systematic error repeated across many records is
+    # what the data implies, and no rule that learns from the data can call it wrong.
+    moves = [
+        ("zip_code", "place_name"),
+        ("address_number", "street_name_post_type"),
+        ("place_name", "state_name"),
+        ("street_name", "zip_code"),
+        ("address_number", "occupancy_identifier"),
+        ("state_name", "street_name"),
+        ("zip_code", "address_number"),
+        ("place_name", "recipient"),
+        ("street_name_post_type", "place_name"),
+        ("address_number", "zip_code"),
+    ]
+    bad = set()
+    for i, ref in enumerate(refs):
+        if not moves:
+            break
+        a, b = moves[0]
+        if a not in ref or ref.get(b) == ref[a]:
+            continue
+        moves.pop(0)
+        if b in ref:  # two keys' values exchanged
+            ref[a], ref[b] = ref[b], ref[a]
+        else:  # a value moved to a key the reference lacks
+            ref[b] = ref.pop(a)
+        bad.add(i)
+    found = {m.row for m in misfiled_values(texts, [json.dumps(r) for r in refs], folds=5)}
+    assert len(bad) == 10
+    # Misses are values whose wrong key fits where they sit: "Evanston" as the state before a
+    # zip code, "Main" as the state of "Main, Ashland, NH".
+    assert len(found & bad) >= 8
+    assert len(found - bad) <= 10  # at most 5% of the clean rows
+    first = min(bad)
+    one = next(
+        m for m in misfiled_values(texts, [json.dumps(r) for r in refs], 5) if m.row == first
+    )
+    assert one.suggested != one.key and one.p_given < 0.01

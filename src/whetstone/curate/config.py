@@ -46,6 +46,10 @@ class CurateConfig(BaseModel):
     # Extract tasks: flag references with a string value not copied from the input (case and
     # spacing ignored), the sign of references swapped between records. false skips the check.
     grounded_values: bool = True
+    # Extract tasks: flag a value whose key gets an out-of-sample probability under this from
+    # a classifier over every other record's values while another key gets over 0.5 (a value
+    # filed under the wrong key). 0 skips the check.
+    misfiled_p: float = Field(default=0.01, ge=0, lt=1)
     # hard examples
     hard_tags: list[str] = Field(default_factory=lambda: ["hard"])
     low_confidence: float = Field(default=0.5, ge=0, le=1)  # exp(mean log-prob) below this

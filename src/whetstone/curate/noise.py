@@ -1,5 +1,5 @@
 """Step 5, label noise. Suspects are flagged for review, and dropped when `drop_noisy` is set
-(never rows earlier snapshots put in test). Three rules, by task kind:
+(never rows earlier snapshots put in test). Four rules, by task kind:
 
 - classify: out-of-sample probabilities from a logistic regression on the embeddings (k-fold
   cross-validation, so no row scores itself), then confident learning (cleanlab) names the
@@ -8,26 +8,27 @@
   copied from the input (after the same unicode/whitespace normalisation as the validate step,
   ignoring case). A value none of whose wording is in the input is not extracted from it: the
   typical sign of references swapped between records.
+- extract, `misfiled_p`: span-level confident disagreement (`spans`): a value whose key a
+  cross-validated classifier over every other record's values confidently contradicts, the
+  sign of a value filed under the wrong key (valid JSON, grounded, memorised by a model).
 - generate and extract: per-example loss of the reference under the current production
   adapter, encoded exactly as training encodes it. Rows far above the typical loss are
   suspects. "Far" is robust: median + `loss_mad_k` x the scaled median absolute deviation,
   since the wrong labels this rule hunts would inflate a mean and standard deviation and hide
-  themselves. The adapter was trained on these rows, so labels it memorised score low: the
-  loss rule finds what it failed to memorise, not every wrong label.
+  themselves, and it is taken separately for the rows the adapter trained on and the rest. It
+  memorised some wrong labels of its own training rows, so the loss rule finds what it
+  failed to memorise, not every wrong label; test rows are not scored.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from typing import Any
 
-from whetstone.curate.normalise import normalise
+from whetstone.curate.spans import WORD, flat_text, misfiled_values, string_values
 from whetstone.curate.state import Row, Run
 from whetstone.records import Kind, Task
-
-_WORD = re.compile(r"\w+")
 
 
 def classify_suspects(vecs: Any, labels: list[str], folds: int) -> list[tuple[int, str, float]]:
@@ -98,21 +99,8 @@ def robust_cutoff(losses: list[float], k: float) -> float:
 
 
 def _words(text: str) -> tuple[str, set[str]]:
-    flat = " ".join(normalise(text).casefold().split())
-    return flat, set(_WORD.findall(flat))
-
-
-def _string_values(value: Any, key: str = "") -> list[tuple[str, str]]:
-    """(key path, value) of every non-empty string in a JSON value, e.g. ("items.0.name", ...)."""
-    if isinstance(value, str):
-        return [(key, value)] if value.strip() else []
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return []  # numbers and booleans may be written differently in the text
-    return [kv for k, v in items for kv in _string_values(v, f"{key}.{k}" if key else str(k))]
+    flat = flat_text(text)
+    return flat, set(WORD.findall(flat))
 
 
 def ungrounded_keys(text: str, reference: str) -> list[str]:
@@ -126,7 +114,7 @@ def ungrounded_keys(text: str, reference: str) -> list[str]:
         return []
     flat, words = _words(text)
     missing = []
-    for key, value in _string_values(obj):
+    for key, value in string_values(obj):
         v_flat, v_words = _words(value)
         if v_flat in flat or v_words <= words:
             continue
@@ -134,13 +122,18 @@ def ungrounded_keys(text: str, reference: str) -> list[str]:
     return missing
 
 
-def production_model(ctx: Run) -> tuple[Any, Any, str] | None:
-    from whetstone import registry
+def production_model(ctx: Run) -> tuple[Any, Any, str, set[int]] | None:
+    """The production adapter loaded, its name, and the ids of the records it trained on."""
+    from whetstone import registry, snapshots
 
     av = registry.production(ctx.project, ctx.task.name)
     if av is None:
         return None
-    return registry.load_adapter_model(ctx.project, av.name, task=ctx.task.name)
+    model, tok, name = registry.load_adapter_model(ctx.project, av.name, task=ctx.task.name)
+    trained_on: set[int] = set()
+    if av.snapshot_id is not None:
+        trained_on = set(snapshots.load(ctx.project, av.snapshot_id).ids("train"))
+    return model, tok, name, trained_on
 
 
 def _act(ctx: Run, row: Row, reason: str, **detail: Any) -> None:
@@ -166,16 +159,25 @@ def _loss_rule(ctx: Run, suspects: list[dict[str, Any]], skip: set[int]) -> None
     if loaded is None:
         ctx.note("skipped: no production adapter to score references with")
         return
-    model, tok, name = loaded
-    rows = ctx.rows
+    model, tok, name, trained_on = loaded
+    # Test rows are never dropped and scoring them is a third of the step's time on a typical
+    # project; they are left out.
+    rows = [r for r in ctx.rows if r.prior_split != "test"]
     losses = per_example_loss(model, tok, ctx.task, rows)
     for row, loss in zip(rows, losses, strict=True):
         row.loss = loss
-    # Rows already suspected stay in the statistics: the cut-off is robust to them.
-    cut = robust_cutoff(losses, ctx.config.loss_mad_k)
+    # Rows the adapter trained on score far lower than rows it never saw (validation rows,
+    # new records), so each group gets its own cut-off; one shared cut-off would flag the
+    # unseen rows for being unseen. Rows already suspected stay in the statistics: the
+    # cut-off is robust to them.
+    cuts = {}
+    for seen in (True, False):
+        group = [loss for r, loss in zip(rows, losses, strict=True) if (r.id in trained_on) == seen]
+        cuts[seen] = robust_cutoff(group, ctx.config.loss_mad_k)
     ctx.card["loss_model"] = name
-    ctx.card["loss_cutoff"] = cut
+    ctx.card["loss_cutoff"] = {"trained on": cuts[True], "not trained on": cuts[False]}
     for row, loss in zip(rows, losses, strict=True):
+        cut = cuts[row.id in trained_on]
         if loss > cut and row.id not in skip:
             suspects.append({"id": row.id, "text": row.text, "label": row.reference, "loss": loss})
             _act(
@@ -185,6 +187,32 @@ def _loss_rule(ctx: Run, suspects: list[dict[str, Any]], skip: set[int]) -> None
                 loss=round(loss, 4),
                 cutoff=round(cut, 4),
             )
+
+
+def _misfiled(ctx: Run, suspects: list[dict[str, Any]], skip: set[int]) -> set[int]:
+    """Flag extract rows with a value filed under the wrong key (`spans`); their ids."""
+    rows = ctx.rows
+    found: dict[int, list[Any]] = {}
+    for m in misfiled_values(
+        [r.text for r in rows],
+        [r.reference for r in rows],
+        ctx.config.noise_folds,
+        ctx.config.misfiled_p,
+    ):
+        if rows[m.row].id not in skip:
+            found.setdefault(m.row, []).append(m)
+    for i, ms in found.items():
+        row = rows[i]
+        moves = [{"value": m.value, "key": m.key, "suggested": m.suggested} for m in ms]
+        suspects.append({"id": row.id, "text": row.text, "label": row.reference, "misfiled": moves})
+        _act(
+            ctx,
+            row,
+            "value under an unlikely key: "
+            + ", ".join(f"{m.value!r} as {m.key} (looks like {m.suggested})" for m in ms),
+            misfiled=moves,
+        )
+    return {rows[i].id for i in found}
 
 
 def run(ctx: Run) -> None:
@@ -209,9 +237,11 @@ def run(ctx: Run) -> None:
                 p_given=round(p, 4),
             )
     else:
-        grounded: set[int] = set()
+        found: set[int] = set()
         if ctx.task.kind == Kind.extract and ctx.config.grounded_values:
-            grounded = _grounding(ctx, suspects)
-        _loss_rule(ctx, suspects, skip=grounded)
+            found = _grounding(ctx, suspects)
+        if ctx.task.kind == Kind.extract and ctx.config.misfiled_p > 0:
+            found |= _misfiled(ctx, suspects, skip=found)
+        _loss_rule(ctx, suspects, skip=found)
         ctx.note("teacher disagreement: no teacher configured")
     ctx.card["suspects"] = suspects
