@@ -24,11 +24,12 @@ differences):
     (every step, `drop_noisy` on) uses its per-example loss for the label-noise and
     hard-example steps, then picks N by difficulty and coverage.
 
-All three use the same validation and test records (the curation's split step keeps the
-splits earlier snapshots gave). Ground truth about which rows were corrupted is used only to
+All three use the same test records, and validation records from the same clean set (the
+curation's split step keeps the splits earlier snapshots gave, less any row the curation
+drops). Ground truth about which rows were corrupted is used only to
 report what each arm trained on and how well the curation found the noise, never to choose.
 
-Run:  python benchmarks/curation_value.py [--train-pool 200] [--budget 140] [--noise 0.3]
+Run:  python benchmarks/curation_value.py [--train-pool 200] [--budget 120] [--noise 0.3]
                                           [--seed 0] [--max-minutes 15]
 Writes benchmarks/results/curation_value.json.
 """
@@ -306,8 +307,9 @@ def main() -> None:
     ap.add_argument(
         "--budget",
         type=int,
-        default=140,
-        help="N for the random and curated arms (about what curation keeps of the pool)",
+        default=120,
+        help="N for the random and curated arms; when curation keeps fewer training rows, N is "
+        "what it keeps",
     )
     ap.add_argument(
         "--noise", type=float, default=0.3, help="fraction of pool references corrupted"
@@ -333,6 +335,7 @@ def main() -> None:
     import whetstone
     from whetstone import registry
     from whetstone.curate import curate
+    from whetstone.errors import InvalidInput
     from whetstone.evaluate.compare import compare_evaluations
     from whetstone.train import TrainConfig
 
@@ -399,13 +402,21 @@ def main() -> None:
     )
     print(f"[{(time.perf_counter() - t_start) / 60:5.1f} min] curating")
     t0 = time.perf_counter()
-    cur = curate(project, TASK, {"drop_noisy": True}, budget=args.budget)
+    try:
+        cur = curate(project, TASK, {"drop_noisy": True}, budget=args.budget)
+    except InvalidInput as e:
+        if "budget" not in str(e):
+            raise
+        # Curation kept fewer training rows than the budget: both N arms take what it kept.
+        print(f"  {e}: curating again without a budget")
+        cur = curate(project, TASK, {"drop_noisy": True})
     timings["curate_s"] = round(time.perf_counter() - t0, 1)
     cur_snap = cur.snapshot
+    n = len(cur_snap.ids("train"))
     same_splits = {
         s: sorted(cur_snap.ids(s)) == sorted(base_snap.ids(s)) for s in ("validation", "test")
     }
-    run_arm("random N", random_snapshot(project, data, args.budget, args.seed))
+    run_arm("random N", random_snapshot(project, data, n, args.seed))
     run_arm("curated N", cur_snap)
 
     # ---- report ------------------------------------------------------------------------------
@@ -479,14 +490,15 @@ def main() -> None:
         {
             "settings": {
                 **vars(args),
-                "train_config": config(args.budget).effective(),
+                "n": n,
+                "train_config": config(n).effective(),
                 "eval_every_by_arm": {
                     n: config(a["train_rows"]).eval_every for n, a in arms.items()
                 },
                 "max_new_tokens": max_new,
                 "curate_config": {
                     "drop_noisy": True,
-                    "budget": args.budget,
+                    "budget": args.budget if n == args.budget else None,
                     "other keys": "defaults",
                 },
             },
