@@ -190,12 +190,17 @@ def test_split_keeps_groups_fixes_test_and_checks_contamination(
     gone = next(i for i in first.snapshot.ids("test") if i not in ids[:10] + twins)
     p.reject(gone)
     leak = _add(p, "news", [(p.record(gone).input_text.replace(".", "!"), "x")])[0]
+    # A paraphrase of a test record that stays: it must not join (and so change) the test set.
+    kept = next(i for i in first.snapshot.ids("test") if i not in ids[:10] + twins + [gone])
+    twin = _add(p, "news", [(p.record(kept).input_text.replace(".", "!"), "x")])[0]
     calls.clear()
     # A smaller test fraction: earlier test rows still stay in test, new rows go to training,
     # so the paraphrase of the rejected test row would leak without the contamination check.
     second = curate(p, "news", {**cfg, "test": 0.05})
-    assert sum(calls) == len(new) + 1  # only the new records were embedded
-    assert set(first.snapshot.ids("test")) - {gone} <= set(second.snapshot.ids("test"))
+    assert sum(calls) == len(new) + 2  # only the new records were embedded
+    assert set(second.snapshot.ids("test")) == set(first.snapshot.ids("test")) - {gone}
+    assert twin not in second.snapshot.ids("all")
+    assert "contamination" in decisions_for(p, twin)[0]["reason"]
     assert not set(first.snapshot.ids("train")) & set(second.snapshot.ids("test"))
     assert leak not in second.snapshot.ids("all")
     assert "contamination" in decisions_for(p, leak)[0]["reason"]

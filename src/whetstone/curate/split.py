@@ -3,7 +3,8 @@
 - Near-duplicate groups (exact, MinHash at `group_jaccard`, cosine at `cosine`) stay inside one
   split, so no test row has a paraphrase in training.
 - A record keeps the split earlier snapshots gave it (test first), so test numbers stay
-  comparable across iterations; `reshuffle_test` starts afresh.
+  comparable across iterations; `reshuffle_test` starts afresh. A new near-duplicate of a test
+  row does not join test: the contamination check keeps it out, and the test set stays put.
 - New groups fill each split up to its fraction, stratified by label for classify, in the
   order of a stable hash of their text: the same data always splits the same way.
 - Contamination check: no training or validation row may near-duplicate a test row of *any*
@@ -66,7 +67,16 @@ def assign(ctx: Run) -> None:
         held = any(HELD_OUT_TAGS & set(rows[i].record.tags) for i in members)
         prior = max((rows[i].prior_split or "" for i in members), key=lambda s: _PRIORITY.get(s, 0))
         fixed = "test" if held else (prior or None)
-        if fixed:
+        if fixed == "test":
+            # The test split stays the same records: a newcomer to a test row's group goes to
+            # training, where the contamination check removes it if it near-duplicates a test
+            # row (joining test would change the test set, and every stored evaluation on it
+            # would stop being comparable or reusable).
+            for i in members:
+                r = rows[i]
+                in_test = r.prior_split == "test" or HELD_OUT_TAGS & set(r.record.tags)
+                r.split = "test" if in_test else "train"
+        elif fixed:
             for i in members:
                 rows[i].split = fixed
         key = rows[members[0]].reference if ctx.task.kind == Kind.classify else ""
