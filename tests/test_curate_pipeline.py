@@ -273,6 +273,27 @@ def test_next_to_label_ranks_uncertain_and_novel(topics: Any) -> None:
     assert next_to_label(p, "topic", 50)[-1][1] >= 0
 
 
+def test_next_to_label_prefers_typical_records_and_ignores_held_out_labels(topics: Any) -> None:
+    """Density keeps a one-off outlier from heading the queue when nothing is labelled yet; a
+    held-out (test) label of the same text does not make a record look already covered."""
+    p = topics
+    outlier = "Quantum flux capacitors hum beneath the lighthouse at midnight."
+    ids = p.store.add_records(
+        [
+            Record(task="topic", input=t, output="sport", confidence=-1.0)
+            for t in [outlier, *SPORT[:6]]
+        ]
+    )
+    plain = next_to_label(p, "topic", 2, density=0)
+    assert plain[0][0].id == ids[0]  # every score ties on uncertainty x distance: first wins
+    dense = next_to_label(p, "topic", 2)
+    assert ids[0] not in [r.id for r, _, _ in dense]
+    assert dense[0][2]["density"] > next_to_label(p, "topic", 7)[-1][2]["density"]
+    before = [(r.id, parts) for r, _, parts in next_to_label(p, "topic", 7)]
+    _add(p, "topic", [(SPORT[0], "sport")], tags=["heldout"])
+    assert [(r.id, parts) for r, _, parts in next_to_label(p, "topic", 7)] == before
+
+
 def test_cli_curate_and_next(topics: Any, tmp_path: Any) -> None:
     import typer
     from typer.testing import CliRunner

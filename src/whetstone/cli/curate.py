@@ -94,7 +94,8 @@ def next_(
         Path | None, typer.Option("--output", "-o", help="Write the queue as JSONL.")
     ] = None,
 ) -> None:
-    """Rank unreviewed production records by the value of a human label (uncertainty × novelty)."""
+    """Rank unreviewed production records by the value of a human label (uncertainty × novelty ×
+    typicality)."""
     from rich.table import Table
 
     from whetstone.curate.next import next_to_label
@@ -110,7 +111,7 @@ def next_(
                 for rec, score, parts in queue
             ],
         )
-    table = Table("rank", "id", "score", "uncertainty", "distance", "input", "output")
+    table = Table("rank", "id", "score", "uncertainty", "distance", "density", "input", "output")
     for i, (rec, score, parts) in enumerate(queue, 1):
         text = " ".join(rec.input_text.split())
         table.add_row(
@@ -119,6 +120,7 @@ def next_(
             f"{score:.3f}",
             f"{parts['uncertainty']:.3f}",
             f"{parts['distance']:.3f}",
+            f"{parts['density']:.3f}",
             text[:50],
             " ".join((rec.output or "").split())[:30],
         )

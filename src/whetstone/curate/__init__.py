@@ -37,11 +37,11 @@ def training_records(project: Project, snap: Snapshot, split: str) -> list[Recor
 
 
 def next_to_label(
-    project: Project, task: str, n: int = 50
+    project: Project, task: str, n: int = 50, **kw: Any
 ) -> list[tuple[Record, float, dict[str, float]]]:
     from whetstone.curate.next import next_to_label as run
 
-    return run(project, task, n)
+    return run(project, task, n, **kw)
 
 
 __all__ = ["curate", "decisions_for", "next_to_label", "training_records"]

@@ -1,10 +1,16 @@
 """Step 8, what to label next: unreviewed production records ranked by the expected value of a
-human label, uncertainty of the current model x distance from what is already labelled.
+human label, uncertainty of the current model x distance from what is already labelled x how
+typical the record is of the traffic (information density, Settles & Craven 2008).
 
 Uncertainty is 1 - exp(confidence) (confidence is the answer's mean token log-probability);
 a record without one counts as fully uncertain. Distance is 1 - the highest cosine to any
-labelled record. The queue is chosen greedily: each pick counts as labelled for the next, so
-fifty near-identical inputs never fill the queue."""
+labelled training record (held-out and test records teach the model nothing, so being near
+them is no reason to skip a record). Density is the mean cosine to the record's nearest
+neighbours in the pool, raised to `density`: uncertainty x distance alone favours outliers
+(odd one-off inputs are far from everything and the model is unsure of them), which teach
+the least per label when labels are few: the cold-start problem of active learning. The queue
+is chosen greedily: each pick counts as labelled for the next, so fifty near-identical inputs
+never fill the queue."""
 
 from __future__ import annotations
 
@@ -16,7 +22,10 @@ from whetstone.curate.normalise import normalise
 from whetstone.errors import InvalidInput
 from whetstone.project import Project
 from whetstone.records import Record, Source, Status
-from whetstone.snapshots import trainable
+from whetstone.snapshots import HELD_OUT_TAGS, test_ids_in_use, trainable
+
+_NEIGHBOURS = 10
+_DENSITY_SAMPLE = 4096  # density against at most this many pool records: O(n x sample), not O(n^2)
 
 
 def uncertainty(rec: Record) -> float:
@@ -25,10 +34,37 @@ def uncertainty(rec: Record) -> float:
     return 1.0 - math.exp(min(0.0, rec.confidence))
 
 
+def density_of(vecs: Any, seed: int = 0) -> Any:
+    """Per row of unit vectors, the mean cosine to its nearest neighbours among the others (a
+    random sample of them on large pools), clipped to [0, 1]; 1 for a single row."""
+    import numpy as np
+
+    n = len(vecs)
+    if n < 2:
+        return np.ones(n, dtype=np.float32)
+    ref = np.arange(n)
+    if n > _DENSITY_SAMPLE:
+        ref = np.random.default_rng(seed).choice(n, _DENSITY_SAMPLE, replace=False)
+    k = min(_NEIGHBOURS, len(ref) - 1)
+    out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, 256):
+        sims = vecs[start : start + 256] @ vecs[ref].T
+        rows = np.arange(start, min(start + 256, n))
+        sims[rows[:, None] == ref[None, :]] = -np.inf  # not its own neighbour
+        out[start : start + 256] = np.sort(sims, axis=1)[:, -k:].mean(axis=1)
+    return np.clip(out, 0.0, 1.0)
+
+
 def next_to_label(
-    project: Project, task: str, n: int = 50, *, embedding_model: str | None = None
+    project: Project,
+    task: str,
+    n: int = 50,
+    *,
+    embedding_model: str | None = None,
+    density: float = 1.0,
 ) -> list[tuple[Record, float, dict[str, float]]]:
-    """The `n` records most worth a human label: (record, score, {uncertainty, distance})."""
+    """The `n` records most worth a human label: (record, score, {uncertainty, distance,
+    density}). `density` is the exponent of the density factor; 0 leaves it out."""
     import numpy as np
 
     if n < 1:
@@ -42,7 +78,12 @@ def next_to_label(
     )
     if not pool:
         return []
-    labelled = [r for r in project.store.iter_records(task, has_reference=True) if trainable(r)]
+    held = test_ids_in_use(project, task)
+    labelled = [
+        r
+        for r in project.store.iter_records(task, has_reference=True)
+        if trainable(r) and r.id not in held and not HELD_OUT_TAGS & set(r.tags)
+    ]
 
     def vecs(recs: list[Record]) -> Any:
         return cache.embeddings(
@@ -56,15 +97,20 @@ def next_to_label(
         for start in range(0, len(pool), 256):
             nearest[start : start + 256] = (pv[start : start + 256] @ lv.T).max(axis=1)
     unc = np.array([uncertainty(r) for r in pool], dtype=np.float32)
+    dens = density_of(pv) if density else np.ones(len(pool), dtype=np.float32)
+    typical = dens**density
     out: list[tuple[Record, float, dict[str, float]]] = []
     taken = np.zeros(len(pool), dtype=bool)
     for _ in range(min(n, len(pool))):
         dist = np.clip(1.0 - nearest, 0.0, 1.0)
-        score = np.where(taken, -1.0, unc * dist)
+        score = np.where(taken, -1.0, unc * dist * typical)
         i = int(np.argmax(score))
-        out.append(
-            (pool[i], float(score[i]), {"uncertainty": float(unc[i]), "distance": float(dist[i])})
-        )
+        parts = {
+            "uncertainty": float(unc[i]),
+            "distance": float(dist[i]),
+            "density": float(dens[i]),
+        }
+        out.append((pool[i], float(score[i]), parts))
         taken[i] = True
         nearest = np.maximum(nearest, pv @ pv[i])
     return out
