@@ -13,19 +13,14 @@ Writes benchmarks/results/curation_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import platform
 import random
 import resource
 import tempfile
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "curation_throughput.json"
+import common
 
 STREETS = [
     "Main St",
@@ -121,30 +116,49 @@ def main() -> None:
         proc.start()
         row = q.get()
         proc.join()
-        results.append(row)
         cold, warm = row["runs"]
+        row["records_per_s_cold"] = round(n / cold["total_s"], 1)
+        results.append(row)
         print(
             f"{n:>7} records: cold {cold['total_s']:>7.1f}s (embedding {cold['embedding_s']:.1f}s, "
-            f"dedup {cold['dedup_s']:.1f}s) · warm {warm['total_s']:>6.1f}s · peak {row['peak_rss_mb']} MB"
+            f"dedup {cold['dedup_s']:.1f}s) · warm {warm['total_s']:>6.1f}s · peak {row['peak_rss_mb']} MB",
+            flush=True,
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
+        # Written after every size, so a long run stopped early keeps what it measured.
+        path = common.write_result(
+            "curation_throughput",
             {
-                "benchmark": "curation_throughput",
-                "when": datetime.now(timezone.utc).isoformat(),
-                "machine": {
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "cpus": __import__("os").cpu_count(),
-                },
+                "settings": {"sizes": args.sizes, "steps": "validate, dedup, split"},
                 "results": results,
             },
-            indent=2,
         )
-        + "\n"
+    common.print_table(
+        "Curation throughput (validate -> dedup -> split; cold computes features, warm reuses them)",
+        [
+            "records",
+            "cold s",
+            "embedding s",
+            "dedup s",
+            "split s",
+            "records/s cold",
+            "warm s",
+            "peak MB",
+        ],
+        [
+            [
+                r["records"],
+                r["runs"][0]["total_s"],
+                r["runs"][0]["embedding_s"],
+                r["runs"][0]["dedup_s"],
+                r["runs"][0]["split_s"],
+                r["records_per_s_cold"],
+                r["runs"][1]["total_s"],
+                r["peak_rss_mb"],
+            ]
+            for r in results
+        ],
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
