@@ -13,9 +13,10 @@ A fresh temporary project gets the 1,488 hand-labelled demo addresses, split onc
   between two records, and truncated JSON; plus `--dups` near-duplicate rows (the same clean
   address with its whitespace or case changed, or its commas dropped).
 
-The same adapter config is then trained three ways and each adapter is scored on the test
-split (field F1 and whole-object exact match, 95% bootstrap intervals, plus paired
-differences):
+The same adapter config, with the same number of optimizer steps (`--same-steps`, the
+default: a set curation made smaller is not also given less training; it gets more epochs),
+is then trained three ways and each adapter is scored on the test split (field F1 and
+whole-object exact match, 95% bootstrap intervals, plus paired differences):
 
 (a) **all noisy**: every pool row;
 (b) **random N**: N pool rows drawn at random (`--seed`);
@@ -323,11 +324,20 @@ def main() -> None:
         "--max-minutes", type=float, default=15.0, help="reported against, not enforced"
     )
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--same-steps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every arm trains the steps --epochs give the whole pool (--no-same-steps: every "
+        "arm trains --epochs)",
+    )
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=192, help="no example is cut at 192 (short)")
-    ap.add_argument("--eval-max-records", type=int, default=16)
+    ap.add_argument(
+        "--eval-max-records", type=int, default=24, help="validation records per check (all 24)"
+    )
     ap.add_argument("--evals-per-run", type=int, default=3, help="validations per training run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary project")
     args = ap.parse_args()
@@ -349,12 +359,18 @@ def main() -> None:
         [r.reference or "" for r in project.store.iter_records(TASK, ids=data["roles"]["test"])]
     )
 
+    pool_steps = -(-len(data["roles"]["train"]) // args.batch_size) * args.epochs
+
     def config(n_train: int) -> TrainConfig:
-        # eval_every in steps is sized per run so every arm is validated the same number of
-        # times; everything else is identical.
-        steps = -(-n_train // args.batch_size) * args.epochs
+        # With --same-steps every arm takes the optimizer steps `--epochs` give the whole pool,
+        # so a smaller set is not also a smaller training budget (it gets more epochs instead);
+        # without it, every arm takes `--epochs`. eval_every is sized so every arm is validated
+        # the same number of times; everything else is identical.
+        per_epoch = -(-n_train // args.batch_size)
+        steps = pool_steps if args.same_steps else per_epoch * args.epochs
         return TrainConfig(
-            epochs=args.epochs,
+            epochs=-(-steps // per_epoch),
+            max_steps=steps,
             lr=args.lr,
             lora_r=args.lora_r,
             lora_alpha=2 * args.lora_r,
@@ -492,6 +508,7 @@ def main() -> None:
                 **vars(args),
                 "n": n,
                 "train_config": config(n).effective(),
+                "steps_by_arm": {k: config(a["train_rows"]).max_steps for k, a in arms.items()},
                 "eval_every_by_arm": {
                     n: config(a["train_rows"]).eval_every for n, a in arms.items()
                 },
