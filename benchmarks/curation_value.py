@@ -294,6 +294,13 @@ def train_and_eval(
     return result, ev, wall
 
 
+def outcome_of(diff: dict[str, float]) -> str:
+    """ "beats" or "loses" only when the paired 95% interval excludes zero; else "ties"."""
+    if diff["low"] > 0:
+        return "beats"
+    return "loses" if diff["high"] < 0 else "ties"
+
+
 def answer_budget(refs: list[str]) -> int:
     """Generation budget: the longest clean reference in tokens plus a margin."""
     from whetstone.models import base
@@ -494,11 +501,12 @@ def main() -> None:
     detection = noise_detection(project, cur_snap.id, noise)
     for k, v in detection.items():
         print(f"  {k}: {v}")
-    verdict = all(
-        paired[f"curated N - {o}"]["field_f1"]["diff"] > 0 for o in ("all noisy", "random N")
-    )
+    outcome = {
+        o: outcome_of(paired[f"curated N - {o}"]["field_f1"]) for o in ("all noisy", "random N")
+    }
+    verdict = all(v == "beats" for v in outcome.values())
     print(
-        f"curated N beats both on field F1: {verdict} · total {total_min:.1f} min "
+        f"curated N on field F1: {outcome} · beats both: {verdict} · total {total_min:.1f} min "
         f"(budget {args.max_minutes:.0f}) · project {'kept at ' + str(tmp) if args.keep else 'removed'}"
     )
     path = common.write_result(
@@ -528,6 +536,7 @@ def main() -> None:
             },
             "arms": arms,
             "paired_differences": paired,
+            "curated_vs_field_f1": outcome,
             "curated_beats_both_on_field_f1": verdict,
             "curation": {
                 "snapshot": cur_snap.id,
