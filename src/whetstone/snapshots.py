@@ -61,6 +61,11 @@ def split_bucket(text: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
+def is_held_out(rec: Record) -> bool:
+    """Tagged as held-out ground truth: always test, never trained on."""
+    return bool(HELD_OUT_TAGS & set(rec.tags))
+
+
 def trainable(rec: Record) -> bool:
     """Has a trustworthy reference and may be used for training or evaluation."""
     if rec.reference is None or rec.status == Status.rejected:
@@ -79,7 +84,7 @@ def default_assignment(
     for r in records:
         assert r.id is not None
         b = split_bucket(r.input_text)
-        if b < test or HELD_OUT_TAGS & set(r.tags):
+        if b < test or is_held_out(r):
             out[r.id] = "test"
         elif b < test + validation:
             out[r.id] = "validation"

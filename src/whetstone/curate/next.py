@@ -22,7 +22,7 @@ from whetstone.curate.normalise import normalise
 from whetstone.errors import InvalidInput
 from whetstone.project import Project
 from whetstone.records import Record, Source, Status
-from whetstone.snapshots import HELD_OUT_TAGS, test_ids_in_use, trainable
+from whetstone.snapshots import is_held_out, test_ids_in_use, trainable
 
 _NEIGHBOURS = 10
 _DENSITY_SAMPLE = 4096  # density against at most this many pool records: O(n x sample), not O(n^2)
@@ -82,7 +82,7 @@ def next_to_label(
     labelled = [
         r
         for r in project.store.iter_records(task, has_reference=True)
-        if trainable(r) and r.id not in held and not HELD_OUT_TAGS & set(r.tags)
+        if trainable(r) and r.id not in held and not is_held_out(r)
     ]
 
     def vecs(recs: list[Record]) -> Any:

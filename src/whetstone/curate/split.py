@@ -24,7 +24,7 @@ from whetstone.curate.normalise import normalise
 from whetstone.curate.state import Row, Run
 from whetstone.project import Project
 from whetstone.records import Kind
-from whetstone.snapshots import HELD_OUT_TAGS, split_bucket, test_ids_in_use
+from whetstone.snapshots import HELD_OUT_TAGS, is_held_out, split_bucket, test_ids_in_use
 from whetstone.store import schema
 
 _PRIORITY = {"test": 3, "validation": 2, "train": 1}
@@ -64,21 +64,22 @@ def assign(ctx: Run) -> None:
     rows = ctx.rows
     strata: dict[str, list[list[int]]] = defaultdict(list)
     for members in _groups(ctx, rows):
-        held = any(HELD_OUT_TAGS & set(rows[i].record.tags) for i in members)
-        prior = max((rows[i].prior_split or "" for i in members), key=lambda s: _PRIORITY.get(s, 0))
-        fixed = "test" if held else (prior or None)
-        if fixed == "test":
+        pinned = [
+            i for i in members if rows[i].prior_split == "test" or is_held_out(rows[i].record)
+        ]
+        if pinned:
             # The test split stays the same records: a newcomer to a test row's group goes to
             # training, where the contamination check removes it if it near-duplicates a test
             # row (joining test would change the test set, and every stored evaluation on it
             # would stop being comparable or reusable).
             for i in members:
-                r = rows[i]
-                in_test = r.prior_split == "test" or HELD_OUT_TAGS & set(r.record.tags)
-                r.split = "test" if in_test else "train"
-        elif fixed:
+                rows[i].split = "test" if i in pinned else "train"
+        else:
+            prior = max(
+                (rows[i].prior_split or "" for i in members), key=lambda s: _PRIORITY.get(s, 0)
+            )
             for i in members:
-                rows[i].split = fixed
+                rows[i].split = prior or None
         key = rows[members[0]].reference if ctx.task.kind == Kind.classify else ""
         strata[key].append(members)
     for groups in strata.values():
