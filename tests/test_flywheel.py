@@ -148,6 +148,12 @@ def test_shortened_demo_end_to_end(tmp_path: Path, tiny_base_dir: Path) -> None:
         assert all(
             "heldout" not in r.tags for r in p.store.iter_records("addresses", source="production")
         )
+    # The random arm's first turn reused the base model's held-out answers from the other arm.
+    from whetstone.evaluate.runner import load_evaluation
+
+    rand = whetstone.open(folder / "random")
+    before = list_turns(rand, "addresses")[0].steps["evaluate"]["before"]["evaluation"]
+    assert "shared_from" in load_evaluation(rand, before).info
     html = (folder / "demo-report.html").read_text()
     assert "data:image/png;base64," in html and "curate-next" in html
 

@@ -340,6 +340,28 @@ def _production_metrics(summary: Any, turn_steps: dict[str, Any]) -> tuple[dict[
     return evals.get(side, {}).get("metrics", {}), evals.get(side, {}).get("model", "base")
 
 
+def share_evaluation(ev: Any, src: Project, dst: Project) -> None:
+    """Store `src`'s evaluation `ev` in `dst` as well, its records matched by source key.
+    Greedy decoding of the same model on the same held-out inputs gives the same answers, so
+    the other arm's first turn finds the base model's numbers instead of paying for them
+    again (about 45 s on 2 CPU cores)."""
+    from dataclasses import replace
+
+    from whetstone.evaluate.runner import store_evaluation
+    from whetstone.snapshots import snapshot_task
+
+    ids = [p.record_id for p in ev.predictions]
+    key_of = {r.id: r.source_key for r in src.store.iter_records(TASK, ids=ids)}
+    dst_id = {r.source_key: r.id for r in dst.store.iter_records(TASK, tag="heldout")}
+    missing = [rid for rid in ids if dst_id.get(key_of.get(rid)) is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} evaluated records are not held out in {dst.root}")
+    snap = snapshot_task(dst, TASK, validation=0.0, test=0.0, info={"purpose": "demo baseline"})
+    preds = [replace(p, record_id=int(dst_id[key_of[p.record_id]])) for p in ev.predictions]
+    info = {**ev.info, "shared_from": {"project": str(src.root), "evaluation": ev.id}}
+    store_evaluation(dst, replace(ev, snapshot_id=snap.id, predictions=preds, info=info))
+
+
 def next_turn_estimate(turn_seconds: list[float]) -> float:
     """How long the next turn will take. Every turn trains on all labels so far, so turns grow
     by about the same amount each time: extrapolate the last two (never below the last)."""
@@ -393,6 +415,8 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
         "exact_match": _metric(base_ev.metrics, "object_exact"),
         "field_f1": _metric(base_ev.metrics, "field_f1"),
     }
+    for arm in arms[1:]:
+        share_evaluation(base_ev, main, projects[arm])
 
     out_rows: list[TurnRow] = []
     labels = dict.fromkeys(arms, 0)
