@@ -148,6 +148,16 @@ def test_shortened_demo_end_to_end(tmp_path: Path, tiny_base_dir: Path) -> None:
         assert all(
             "heldout" not in r.tags for r in p.store.iter_records("addresses", source="production")
         )
+    # The verdict is the final curate-next row against the baseline, and the curate-next
+    # row that first reached random's final field F1.
+    final = result.rows[2]
+    gain = saved["verdict"]["gain_over_base_points"]
+    want = (final.field_f1["value"] - result.baseline["field_f1"]["value"]) * 100
+    assert gain["field_f1"] == round(want, 1)
+    target = result.rows[3].field_f1["value"]
+    first = next((r.labels for r in result.rows[::2] if r.field_f1["value"] >= target), None)
+    assert saved["verdict"]["curate_next_labels_to_reach_it"] == first
+    assert saved["verdict"]["random_final"]["labels"] == 10
     # The random arm's first turn reused the base model's held-out answers from the other arm.
     from whetstone.evaluate.runner import load_evaluation
 

@@ -91,9 +91,40 @@ class DemoResult:
     seconds: float
     machine: dict[str, Any]
 
+    verdict: dict[str, Any] = field(default_factory=dict)
+
     def final(self, arm: str = "curate-next") -> TurnRow | None:
         rows = [r for r in self.rows if r.arm == arm]
         return rows[-1] if rows else None
+
+    def outcome(self) -> dict[str, Any]:
+        """What the story shows, in the terms the demo is judged by: the final curate-next
+        model's gain over the base model (points), and after how many labels the curate-next
+        curve first reached the random curve's final field F1 (None: it never did)."""
+        out: dict[str, Any] = {}
+        final, rnd = self.final("curate-next"), self.final("random")
+        if final is None:
+            return out
+        out["gain_over_base_points"] = {
+            key: round(
+                (getattr(final, key).get("value", 0.0) - self.baseline[key].get("value", 0.0))
+                * 100,
+                1,
+            )
+            for key in ("field_f1", "exact_match")
+        }
+        if rnd is not None:
+            target = rnd.field_f1.get("value", 0.0)
+            out["random_final"] = {"field_f1": round(target * 100, 1), "labels": rnd.labels}
+            out["curate_next_labels_to_reach_it"] = next(
+                (
+                    r.labels
+                    for r in self.rows
+                    if r.arm == "curate-next" and r.field_f1.get("value", 0.0) >= target
+                ),
+                None,
+            )
+        return out
 
 
 def machine_info() -> dict[str, Any]:
@@ -490,6 +521,7 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
         seconds=round(time.perf_counter() - t_start, 1),
         machine=machine_info(),
     )
+    result.verdict = result.outcome()
     from whetstone.demo_report import write_demo_report
 
     result.report, result.curve_png = write_demo_report(folder, result)

@@ -93,6 +93,29 @@ def table_rows(result: DemoResult) -> list[list[str]]:
     return rows
 
 
+def verdict_lines(result: DemoResult) -> list[str]:
+    """The story's outcome in two sentences, from `DemoResult.verdict`."""
+    v = result.verdict
+    lines = []
+    if gain := v.get("gain_over_base_points"):
+        lines.append(
+            f"The final curate-next model beats the base model by {gain['field_f1']:+.1f} "
+            f"field-F1 points and {gain['exact_match']:+.1f} exact-match points."
+        )
+    if rnd := v.get("random_final"):
+        reached = v.get("curate_next_labels_to_reach_it")
+        what = (
+            f"curate next reached it with {reached} labels"
+            if reached is not None
+            else "curate next did not reach it"
+        )
+        lines.append(
+            f"Random labelling ended at {rnd['field_f1']:.1f} field F1 after {rnd['labels']} "
+            f"labels; {what}."
+        )
+    return lines
+
+
 HEADERS = [
     "arm",
     "turn",
@@ -127,6 +150,7 @@ fixed held-out set and promotes the candidate only if the gate passes. The <em>r
 the same labels on records chosen at random.</p>
 <img alt="learning curve" style="max-width:100%" src="data:image/png;base64,{img}">
 <table><tr>{head}</tr>{body}</table>
+{"".join(f"<p>{html.escape(line)}</p>" for line in verdict_lines(result))}
 </body></html>"""
     out = folder / "demo-report.html"
     atomic_write_text(out, page)

@@ -97,7 +97,7 @@ def demo(
     from rich.table import Table
 
     from whetstone.demo import DemoPlan, run_demo
-    from whetstone.demo_report import HEADERS, table_rows
+    from whetstone.demo_report import HEADERS, table_rows, verdict_lines
 
     plan = DemoPlan(
         turns=turns,
@@ -121,4 +121,6 @@ def demo(
     for row in table_rows(result):
         table.add_row(*row)
     common.out.print(table)
+    for line in verdict_lines(result):
+        common.out.print(line)
     common.out.print(f"Report: {result.report}\nCurve:  {result.curve_png}")
