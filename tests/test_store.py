@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import sqlite3
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -375,6 +377,24 @@ def _worker(url: str, writer: int) -> None:
     for i in range(PER_WRITER):
         s.capture("tickets", f"w{writer}-{i}", "other", meta={"writer": writer})
     s.close()
+
+
+def test_opening_a_fresh_store_waits_while_another_opener_holds_the_lock(tmp_path) -> None:
+    # Switching a fresh file to WAL fails at once, without SQLite's busy handler, while another
+    # connection holds a write lock: what happens when server workers open a new store together.
+    path = tmp_path / "store.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (a)")
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, other.execute, args=("COMMIT",))
+    release.start()
+    try:
+        s = Store(str(path))
+        assert s.list_tasks() == []
+        s.close()
+    finally:
+        release.join()
+        other.close()
 
 
 def test_workers_starting_together_on_a_fresh_store_lose_nothing(store_url: str) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -56,6 +59,21 @@ def _ts(dt: datetime | None = None) -> str:
     return (dt or utcnow()).isoformat(timespec="microseconds")
 
 
+def _set_wal(cur: Any, timeout: float = 60.0) -> None:
+    """Switch to WAL, waiting for other openers. SQLite does not call the busy handler for the
+    lock this switch takes: when several processes open a fresh store together, a plain
+    `PRAGMA journal_mode=WAL` fails at once with "database is locked" in one of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))  # jitter, so the openers do not retry in step
+
+
 def _sqlite_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url, connect_args={"timeout": 60})
 
@@ -64,9 +82,9 @@ def _sqlite_engine(url: str) -> sa.Engine:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (see `_on_begin`).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=60000")
+        _set_wal(cur)
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
