@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from whetstone.models.kv_cache import cache_arg, cache_out
+
 
 @dataclass
 class Generation:
@@ -52,11 +54,11 @@ def _greedy(
         input_ids=ids[:, done:],
         attention_mask=mask,
         position_ids=positions[:, done:],
-        past_key_values=past,
+        **cache_arg(past),
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = cache_out(out)
     logits = out.logits[:, -1, :]
     next_pos = positions[:, -1] + 1
     rows = list(range(ids.shape[0]))  # which input row each live batch row is
@@ -84,7 +86,7 @@ def _greedy(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=next_pos[:, None],
-            past_key_values=cache,
+            **cache_arg(cache),
             use_cache=True,
         )
         logits = out.logits[:, -1, :]
@@ -176,7 +178,7 @@ def _prefill(model: Any, head: list[int], dev: Any) -> Any:
 
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([head], device=dev), use_cache=True)
-    return out.past_key_values
+    return cache_out(out)
 
 
 def _expand(cache: Any, rows: int) -> Any:

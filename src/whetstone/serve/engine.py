@@ -42,6 +42,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from whetstone.models.kv_cache import cache_arg, cache_out
 from whetstone.registry import AdapterVersion
 from whetstone.serve.adapters import AdapterPool
 from whetstone.serve.errors import APIError
@@ -391,7 +392,7 @@ class Engine:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         group = self._group(ready[0])
         out = self._forward(ready, names, group, ids, mask, pos, None)
-        rows = Rows(ready, names, group, out.past_key_values, mask, pos[:, -1:] + 1, None)
+        rows = Rows(ready, names, group, cache_out(out), mask, pos[:, -1:] + 1, None)
         self._sample(rows, out.logits)
         if rows.jobs:
             if self.batch is None:
@@ -440,7 +441,7 @@ class Engine:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
-                past_key_values=cache,
+                **cache_arg(cache),
                 use_cache=True,
                 **extra,
             )
