@@ -387,6 +387,7 @@ def test_correction_with_the_keyboard_is_stored(
     page.keyboard.press("e")  # focuses the error category, without typing an "e" in it
     page.keyboard.type("wrong_label")
     assert page.input_value("#category") == "wrong_label"
+    page.fill("#comment", "sarcasm")
     page.keyboard.press("Control+Enter")
 
     wait_shown(page, seeded.ids["meh"])  # moved on to the next record
@@ -397,7 +398,7 @@ def test_correction_with_the_keyboard_is_stored(
     assert rec.error_category == "wrong_label"
     assert rec.annotator == "ada"
     assert rec.output == "positive"  # the model's answer is kept
-    assert [ev.status for ev in rec.history] == [Status.corrected]
+    assert [(ev.status, ev.comment) for ev in rec.history] == [(Status.corrected, "sarcasm")]
 
     # The annotator's name is remembered; the category used is now suggested.
     open_review(page, base, "?task=sentiment&status=all")

@@ -262,6 +262,7 @@ function render(rec) {
   else $("output").textContent = output;
   $("answer").value = pretty(rec.reference ?? rec.output ?? "", rec.kind);
   $("category").value = rec.error_category || "";
+  $("comment").value = ""; // a comment belongs to one decision, kept in the history
   setCategories(rec.categories);
   renderLabels(rec);
   renderHistory(rec);
@@ -311,6 +312,7 @@ async function decide(action) {
   const body = {
     annotator: $("annotator").value.trim() || null,
     error_category: $("category").value.trim() || null,
+    comment: $("comment").value.trim() || null,
   };
   if (action === "correct") body.reference = $("answer").value;
   state.busy = true;
