@@ -257,3 +257,36 @@ def test_starting_the_cli_imports_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert proc.stdout.strip() == "[]"
+
+
+# ---- doctor ------------------------------------------------------------------------------
+def _doctor_rows(out: str) -> dict[str, str]:
+    """check name -> its mark (ok / warn / FAIL), from the first line of each table row."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) >= 2 and cells[0] and cells[1] in ("ok", "warn", "FAIL"):
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_doctor_passes_in_a_healthy_project(proj: Path) -> None:
+    code, out = cli(proj, "doctor")
+    assert code == 0, out
+    rows = _doctor_rows(out)
+    assert rows["store"] == "ok" and rows["project"] == "ok"
+    assert rows["package torch"] == "ok" and rows["embedding model"] == "ok"
+    assert "FAIL" not in rows.values()
+
+
+def test_doctor_names_what_to_fix(proj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from whetstone.cli import doctor
+
+    monkeypatch.setattr(doctor, "REQUIRED", [*doctor.REQUIRED, "no-such-pkg"])
+    code, out = cli(proj, "--db", f"sqlite:///{proj}/no/such/dir/x.db", "doctor")
+    assert code == 1, out
+    rows = _doctor_rows(out)
+    assert rows["package no-such-pkg"] == "FAIL" and rows["store"] == "FAIL"
+    assert rows["package torch"] == "ok"
+    assert "not installed" in out and "unable to open" in out
+    assert "2 problem(s) to fix" in out
