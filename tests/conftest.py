@@ -16,6 +16,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cli_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's global options (--project, --db) live in a module-level object that each
+    invocation of the main app sets; a test that builds its own app sets only some of them, so
+    every test starts from empty options rather than those of the test before."""
+    from whetstone.cli import common
+
+    monkeypatch.setattr(common, "state", common.State())
+
+
 @pytest.fixture(scope="session")
 def real_base() -> Any:
     """The bundled SmolLM2-135M-Instruct, resolved (converted to safetensors once, cached)."""
