@@ -494,8 +494,10 @@ def test_export_defaults_skip_rejected_and_unlabelled(proj: Any, tmp_path: Path)
     rows = read_jsonl(out)
     assert {r["status"] for r in rows} == {"accepted", "corrected", "unreviewed"}
     assert all(r["reference"] is not None for r in rows)
-    assert formats.export_records(proj, "gen", "openai", out, statuses=["unreviewed"]) == 1
-    r = cli(proj, "export", "-t", "gen", "-f", "openai", "-o", str(out), "--status", "rejected")
+    # Writing over an earlier export takes --force (issue 14: exports never replace silently).
+    assert formats.export_records(proj, "gen", "openai", out, ["unreviewed"], force=True) == 1
+    flags = ["-o", str(out), "--status", "rejected", "--force"]
+    r = cli(proj, "export", "-t", "gen", "-f", "openai", *flags)
     assert r.exit_code == 0 and "Exported 0 record(s)" in r.output
     assert read_jsonl(out) == []
     with pytest.raises(InvalidInput, match="unknown export format 'xml'"):

@@ -17,10 +17,8 @@ import yaml
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.records import Input, Kind, Record, Source, Status, Task
 from whetstone.store import Store
-from whetstone.util import atomic_write_text, read_yaml_mapping
+from whetstone.util import CONFIG_NAME, HOME_NAME, atomic_write_text, read_yaml_mapping
 
-CONFIG_NAME = "whetstone.yaml"
-HOME_NAME = ".whetstone"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 

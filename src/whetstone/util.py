@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, hashing, JSON lines."""
+"""Small shared helpers: atomic file writes, the rule for what may be replaced, hashing,
+JSON lines."""
 
 from __future__ import annotations
 
@@ -6,11 +7,28 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+# A project is `whetstone.yaml` beside `.whetstone/`; defined here, below `project`, because
+# the replace rule must recognise a project folder and never remove one.
+CONFIG_NAME = "whetstone.yaml"
+HOME_NAME = ".whetstone"
+
+# Left in every folder an export writes, saying what wrote it: the only proof that a folder
+# holds nothing but Whetstone's output, and so the only kind `--force` may replace.
+EXPORT_MARKER = ".whetstone-export"
+
+# What an existing path at the target may be replaced by:
+#   never  - nothing (an empty folder is still written into): an export without --force
+#   marked - a folder an earlier export wrote (it has EXPORT_MARKER), or a regular file: --force
+#   owned  - anything: folders Whetstone owns inside .whetstone/ (checkpoints, caches, cards)
+Replace = Literal["never", "marked", "owned"]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -47,22 +65,104 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a folder under a temp name and rename it into place only when the block succeeds,
-    so a crash or a full disk never leaves a half-written artefact at `path`."""
+def user_target(force: bool) -> Replace:
+    """The policy for a path the user named (`-o`): `--force` replaces only what an earlier
+    export wrote."""
+    return "marked" if force else "never"
+
+
+def check_target(path: str | os.PathLike[str], *, folder: bool, replace: Replace = "never") -> None:
+    """Refuse, with one line naming `path`, to write an artefact where something that
+    `replace` does not allow already is. Every writer of a user-chosen path asks this first."""
+    from whetstone.errors import InvalidInput
+
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    _refuse_project(path, replace)
+    if folder:
+        _check_folder(path, replace)
+    elif path.is_dir():
+        raise InvalidInput(f"{path} is a folder; name a file to write")
+    elif replace == "never":
+        raise InvalidInput(f"{path} already exists; pass --force to replace it")
+
+
+def _refuse_project(path: Path, replace: Replace) -> None:
+    """Never a project, its settings or its store, nor (for a user's path) the current folder
+    or one holding it: no flag makes replacing those what someone meant."""
+    from whetstone.errors import InvalidInput
+
+    real = path.resolve()
+    if path.is_dir() and ((real / CONFIG_NAME).exists() or (real / HOME_NAME).exists()):
+        raise InvalidInput(f"{path} holds a Whetstone project; refusing to replace it")
+    if replace == "owned":
+        return
+    if real.name == CONFIG_NAME or HOME_NAME in real.parts:
+        raise InvalidInput(f"{path} is part of a Whetstone project; refusing to replace it")
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        raise InvalidInput(f"{path} is the current folder or holds it; name another folder")
+
+
+def _check_folder(path: Path, replace: Replace) -> None:
+    from whetstone.errors import InvalidInput
+
+    if path.is_symlink() or not path.is_dir():
+        raise InvalidInput(f"{path} exists and is not a folder; name a new or empty folder")
+    if replace == "owned" or not any(path.iterdir()):
+        return
+    if not (path / EXPORT_MARKER).is_file():
+        raise InvalidInput(
+            f"{path} holds files Whetstone did not write; name a new or empty folder "
+            "(--force replaces only a folder an earlier export wrote)"
+        )
+    if replace == "never":
+        raise InvalidInput(f"{path} holds an earlier export; pass --force to replace it")
+    if any(path.rglob(CONFIG_NAME)) or any(path.rglob(HOME_NAME)):
+        raise InvalidInput(f"{path} holds a Whetstone project; refusing to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike[str], *, replace: Replace = "never", written_by: str | None = None
+) -> Iterator[Path]:
+    """Build a folder under a temp name and rename it into place only when the block succeeds,
+    so a crash or a full disk never leaves a half-written artefact at `path`.
+
+    What is already at `path` is replaced only as `replace` allows (`check_target`), checked
+    before the block (fail before the work) and again before the swap. `written_by` names the
+    export in the marker file left in the folder, which lets a later `--force` replace it."""
+    path = Path(path)
+    check_target(path, folder=True, replace=replace)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if written_by is not None:
+            marker = {"written_by": written_by, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            atomic_write_text(tmp / EXPORT_MARKER, json.dumps(marker) + "\n")
+        check_target(path, folder=True, replace=replace)
+        _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put `new` at `path`. The old folder moves aside first and is removed last, so `path`
+    always holds a whole folder, old or new."""
+    if not path.exists() and not path.is_symlink():
+        os.replace(new, path)
+        return
+    old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+    os.replace(path, old)
+    os.replace(new, path)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -93,15 +93,20 @@ def next_(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the queue as JSONL.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --output file.")
+    ] = False,
 ) -> None:
     """Rank unreviewed production records by the value of a human label (uncertainty × novelty ×
     typicality)."""
     from rich.table import Table
 
     from whetstone.curate.next import next_to_label
-    from whetstone.util import write_jsonl
+    from whetstone.util import check_target, user_target, write_jsonl
 
     p = common.project()
+    if output is not None:  # before the ranking, which runs the model
+        check_target(output, folder=False, replace=user_target(force))
     queue = next_to_label(p, task, n)
     if output is not None:
         write_jsonl(

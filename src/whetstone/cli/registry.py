@@ -189,11 +189,15 @@ def report_cmd(
         Path | None,
         typer.Option("--out", "-o", help="HTML file (default .whetstone/reports/T-N/report.html)."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing --out file and the PNGs beside it."),
+    ] = False,
 ) -> None:
     """Write one self-contained HTML error-analysis report (plots also saved as PNG)."""
     from whetstone.evaluate.report import write_report
 
-    path = write_report(common.project(), ref, out)
+    path = write_report(common.project(), ref, out, force=force)
     common.out.print(f"Wrote {path}")
 
 

@@ -176,7 +176,8 @@ def write(ctx: Run, snap: Snapshot, reports: list[StepReport]) -> Path:
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     )
     target = ctx.project.home / "cards" / snap.id
-    with atomic_dir(target) as tmp:
+    # The card of a snapshot lives in .whetstone/cards/ and is Whetstone's to rewrite.
+    with atomic_dir(target, replace="owned") as tmp:
         (tmp / "card.html").write_text(page)
         for name, png in images.items():
             (tmp / name).write_bytes(png)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from whetstone.evaluate import metrics as m
 from whetstone.project import Project
 from whetstone.records import Kind, Task, input_text, utcnow
-from whetstone.util import atomic_write_bytes, atomic_write_text
+from whetstone.util import atomic_write_bytes, atomic_write_text, check_target, user_target
 
 if TYPE_CHECKING:
     from whetstone.evaluate.compare import Comparison
@@ -393,6 +393,10 @@ def _gate_section(gate: dict[str, Any] | None) -> str:
 # ---------------------------------------------------------------- the report
 
 
+# The figures a report may save beside its page, as `<task>-<version>-<name>.png`.
+PNG_NAMES = ("curves", "confusion", "fields", "slices")
+
+
 def default_path(project: Project, av: AdapterVersion) -> Path:
     return project.home / "reports" / f"{av.task}-{av.version}" / "report.html"
 
@@ -403,22 +407,28 @@ def write_report(
     out: str | Path | None = None,
     config: GateConfig | None = None,
     baseline: str | None = None,
+    *,
+    force: bool = False,
 ) -> Path:
     """Write the report of adapter `ref` ("T@N", or "T" for its production version) and its
     PNGs; returns the HTML path. Evaluations are reused when stored, else run (as the gate does).
     `baseline` is what it is compared with (default: the production adapter, or the base model
-    when `ref` is in production); after a promotion, pass what the gate compared it with."""
+    when `ref` is in production); after a promotion, pass what the gate compared it with.
+    An `out` that exists (the page or a PNG beside it) is replaced only with `force`."""
     from whetstone import registry
     from whetstone.evaluate.gate import baseline_for, gate_config, paired_comparison
 
     av = registry.get(project, ref)
     task = project.task(av.task)
-    cfg = config or gate_config(project)
-    c = paired_comparison(project, av, baseline or baseline_for(project, av), cfg)
+    stem = f"{av.task}-{av.version}"
     path = Path(out) if out is not None else default_path(project, av)
     folder = path.parent
+    if out is not None:  # the default, under .whetstone/reports/, is Whetstone's to rewrite
+        for target in [path, *(folder / f"{stem}-{name}.png" for name in PNG_NAMES)]:
+            check_target(target, folder=False, replace=user_target(force))
+    cfg = config or gate_config(project)
+    c = paired_comparison(project, av, baseline or baseline_for(project, av), cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{av.task}-{av.version}"
 
     def figure(png: bytes | None, name: str, alt: str, missing: str) -> str:
         if png is None:

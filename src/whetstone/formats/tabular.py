@@ -37,7 +37,8 @@ from whetstone.formats.rows import (
     text_input,
 )
 from whetstone.records import Record
-from whetstone.util import atomic_dir, atomic_write_bytes, atomic_write_text
+from whetstone.storable import find_unstorable
+from whetstone.util import Replace, atomic_dir, atomic_write_bytes, atomic_write_text
 
 COLUMNS = [
     "id",
@@ -176,7 +177,10 @@ def _read_rows(
         if isinstance(row, RowError):
             result.rejected.append(ctx.reject(where, row, raw))
             continue
+        bad = find_unstorable(row)
         try:
+            if bad is not None:
+                raise RowError(bad.field, bad.reason)
             result.records.append(table_row(ctx, row, cols))
         except RowError as e:
             result.rejected.append(ctx.reject(where, e, jsonable(row)))
@@ -323,10 +327,10 @@ def write_parquet(path: Path, records: Iterable[Record]) -> int:
     return table.num_rows
 
 
-def write_hf(path: Path, records: Iterable[Record]) -> int:
+def write_hf(path: Path, records: Iterable[Record], *, replace: Replace = "never") -> int:
     import datasets
 
     ds = datasets.Dataset(datasets.table.InMemoryTable(arrow_table(records)))
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, replace=replace, written_by="export --format hf") as tmp:
         ds.save_to_disk(str(tmp))
     return ds.num_rows

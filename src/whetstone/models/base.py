@@ -106,7 +106,8 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         model.config.quantization_config = None
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        with atomic_dir(target) as tmp:
+        # Whetstone's own cache: a folder left without config.json is an earlier failed try.
+        with atomic_dir(target, replace="owned") as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
 

@@ -20,7 +20,7 @@ from whetstone import registry
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
 from whetstone.registry import AdapterVersion
-from whetstone.util import atomic_dir, atomic_write_text
+from whetstone.util import atomic_dir, atomic_write_text, check_target, user_target
 
 FORMATS = ("peft", "merged", "vllm")
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -59,19 +59,24 @@ def compatibility(av: AdapterVersion) -> list[str]:
     return problems
 
 
-def export_peft(project: Project, ref: str, out: Path) -> Export:
-    """The adapter's PEFT folder, copied as is (plus Whetstone's own meta file)."""
+def export_peft(project: Project, ref: str, out: Path, *, force: bool = False) -> Export:
+    """The adapter's PEFT folder, copied as is (plus Whetstone's own meta file). `out` must be
+    new or empty; `force` replaces a folder an earlier export wrote, nothing else."""
     av = registry.get(project, ref)
     warnings = compatibility(av)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(
+        out, replace=user_target(force), written_by="export-model --format peft"
+    ) as tmp:
         shutil.copytree(av.path, tmp, dirs_exist_ok=True)
     return Export(out, warnings)
 
 
-def export_merged(project: Project, ref: str, out: Path) -> Export:
+def export_merged(project: Project, ref: str, out: Path, *, force: bool = False) -> Export:
     """Base + adapter merged into one full Hugging Face model folder (any engine serves it)."""
     from whetstone.models import base as base_models
 
+    replace = user_target(force)
+    check_target(out, folder=True, replace=replace)  # before loading any model
     av = registry.get(project, ref)
     _peft_config(av)
     base = base_models.resolve(av.base_model)
@@ -83,17 +88,19 @@ def export_merged(project: Project, ref: str, out: Path) -> Export:
 
     model, tok = base_models.load(base)
     merged = PeftModel.from_pretrained(model.to("cpu"), str(av.path)).merge_and_unload()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=replace, written_by="export-model --format merged") as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return Export(out)
 
 
-def export_vllm(project: Project, refs: list[str], out: Path) -> Export:
+def export_vllm(project: Project, refs: list[str], out: Path, *, force: bool = False) -> Export:
     """`out/adapters/<name>/` for each adapter (default: every production version, served
     under its task name) and `out/serve-vllm.sh` starting vLLM with all of them."""
     from whetstone.models import base as base_models
 
+    replace = user_target(force)
+    check_target(out, folder=True, replace=replace)
     if refs:
         chosen = [(ref, registry.get(project, ref)) for ref in refs]
     else:
@@ -118,7 +125,7 @@ def export_vllm(project: Project, refs: list[str], out: Path) -> Export:
     max_rank = next((r for r in VLLM_RANKS if r >= rank), None)
     if max_rank is None:
         raise InvalidInput(f"LoRA rank {rank} is above what vLLM serves ({VLLM_RANKS[-1]})")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=replace, written_by="export-model --format vllm") as tmp:
         modules = []
         for name, av in chosen:
             folder = name.replace("@", "-v")

@@ -6,6 +6,7 @@ writes and registers, the others train their share (see `whetstone.train.distrib
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from whetstone.project import Project
 from whetstone.records import Kind, Record
 from whetstone.train.config import TrainConfig, build
 from whetstone.train.distributed import Processes
-from whetstone.train.runs import Run, load_checkpoint, new_run, open_run
+from whetstone.train.runs import Run, load_checkpoint, new_run, open_run, training_lock
 
 
 @dataclass
@@ -84,9 +85,16 @@ def train_task(
     """Freeze a snapshot (unless `snapshot_id`), train, register `task@N` as a candidate."""
     cfg = config or build(("project whetstone.yaml", project.section("train")))
     procs = Processes.current()
-    run_id = procs.on_main(lambda: _start(project, task, cfg, snapshot_id, procs.size).id)
-    run = open_run(project, run_id)
-    return _execute(project, run, cfg, resume=None, progress=progress, procs=procs)
+    with contextlib.ExitStack() as held:
+
+        def start() -> str:
+            run = _start(project, task, cfg, snapshot_id, procs.size)
+            # Held to the end, so that a `--resume` of this run meanwhile is refused.
+            held.enter_context(training_lock(run))
+            return run.id
+
+        run = open_run(project, procs.on_main(start))
+        return _execute(project, run, cfg, resume=None, progress=progress, procs=procs)
 
 
 def _start(
@@ -194,20 +202,25 @@ def warm_start(model: Any, project: Project, ref: str) -> None:
 
 def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainResult:
     """Continue a run from its last checkpoint (weights, optimizer, scheduler, RNG, data
-    order); a run killed before its first checkpoint starts again from step 0."""
+    order); a run killed before its first checkpoint starts again from step 0. One process at
+    a time: another one training the run (fresh or resumed) makes this one fail at once."""
     run = open_run(project, run_id)
-    info = run.info()
-    if info.get("status") == "registered":
-        raise InvalidInput(
-            f"run {run_id} already finished and was registered as {info.get('adapter')}"
-        )
-    cfg = build((str(run.config_path), yaml.safe_load(run.config_path.read_text()) or {}))
     procs = Processes.current()
-    state = load_checkpoint(run)  # the same on any number of processes (see distributed.py)
-    if state is None:
-        procs.on_main(lambda: run.metrics_path.unlink(missing_ok=True))
-    procs.on_main(lambda: run.write_info(world_size=procs.size))
-    return _execute(project, run, cfg, resume=state, progress=progress, procs=procs)
+    with contextlib.ExitStack() as held:
+        # The main process holds the lock for all of them: it alone writes the run folder.
+        procs.on_main(lambda: held.enter_context(training_lock(run)))
+        # Read only under the lock: a holder that just finished has registered it by now.
+        info = run.info()
+        if info.get("status") == "registered":
+            raise InvalidInput(
+                f"run {run_id} already finished and was registered as {info.get('adapter')}"
+            )
+        cfg = build((str(run.config_path), yaml.safe_load(run.config_path.read_text()) or {}))
+        state = load_checkpoint(run)  # the same on any number of processes (distributed.py)
+        if state is None:
+            procs.on_main(lambda: run.metrics_path.unlink(missing_ok=True))
+        procs.on_main(lambda: run.write_info(world_size=procs.size))
+        return _execute(project, run, cfg, resume=state, progress=progress, procs=procs)
 
 
 def _execute(

@@ -170,7 +170,7 @@ def save(head: LabelHead, tok: Any, folder: Path, meta: dict[str, Any]) -> None:
     from whetstone.train.artefacts import write_meta
 
     try:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, replace="owned") as tmp:  # the run's own best/
             save_file(
                 {
                     "weight": head.weight.contiguous(),

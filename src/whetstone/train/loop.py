@@ -187,7 +187,7 @@ def save_best(s: Setup) -> None:
     from whetstone.train.artefacts import save_artefact
 
     try:
-        with atomic_dir(s.run.best_dir) as tmp:
+        with atomic_dir(s.run.best_dir, replace="owned") as tmp:  # the run's own best/
             save_artefact(s.model, s.tok, tmp, method=s.cfg.method, **s.artefact_meta)
     except OSError as e:
         raise WhetstoneError(f"could not save the best adapter to {s.run.best_dir}: {e}") from None

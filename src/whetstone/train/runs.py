@@ -6,19 +6,24 @@ metrics.jsonl   one row per logged step and per validation
 curve.png       training loss, validation loss and the task metric by step
 checkpoint/     the latest resumable state (written atomically)
 best/           the artefact folder of the best validation so far: what gets registered
+train.lock      held (flock) by the process training the run; holds its pid. The file stays;
+                the lock is the flock, which the kernel drops when that process ends
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from whetstone.errors import InvalidInput, NotFound
+from whetstone.errors import InvalidInput, NotFound, WhetstoneError
 from whetstone.project import Project
 from whetstone.util import atomic_dir, atomic_write_bytes, atomic_write_text
 
@@ -47,6 +52,10 @@ class Run:
     @property
     def best_dir(self) -> Path:
         return self.dir / "best"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.dir / "train.lock"
 
     # ---- run.json -------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -150,6 +159,28 @@ def open_run(project: Project, run_id: str) -> Run:
     return Run(run_id, folder)
 
 
+@contextlib.contextmanager
+def training_lock(run: Run) -> Iterator[None]:
+    """Hold the run for this process while it trains: a second process training the same run
+    (two `--resume`s) would register it twice and log every metric row twice. A flock, not
+    the file's existence, is the lock, so a killed holder never leaves the run stuck."""
+    fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise WhetstoneError(
+                f"run {run.id} is being trained by another process (pid {holder}); wait for "
+                f"it to finish, or stop it and run `whetstone train --resume {run.id}` again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 # ---- checkpoints ----------------------------------------------------------------------
 
 
@@ -187,7 +218,7 @@ def save_checkpoint(run: Run, payload: dict[str, Any], progress: dict[str, Any])
     any moment leaves the previous checkpoint whole."""
     import torch
 
-    with atomic_dir(run.checkpoint_dir) as tmp:
+    with atomic_dir(run.checkpoint_dir, replace="owned") as tmp:
         torch.save({**payload, "rng": rng_state(), "progress": progress}, tmp / "state.pt")
         atomic_write_text(tmp / "progress.json", json.dumps(progress, indent=2))
         with open(tmp / "state.pt", "rb") as f:
