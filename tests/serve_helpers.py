@@ -13,9 +13,16 @@ __all__ = ["free_port", "make_lora", "register_lora", "running", "wait_for"]
 
 
 def make_lora(
-    base_dir: Path, out: Path, seed: int, *, scale: float = 4.0, dora: bool = False
+    base_dir: Path,
+    out: Path,
+    seed: int,
+    *,
+    scale: float = 4.0,
+    dora: bool = False,
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj"),
 ) -> Path:
-    """A random LoRA adapter (non-zero, so it changes the answers) saved in PEFT format."""
+    """A random LoRA adapter (non-zero, so it changes the answers) saved in PEFT format, on
+    the `targets` modules of every layer."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -25,7 +32,7 @@ def make_lora(
     cfg = LoraConfig(
         r=4,
         lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "o_proj"],
+        target_modules=list(targets),
         init_lora_weights=False,
         use_dora=dora,
     )

@@ -7,6 +7,12 @@ can share it. Artefacts of `full` or `head` runs replace base weights or the out
 and an adapter of another base model needs that model: both are refused with a message
 saying how to serve them (`whetstone export-model --format merged`, or a server of their
 own base). The caller holds the engine's lock around every method here.
+
+PEFT's `PeftModel` reads the config of its *active* adapter on every forward pass, base rows
+and mixed batches included, and `delete_adapter` does not always leave that name valid (after
+the last adapter goes it still names the deleted one: a KeyError on every later request). So
+the pool keeps one invariant after every load and unload: `model` is the plain base model when
+no adapter is loaded, else a `PeftModel` whose active adapter, on every layer, is a loaded one.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from whetstone.serve.metrics import Metrics
 @dataclass
 class Loaded:
     name: str  # the adapter's key in the PeftModel ("a0", "a1", ...): any "T@N" is no key
-    dora: bool
 
 
 def check_servable(av: AdapterVersion, base_hash: str) -> None:
@@ -61,7 +66,7 @@ def check_servable(av: AdapterVersion, base_hash: str) -> None:
 
 class AdapterPool:
     def __init__(self, model: Any, base_hash: str, max_adapters: int, metrics: Metrics):
-        self.model = model  # the base model, then the PeftModel wrapping it
+        self.model = model  # the base model while no adapter is loaded, else a PeftModel on it
         self.base_hash = base_hash
         self.max_adapters = max_adapters
         self.metrics = metrics
@@ -92,8 +97,7 @@ class AdapterPool:
             raise APIError(
                 503, f"cannot load {av.name} from {av.path}: {e}", code="adapter_unavailable"
             ) from None
-        cfg = json.loads((av.path / "adapter_config.json").read_text())
-        self._loaded[av.name] = Loaded(name=name, dora=bool(cfg.get("use_dora")))
+        self._loaded[av.name] = Loaded(name=name)
         self.metrics.adapter_loads.inc()
         return self._loaded[av.name]
 
@@ -107,14 +111,35 @@ class AdapterPool:
                 self.model, str(av.path), adapter_name=name, is_trainable=False
             )
         self.model.eval()
+        # A layer that this adapter is the first to target starts with it active while the
+        # others keep theirs: make one adapter active everywhere again.
+        self._activate(name)
+
+    def activate(self, name: str) -> None:
+        """Make loaded adapter `name` the one PEFT runs when a pass names no adapter per row
+        (a DoRA adapter's own batch, which cannot use per-row names)."""
+        if self.model.active_adapters != [name]:
+            self._activate(name)
+
+    def _activate(self, name: str) -> None:
+        # inference_mode: PEFT would otherwise switch the adapter's weights to trainable.
+        self.model.set_adapter(name, inference_mode=True)
 
     def unload(self, ref: str) -> bool:
         loaded = self._loaded.pop(ref, None)
         if loaded is None:
             return False
         with warnings.catch_warnings():
-            # PEFT warns when the adapter it deletes was the "active" one; mixed batches name
-            # their adapters per row, so which one is active never matters here.
+            # PEFT warns when the adapter it deletes was the active one and says which it
+            # picked instead; the pool picks one itself just below.
             warnings.simplefilter("ignore", UserWarning)
             self.model.delete_adapter(loaded.name)
+        if self._loaded:
+            # PEFT picks a new active adapter per layer, and none at all when the layers it
+            # looks at held only the deleted one: name one that is loaded, the same everywhere.
+            self._activate(next(reversed(self._loaded.values())).name)
+        else:
+            # An empty PeftModel cannot run even base rows (no active adapter config to read):
+            # go back to the base model, with PEFT's wrapper layers removed (no copy is made).
+            self.model = self.model.unload()
         return True

@@ -430,8 +430,7 @@ class Engine:
         extra: dict[str, Any] = {}
         if isinstance(model, PeftModel):
             if group is not None:  # a DoRA adapter's own batch: PEFT runs its active adapter
-                if model.active_adapters != [names[0]]:
-                    model.set_adapter(names[0])
+                self.pool.activate(names[0])
             else:
                 extra["adapter_names"] = list(names)
         self.metrics.batch_size.observe(len(jobs))
