@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from whetstone.errors import InvalidInput
+from whetstone.storable import Unstorable, find_unstorable
 
 
 class Kind(str, Enum):
@@ -151,6 +152,11 @@ class Record(BaseModel):
     def messages(self, instruction: str | None = None) -> list[dict[str, str]]:
         """The chat the model sees: task instruction as system prompt, then the input."""
         return to_messages(self.input, instruction)
+
+    def unstorable(self) -> Unstorable | None:
+        """The first text in this record the store cannot hold (a NUL, a lone surrogate),
+        named by its field (`input[0].content`, `meta.note`), or None."""
+        return find_unstorable(self.model_dump(exclude={"id", "created_at", "updated_at"}))
 
 
 def input_text(inp: Input) -> str:

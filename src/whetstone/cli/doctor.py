@@ -7,6 +7,7 @@ import importlib.util
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 
@@ -132,7 +133,27 @@ def _project() -> list[Check]:
         checks.append(Check("store", "ok", f"{p.store.display_url} ({n} tasks)"))
     except WhetstoneError as e:
         checks.append(Check("store", "fail", str(e), "check `db:` in whetstone.yaml or --db"))
+    checks.append(_poison(p.home))
     return checks
+
+
+def _poison(home: Path) -> Check:
+    """Captured records the store refused (`serve.capture`): kept on disk, never deleted,
+    so somebody has to look at them."""
+    from whetstone.serve.capture import SPOOL_DIR, poison_files
+
+    files = poison_files(home / SPOOL_DIR)
+    n = sum(files.values())
+    if not n:
+        return Check("capture poison", "ok", "no captured record was refused by the store")
+    newest = max(files, key=lambda f: f.stat().st_mtime)
+    more = f" (and {len(files) - 1} more file(s) in {newest.parent})" if len(files) > 1 else ""
+    return Check(
+        "capture poison",
+        "warn",
+        f"{n} captured record(s) the store refused, kept in {newest}{more}",
+        "read each line's `error`; fix and import the records you want, then delete the file",
+    )
 
 
 def doctor() -> None:

@@ -29,7 +29,7 @@ from whetstone.formats import jsonl, preference, tabular
 from whetstone.formats.detect import EXPORT_FORMATS, IMPORT_FORMATS, detect
 from whetstone.formats.rows import Context, ReadResult, Rejected
 from whetstone.records import Record, Source, Status, Task
-from whetstone.util import atomic_write_text, write_jsonl
+from whetstone.util import atomic_write_text, check_target, user_target, write_jsonl
 
 if TYPE_CHECKING:
     from whetstone.project import Project
@@ -88,7 +88,10 @@ def read_file(
     path = Path(path)
     if not path.exists():
         raise NotFound(f"{path}: no such file or folder")
-    fmt = detect(path) if fmt == "auto" else fmt
+    try:
+        fmt = detect(path) if fmt == "auto" else fmt
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     if fmt not in IMPORT_FORMATS:
         raise InvalidInput(
             f"unknown import format {fmt!r} (choose from auto, {', '.join(IMPORT_FORMATS)})"
@@ -110,10 +113,26 @@ def read_file(
         cols = tabular.Columns.of(input_col, reference_col)
         reader = {"csv": tabular.read_csv, "parquet": tabular.read_parquet, "hf": tabular.read_hf}
         return reader[fmt](path, ctx, cols)
-    except UnicodeDecodeError as e:
-        raise InvalidInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except IsADirectoryError:
         raise InvalidInput(f"{path}: a folder; only the hf format reads folders") from None
+
+
+def _not_utf8(path: Path) -> InvalidInput:
+    """The first bytes of `path` that are not UTF-8, by line and byte offset. Found again here
+    because the decoder's own offset counts from the chunk it was decoding, not the file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):  # "\n" is never part of a multi-byte character
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return InvalidInput(
+                    f"{path}:{n}: not UTF-8 text ({e.reason} at byte {offset + e.start})"
+                )
+            offset += len(line)
+    return InvalidInput(f"{path}: not UTF-8 text")
 
 
 def rejected_path_for(path: Path) -> Path:
@@ -201,14 +220,19 @@ def export_records(
     fmt: str,
     out: str | os.PathLike[str],
     statuses: Sequence[Status | str] | None = None,
+    *,
+    force: bool = False,
 ) -> int:
-    """Write the task's records to `out` in `fmt`, atomically; returns the number of rows."""
+    """Write the task's records to `out` in `fmt`, atomically; returns the number of rows.
+    `out` must not exist (an empty folder for hf); `force` replaces a file, or an hf folder
+    an earlier export wrote."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(
             f"unknown export format {fmt!r} (choose from {', '.join(EXPORT_FORMATS)})"
         )
     t = project.task(task) if isinstance(task, str) else task
     out = Path(out)
+    check_target(out, folder=fmt == "hf", replace=user_target(force))
     records = select(project, t, fmt, statuses)
     if fmt in FULL_RECORD:
         # Lossless formats carry each record's review history, which listing leaves out.
@@ -218,7 +242,7 @@ def export_records(
     if fmt == "parquet":
         return tabular.write_parquet(out, records)
     if fmt == "hf":
-        return tabular.write_hf(out, records)
+        return tabular.write_hf(out, records, replace=user_target(force))
     rows = (
         preference.preference_rows(t, records)
         if fmt == "preference"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.formats.tabular import is_hf_folder
+from whetstone.storable import loads_json
 
 IMPORT_FORMATS = ("openai", "evals", "instruction", "jsonl", "preference", "csv", "parquet", "hf")
 EXPORT_FORMATS = ("openai", "evals", "instruction", "jsonl", "preference", "csv", "parquet", "hf")
@@ -40,8 +40,8 @@ def _jsonl_dialect(path: Path) -> str:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = loads_json(line)
+            except ValueError:  # not JSON, or nested too deep
                 raise InvalidInput(
                     f"{path}:{n}: cannot tell the format: not JSON Lines, CSV (.csv) or Parquet "
                     "(.parquet); pass --format"

@@ -34,24 +34,32 @@ from whetstone.formats.rows import (
     text_input,
 )
 from whetstone.records import Record, Task
+from whetstone.storable import find_unstorable, loads_json
 
 RowReader = Callable[[Context, dict[str, Any]], Record]
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError, str]]:
-    """(1-based line number, parsed object or RowError, raw line) for each non-blank line."""
+    """(1-based line number, parsed object or RowError, raw line) for each non-blank line.
+    A line the store could not hold (a NUL, a lone surrogate) is a RowError here, before any
+    reader sees it, so that the rejects file keeps the line as it was."""
     with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            err = None
             try:
-                obj = json.loads(line)
+                obj = loads_json(line)
             except json.JSONDecodeError as e:
                 err = RowError("(line)", f"not valid JSON ({e.msg} at column {e.colno})")
-                yield n, err, line.rstrip("\n")
-                continue
-            if not isinstance(obj, dict):
-                err = RowError("(line)", f"expected a JSON object, got {type(obj).__name__}")
+            except ValueError as e:  # nested too deep
+                err = RowError("(line)", str(e))
+            else:
+                if not isinstance(obj, dict):
+                    err = RowError("(line)", f"expected a JSON object, got {type(obj).__name__}")
+                elif (bad := find_unstorable(obj)) is not None:
+                    err = RowError(bad.field, bad.reason)
+            if err is not None:
                 yield n, err, line.rstrip("\n")
                 continue
             yield n, obj, line

@@ -8,6 +8,12 @@ store stays down longer than `spool_after_s` (or too many records pile up), the 
 records spill to JSONL files in `.whetstone/capture-spool/`, replayed once the store answers
 again and on the next start. Writes are idempotent (the unique (task, source_key) index drops
 a record written twice), so a retry after a write whose acknowledgement was lost adds nothing.
+
+A batch the store refuses for its data rather than an outage (a NUL on PostgreSQL, a task
+deleted meanwhile) is written again record by record; each record it still refuses is
+poison: it goes, with the reason, to `capture-spool/poison/poison-*.jsonl` (never deleted;
+`whetstone doctor` reports them, `/metrics` counts them), so that it cannot hold back the
+records behind it, in memory or in the spool, nor keep the store marked unhealthy.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from whetstone.errors import StoreError
 from whetstone.records import Record
 from whetstone.serve.metrics import Metrics
 from whetstone.util import atomic_write_text
@@ -31,6 +39,48 @@ from whetstone.util import atomic_write_text
 log = logging.getLogger("whetstone.serve.capture")
 
 MAX_BATCH = 256
+SPOOL_DIR = "capture-spool"  # under the project's home (.whetstone/)
+POISON_DIR = "poison"  # under the spool folder
+
+
+class Outage(Exception):
+    """The store could not take records now; `left` are the ones still owed to it."""
+
+    def __init__(self, left: list[Record], cause: Exception):
+        # The error's class and first line only: the log names the failure, not the SQL
+        # statement and its rows (record contents stay out of logs).
+        first = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"{type(cause).__name__}: {first}")
+        self.left = left
+
+
+def is_outage(e: Exception) -> bool:
+    """True when the store was unreachable or busy, so the same records may go in later;
+    anything else is the store refusing these records (their data is at fault)."""
+    if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
+        return True
+    return isinstance(
+        e,
+        (
+            StoreError,
+            OSError,
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            sa.exc.TimeoutError,
+            sa.exc.DisconnectionError,
+        ),
+    )
+
+
+def poison_files(spool_dir: Path) -> dict[Path, int]:
+    """Each poison file under `spool_dir`, with the number of records it holds."""
+    folder = spool_dir / POISON_DIR
+    if not folder.is_dir():
+        return {}
+    return {
+        f: sum(1 for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
+        for f in sorted(folder.glob("poison-*.jsonl"))
+    }
 
 
 def new_ref() -> str:
@@ -62,6 +112,8 @@ class CaptureQueue:
         self._thread: threading.Thread | None = None
         self._failing_since: float | None = None
         self._deadline = 0.0
+        # One poison file per process: appended to, never replaced or deleted.
+        self.poison_path = spool_dir / POISON_DIR / f"poison-{time.time_ns()}.jsonl"
         for f in self._spool_files():
             for rec in _read_spool(f):
                 self._pending.add(str(rec.source_key))
@@ -141,12 +193,12 @@ class CaptureQueue:
                 continue
             try:
                 self._store(batch)
-            except Exception as e:  # the store is down: keep the records, retry later
+            except Outage as e:  # the store is down: keep the records, retry later
                 self.metrics.capture_failures.inc()
-                log.warning("capture: cannot write %d record(s), will retry: %s", len(batch), e)
+                log.warning("capture: cannot write %d record(s), will retry: %s", len(e.left), e)
                 now = time.monotonic()
                 self._failing_since = self._failing_since or now
-                self._requeue(batch)
+                self._requeue(e.left)
                 if now - self._failing_since > self.spool_after_s or self.depth > self.max_memory:
                     with self._cond:
                         held = list(self._buf)
@@ -167,39 +219,87 @@ class CaptureQueue:
             self._buf.extendleft(reversed(batch))
 
     def _store(self, batch: list[Record]) -> None:
+        """Write `batch`, moving aside what the store refuses; raise `Outage` (naming the
+        records still owed) when the store cannot be reached."""
         try:
             self._write(batch)
-        except sa.exc.IntegrityError:
-            # One bad record (its task deleted meanwhile) must not hold back the others: write
-            # them one by one and keep the ones the store refuses in a file for a person.
-            for rec in batch:
-                try:
-                    self._write([rec])
-                except sa.exc.IntegrityError as e:
-                    self._reject(rec, e)
+        except Exception as e:
+            if is_outage(e):
+                raise Outage(batch, e) from e
+            # One bad record must not hold back the others: write them one by one.
+            self._one_by_one(batch)
+            return
         self._done(batch)
+
+    def _one_by_one(self, batch: list[Record]) -> None:
+        for i, rec in enumerate(batch):
+            try:
+                self._write([rec])
+            except Exception as e:
+                if is_outage(e):
+                    raise Outage(batch[i:], e) from e
+                self._poison(rec, e)
+            else:
+                self._done([rec])
 
     def _done(self, batch: Sequence[Record]) -> None:
         self.metrics.capture_written.inc(len(batch))
+        self._forget(batch)
+
+    def _forget(self, batch: Sequence[Record]) -> None:
         with self._cond:
             for rec in batch:
                 self._pending.discard(str(rec.source_key))
             self._cond.notify_all()
 
-    def _reject(self, rec: Record, e: Exception) -> None:
-        log.error("capture: the store refuses record %s: %s", rec.source_key, e)
-        row = {"error": str(e).splitlines()[0], "record": rec.model_dump(mode="json")}
-        path = self.spool_dir / f"rejected-{time.time_ns()}.json"
-        atomic_write_text(path, json.dumps(row, ensure_ascii=False) + "\n")
+    def _poison(self, rec: Record, e: Exception) -> None:
+        """Move a record the store refuses aside, with the reason, for a person to look at."""
+        error = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        log.error(
+            "capture: the store refuses record %s, moved to %s: %s",
+            rec.source_key,
+            self.poison_path,
+            error,
+        )
+        row = {
+            "error": error,
+            "at": datetime.now(timezone.utc).isoformat(),
+            "record": rec.model_dump(mode="json"),
+        }
+        # ASCII escapes: a lone surrogate, the likely reason it is here, cannot be UTF-8.
+        line = json.dumps(row, ensure_ascii=True) + "\n"
+        try:
+            self.poison_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.poison_path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as err:
+            log.error(
+                "capture: cannot write %s, record %s lost: %s",
+                self.poison_path,
+                rec.source_key,
+                err,
+            )
+            self.metrics.capture_dropped.inc()
+        else:
+            self.metrics.capture_poison.inc()
+        self._forget([rec])
 
     # ---- the disk spool ------------------------------------------------------------------
     def _spool_files(self) -> list[Path]:
         return sorted(self.spool_dir.glob("spool-*.jsonl")) if self.spool_dir.is_dir() else []
 
     def _spill(self, records: list[Record]) -> None:
-        if not records:
+        kept, lines = [], []
+        for r in records:
+            try:
+                lines.append(r.model_dump_json() + "\n")
+            except ValueError as e:  # text JSON cannot carry (a lone surrogate): never storable
+                self._poison(r, e)
+            else:
+                kept.append(r)
+        if not kept:
             return
-        text = "".join(r.model_dump_json() + "\n" for r in records)
+        records, text = kept, "".join(lines)
         used = sum(f.stat().st_size for f in self._spool_files())
         if used + len(text) > self.spool_max_bytes:
             # The bound is the promise that a long outage cannot fill the disk; past it the
@@ -220,14 +320,18 @@ class CaptureQueue:
         if not files:
             return True
         records = _read_spool(files[0])
-        try:
-            for start in range(0, len(records), MAX_BATCH):
+        for start in range(0, len(records), MAX_BATCH):
+            try:
                 self._store(records[start : start + MAX_BATCH])
-        except Exception as e:
-            self.metrics.capture_failures.inc()
-            self._failing_since = time.monotonic()
-            log.warning("capture: cannot replay %s yet: %s", files[0].name, e)
-            return False
+            except Outage as e:
+                # Keep only what is still owed, so that what went in (or was moved aside as
+                # poison) is not done again on the next try.
+                left = e.left + records[start + MAX_BATCH :]
+                atomic_write_text(files[0], "".join(r.model_dump_json() + "\n" for r in left))
+                self.metrics.capture_failures.inc()
+                self._failing_since = time.monotonic()
+                log.warning("capture: cannot replay %s yet: %s", files[0].name, e)
+                return False
         with contextlib.suppress(FileNotFoundError):
             files[0].unlink()
         return True

@@ -66,6 +66,11 @@ class Metrics:
             "Records spilled to disk while the store was down.",
             registry=r,
         )
+        self.capture_poison = Counter(
+            "whetstone_capture_poison",
+            "Records the store refused for their data, moved to the poison folder.",
+            registry=r,
+        )
         self.capture_dropped = Counter(
             "whetstone_capture_dropped",
             "Records lost because the disk spool was full.",

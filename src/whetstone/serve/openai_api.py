@@ -4,14 +4,14 @@ as OpenAI-compatible servers do; fields we cannot honour (n > 1) are refused."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from whetstone.records import Message
 from whetstone.serve.errors import APIError
+from whetstone.storable import MAX_ID, TooDeep, find_unstorable, loads_json
 
 
 class ContentPart(BaseModel):
@@ -93,6 +93,20 @@ class Feedback(BaseModel):
     comment: str | None = None
     annotator: str | None = Field(default=None, max_length=128)
 
+    @field_validator("record_id")
+    @classmethod
+    def _record_id(cls, v: int | str) -> int | str:
+        """A numeric id (or its digits as text) must be one the store can hold; any other
+        text is a record reference (`chatcmpl-...`)."""
+        if isinstance(v, str) and not (v.isascii() and v.isdigit()):
+            if not v or len(v) > 200:
+                raise ValueError("a record reference is 1 to 200 characters")
+            return v
+        n = int(v)
+        if not 0 <= n <= MAX_ID:
+            raise ValueError(f"a record id is between 0 and {MAX_ID}")
+        return n
+
     @property
     def thumbs(self) -> int | None:
         """+1 up, -1 down, None not given."""
@@ -109,21 +123,29 @@ class AdapterRef(BaseModel):
 
 
 def parse(model: type[BaseModel], raw: bytes) -> Any:
-    """Parse and validate a JSON body; 400 in the OpenAI shape naming the field otherwise."""
+    """Parse and validate a JSON body; 400 in the OpenAI shape naming the field otherwise.
+    Text the store cannot hold is refused here, at the door: once answered, a request's record
+    must be storable, or capture would hold it forever."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = loads_json(raw)
+    except TooDeep as e:
+        raise APIError(400, f"the request body is {e}", code="invalid_json") from None
+    except ValueError as e:  # not JSON, or not UTF-8
         raise APIError(
             400, f"the request body is not valid JSON: {e}", code="invalid_json"
         ) from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    bad = find_unstorable(data)
+    if bad is not None:
+        raise APIError(400, str(bad), code="invalid_value", param=bad.field)
     try:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or None
-        msg = f"{where}: {err['msg']}" if where else err["msg"]
+        reason = str(err["msg"]).removeprefix("Value error, ")
+        msg = f"{where}: {reason}" if where else reason
         raise APIError(400, msg, code="invalid_value", param=where) from None
 
 

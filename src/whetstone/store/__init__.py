@@ -31,6 +31,7 @@ from whetstone.records import (
     input_to_json,
     utcnow,
 )
+from whetstone.storable import MAX_ID, find_unstorable
 from whetstone.store import schema
 from whetstone.store.migrations import migrate
 
@@ -75,7 +76,9 @@ def _set_wal(cur: Any, timeout: float = 60.0) -> None:
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
+    # hide_parameters: an error's text (logged, or shown to a client) never holds record
+    # contents.
+    engine = sa.create_engine(url, connect_args={"timeout": 60}, hide_parameters=True)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -116,7 +119,10 @@ class Store:
             else:
                 # A bounded connect: an unreachable host fails in seconds rather than hanging.
                 self.engine = sa.create_engine(
-                    self.url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+                    self.url,
+                    pool_pre_ping=True,
+                    connect_args={"connect_timeout": 10},
+                    hide_parameters=True,  # as for SQLite
                 )
         except ValueError:  # e.g. a port that is not a number
             raise InvalidInput(f"not a store URL: {url!r} ({_URL_HELP})") from None
@@ -127,6 +133,8 @@ class Store:
                 f"cannot open the store at {self.display_url}: {_first_line(e)}"
             ) from None
         self.dialect = self.engine.dialect.name
+        # Record ids are INTEGER: 32-bit on PostgreSQL, 64-bit on SQLite.
+        self._max_id = 2**31 - 1 if self.dialect == "postgresql" else MAX_ID
 
     @property
     def display_url(self) -> str:
@@ -167,6 +175,7 @@ class Store:
 
     # ---- tasks -------------------------------------------------------------------------
     def create_task(self, task: Task) -> Task:
+        _check_storable(f"task {task.name!r}", task.model_dump(exclude={"created_at"}))
         exists = InvalidInput(f"task {task.name!r} already exists")
         try:
             with self.begin() as c:
@@ -223,6 +232,11 @@ class Store:
         return ids
 
     def _insert(self, c: sa.Connection, rec: Record) -> int | None:
+        # Refused here, as one line naming the field, rather than as a driver traceback (and
+        # alike on SQLite, which would take a NUL, so that a store can move to PostgreSQL).
+        bad = rec.unstorable()
+        if bad is not None:
+            raise InvalidInput(f"cannot store a record of task {rec.task!r}: {bad}")
         if rec.source_key is None:
             rid = int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
         else:
@@ -281,6 +295,9 @@ class Store:
             )
         except ValueError as e:  # pydantic's ValidationError, or an unknown source
             raise InvalidInput(f"cannot capture for task {task!r}: {_why(e)}") from None
+        bad = rec.unstorable()
+        if bad is not None:
+            raise InvalidInput(f"cannot capture for task {task!r}: {bad}")
         # One transaction per capture, task lookup included: this is the serving hot path.
         with self.begin() as c:
             t = self._task(c, task)
@@ -299,7 +316,14 @@ class Store:
             ).first()
         return int(row[0]) if row else None
 
+    def _known_id(self, record_id: int) -> None:
+        """An id the id column cannot hold names no record: say so, rather than let the
+        driver fail on the overflow."""
+        if not 0 <= record_id <= self._max_id:
+            raise NotFound(f"unknown record {record_id}")
+
     def get_record(self, record_id: int) -> Record:
+        self._known_id(record_id)
         with self.read() as c:
             row = (
                 c.execute(sa.select(schema.records).where(schema.records.c.id == record_id))
@@ -361,7 +385,7 @@ class Store:
         if has_output is not None:
             conds.append(r.output.is_not(None) if has_output else r.output.is_(None))
         if ids is not None:
-            conds.append(r.id.in_(list(ids)))
+            conds.append(r.id.in_([i for i in ids if 0 <= i <= self._max_id]))
         return conds
 
     def iter_records(
@@ -420,6 +444,8 @@ class Store:
     ) -> None:
         """Record what a model said. The first output a record gets is never overwritten:
         re-running a model over a record is an evaluation, stored apart."""
+        self._known_id(record_id)
+        _check_storable(f"record {record_id}", {"output": output, "model": model, "meta": meta})
         r = schema.records.c
         with self.begin() as c:
             row = c.execute(sa.select(r.output, r.meta).where(r.id == record_id)).first()
@@ -456,6 +482,15 @@ class Store:
         """Apply a human decision. `corrected` needs a reference, validated against the task;
         every decision is appended to the record's history, nothing earlier is lost."""
         status = Status(status)
+        _check_storable(
+            f"record {record_id}",
+            {
+                "reference": reference,
+                "error_category": error_category,
+                "annotator": annotator,
+                "comment": comment,
+            },
+        )
         rec = self.get_record(record_id)
         task = self.get_task(rec.task)
         if status == Status.corrected:
@@ -504,6 +539,8 @@ class Store:
         return self.get_record(record_id)
 
     def add_tags(self, record_id: int, *tags: str) -> None:
+        self._known_id(record_id)
+        _check_storable(f"record {record_id}", {"tags": list(tags)})
         r = schema.records.c
         with self.begin() as c:
             row = c.execute(sa.select(r.tags).where(r.id == record_id)).first()
@@ -514,6 +551,8 @@ class Store:
             c.execute(schema.records.update().where(r.id == record_id).values(tags=json.dumps(new)))
 
     def update_meta(self, record_id: int, **meta: Any) -> None:
+        self._known_id(record_id)
+        _check_storable(f"record {record_id}", {"meta": meta})
         r = schema.records.c
         with self.begin() as c:
             row = c.execute(sa.select(r.meta).where(r.id == record_id)).first()
@@ -523,6 +562,12 @@ class Store:
             c.execute(
                 schema.records.update().where(r.id == record_id).values(meta=json.dumps(merged))
             )
+
+
+def _check_storable(what: str, fields: dict[str, Any]) -> None:
+    bad = find_unstorable(fields)
+    if bad is not None:
+        raise InvalidInput(f"{what}: {bad}")
 
 
 def _why(e: ValueError) -> str:
