@@ -3,6 +3,8 @@
 #
 #   scripts/postgres.sh start   install PostgreSQL if missing, start the cluster, print its URL
 #   scripts/postgres.sh url     print the URL of the running cluster
+#   scripts/postgres.sh pause   stop the cluster, keeping its data (`start` brings it back on
+#                               the same port: the soak benchmark's store outage)
 #   scripts/postgres.sh stop    stop the cluster and delete its data folder
 #
 # Every command is idempotent. The cluster listens on 127.0.0.1 only, trusts local connections
@@ -71,7 +73,9 @@ start() {
       as_owner "$bin/initdb" -D "$DATA" -U postgres --auth=trust --encoding=UTF8 \
         --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 || die "initdb failed, see $DIR/initdb.log"
     fi
+    # A paused cluster comes back on its own port, so clients holding its URL reconnect.
     port="${WHETSTONE_PG_PORT:-54329}"
+    [[ -f "$PORT_FILE" ]] && port=$(cat "$PORT_FILE")
     while ! port_free "$port"; do port=$((port + 1)); done
     echo "$port" >"$PORT_FILE"
     # The socket goes in the data folder: /var/run/postgresql may not exist or be writable.
@@ -87,6 +91,12 @@ start() {
   url
 }
 
+pause() {
+  if running; then
+    as_owner "$(bindir)/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+  fi
+}
+
 stop() {
   if running; then
     as_owner "$(bindir)/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
@@ -97,6 +107,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  pause) pause ;;
   url) running || die "not running (scripts/postgres.sh start)"; url ;;
-  *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+  *) echo "usage: $0 start|pause|stop|url" >&2; exit 2 ;;
 esac

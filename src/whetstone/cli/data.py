@@ -100,11 +100,20 @@ def export(
             "reference that was not rejected (corrected ones for preference).",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing file (for hf: only a folder an earlier export wrote).",
+        ),
+    ] = False,
 ) -> None:
     """Export a task's records, e.g. as OpenAI fine-tuning JSONL or DPO preference pairs."""
     from whetstone import formats
 
-    n = formats.export_records(common.project(), task, fmt, out, statuses=status or None)
+    n = formats.export_records(
+        common.project(), task, fmt, out, statuses=status or None, force=force
+    )
     common.out.print(
         f"Exported {n} record(s) of task {task} to {out} ({fmt})", markup=False, highlight=False
     )

@@ -18,12 +18,20 @@ def register(app: typer.Typer) -> None:
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Default 127.0.0.1.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Default 8000.")] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-key-file",
+            help="Require the key in this file (its first line) on every endpoint but "
+            "/healthz, as `Authorization: Bearer KEY`. Or set WHETSTONE_API_KEY.",
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
             "--api-key",
-            envvar="WHETSTONE_API_KEY",
-            help="Require `Authorization: Bearer KEY` on every endpoint but /healthz.",
+            help="The key itself. Avoid: every user of the machine sees it in `ps`; use "
+            "--api-key-file or WHETSTONE_API_KEY.",
         ),
     ] = None,
     max_batch_size: Annotated[int | None, typer.Option("--max-batch-size")] = None,
@@ -38,18 +46,29 @@ def serve(
     ] = None,
 ) -> None:
     """Serve every task's production adapter behind an OpenAI-compatible API, capturing each
-    answer as a record (settings also come from `serve:` in whetstone.yaml)."""
+    answer as a record (settings also come from `serve:` in whetstone.yaml).
+
+    Require an API key with WHETSTONE_API_KEY or --api-key-file (not --api-key: `ps` shows it)."""
     import uvicorn
 
+    from whetstone.errors import InvalidInput
+    from whetstone.serve import server
     from whetstone.serve.app import create_app
-    from whetstone.serve.settings import Settings
+    from whetstone.serve.settings import Settings, read_key_file
 
+    if api_key is not None and api_key_file is not None:
+        raise InvalidInput("give the API key once: --api-key-file or --api-key, not both")
+    if api_key is not None:
+        common.err.print(
+            "warning: --api-key shows the key to every user of this machine (`ps`); "
+            "use --api-key-file or WHETSTONE_API_KEY"
+        )
     p = common.project()
     settings = Settings.load(
         p.section("serve"),
         host=host,
         port=port,
-        api_key=api_key,
+        api_key=read_key_file(api_key_file) if api_key_file is not None else api_key,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         max_adapters=max_adapters,
@@ -60,7 +79,7 @@ def serve(
     if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         common.err.print(f"warning: serving on {settings.host} with no API key")
     common.err.print(f"Serving on http://{settings.host}:{settings.port}/v1 (review page: /review)")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.Server(server.config(app, settings, host=settings.host, port=settings.port)).run()
 
 
 def export_model(
@@ -69,7 +88,15 @@ def export_model(
         typer.Argument(help="Adapter versions T@N (vllm: default every production adapter)."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="peft | merged | vllm")] = "peft",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder to write (new or empty).")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the folder an earlier export wrote there (nothing else)."
+        ),
+    ] = False,
 ) -> None:
     """Write adapters for other engines: a PEFT folder (vLLM --lora-modules, LoRAX), a merged
     full model, or a vLLM launch script for all production adapters."""
@@ -81,13 +108,13 @@ def export_model(
     if fmt not in export.FORMATS:
         raise InvalidInput(f"unknown format {fmt!r} (choose from {', '.join(export.FORMATS)})")
     if fmt == "vllm":
-        result = export.export_vllm(p, refs, out or Path("vllm-export"))
+        result = export.export_vllm(p, refs, out or Path("vllm-export"), force=force)
     else:
         if len(refs) != 1:
             raise InvalidInput(f"--format {fmt} exports one adapter version: give T@N")
         default = Path(f"{refs[0].replace('@', '-v')}-{fmt}")
         fn = export.export_peft if fmt == "peft" else export.export_merged
-        result = fn(p, refs[0], out or default)
+        result = fn(p, refs[0], out or default, force=force)
     for w in result.warnings:
         common.err.print(f"warning: {w}")
     common.out.print(f"Wrote {result.path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +31,8 @@ from whetstone.errors import InvalidInput, NotFound, WhetstoneError
 from whetstone.project import Project
 from whetstone.records import Input, Record, Source, Status
 from whetstone.serve import openai_api as api
-from whetstone.serve.auth import require_key
-from whetstone.serve.capture import CaptureQueue, new_ref
+from whetstone.serve.auth import KeyThrottle, require_json, require_key
+from whetstone.serve.capture import SPOOL_DIR, CaptureQueue, new_ref
 from whetstone.serve.engine import Delta, Done, Engine, Event, Failed, Job
 from whetstone.serve.errors import APIError, error_body, error_response, from_whetstone
 from whetstone.serve.metrics import Metrics
@@ -52,6 +53,7 @@ ENDPOINTS = {
     "/admin/adapters/unload",
 }
 THUMBS_DOWN = "thumbs-down"
+INCOMPLETE = "incomplete"  # the tag of a streamed answer cut short
 
 
 class BodyLimit:
@@ -105,6 +107,22 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class ClosingStream(StreamingResponse):
+    """A streaming response that calls `on_close` however it ends: finished, failed, or cut
+    off by the client going away, after which Starlette never resumes the body's iterator
+    (so the iterator's own `finally` is not a place to rely on)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
 def create_app(
     project: Project, settings: Settings | None = None, *, base_model: str | None = None
 ) -> FastAPI:
@@ -119,7 +137,7 @@ def create_app(
     engine = Engine(model, tok, base.hash, settings, metrics)
     capture = CaptureQueue(
         project.store.add_records,
-        project.home / "capture-spool",
+        project.home / SPOOL_DIR,
         metrics,
         spool_after_s=settings.spool_after_s,
         spool_max_bytes=settings.spool_max_bytes,
@@ -147,7 +165,10 @@ def create_app(
             engine.stop()
             capture.stop()
 
-    app = FastAPI(title="Whetstone", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # The schema lists every path: it is served below, behind the key, like the rest.
+    app = FastAPI(
+        title="Whetstone", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.project = project
     app.state.settings = settings
     app.state.engine = engine
@@ -155,10 +176,12 @@ def create_app(
     app.state.router = router
     app.state.metrics = metrics
     app.state.base = base
+    app.state.key_throttle = KeyThrottle()
+    app.state.csrf_secret = secrets.token_bytes(32)
     _install_errors(app)
     _install_metrics(app, metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    keyed = [Depends(require_key)]
+    keyed = [Depends(require_key), Depends(require_json)]
 
     # ---- completions -----------------------------------------------------------------
     def encode(route: Route, inp: Input, raw: bool) -> list[int]:
@@ -222,7 +245,7 @@ def create_app(
             headers["X-Whetstone-Fallback"] = "base"
         endpoint = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
 
-        def finish(done: Done) -> dict[str, Any]:
+        def finish(done: Done, *, incomplete: bool = False) -> dict[str, Any]:
             latency = (time.perf_counter() - t0) * 1000
             metrics.latency.labels(endpoint, route.model).observe(latency / 1000)
             metrics.prompt_tokens.labels(route.model).inc(done.prompt_tokens)
@@ -249,6 +272,7 @@ def create_app(
                     confidence=done.confidence,
                     source=Source.production,
                     source_key=ref,
+                    tags=[INCOMPLETE] if incomplete else [],
                     meta=meta,
                 )
             )
@@ -278,45 +302,65 @@ def create_app(
         def sse(obj: dict[str, Any]) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
-        async def stream() -> AsyncIterator[str]:
-            try:
-                if kind == "chat":
-                    yield sse(
-                        api.chat_chunk(cid, route.model, {"role": "assistant", "content": ""}, None)
-                    )
-                while True:
-                    ev = await events.get()
-                    if isinstance(ev, Failed):
-                        yield sse(error_body(ev.error.status, ev.error.message, code=ev.error.code))
-                        break
-                    if isinstance(ev, Delta):
-                        if kind == "chat":
-                            yield sse(api.chat_chunk(cid, route.model, {"content": ev.text}, None))
-                        else:
-                            yield sse(api.text_completion(cid, route.model, ev.text, None, None))
-                        continue
-                    finish(ev)
-                    u = api.usage(ev.prompt_tokens, ev.completion_tokens)
-                    if kind == "chat":
-                        yield sse(api.chat_chunk(cid, route.model, {}, ev.finish_reason))
-                        if req.include_usage:
-                            yield sse(api.chat_chunk(cid, route.model, {}, None, u))
-                    else:
-                        yield sse(
-                            api.text_completion(
-                                cid,
-                                route.model,
-                                "",
-                                ev.finish_reason,
-                                u if req.include_usage else None,
-                            )
-                        )
-                    break
-                yield "data: [DONE]\n\n"
-            finally:
-                job.cancelled = True  # a client that went away stops its row at once
+        # The client holds the record's reference from the first byte on, so a stream that
+        # ends early (the client gone, the row failed) still stores what it generated.
+        streamed = ""
+        ended: str | None = "disconnected"  # why the stream stopped short; None once done
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        async def stream() -> AsyncIterator[str]:
+            nonlocal streamed, ended
+            if kind == "chat":
+                yield sse(
+                    api.chat_chunk(cid, route.model, {"role": "assistant", "content": ""}, None)
+                )
+            while True:
+                ev = await events.get()
+                if isinstance(ev, Failed):
+                    ended = "error"
+                    yield sse(error_body(ev.error.status, ev.error.message, code=ev.error.code))
+                    break
+                if isinstance(ev, Delta):
+                    streamed += ev.text
+                    if kind == "chat":
+                        yield sse(api.chat_chunk(cid, route.model, {"content": ev.text}, None))
+                    else:
+                        yield sse(api.text_completion(cid, route.model, ev.text, None, None))
+                    continue
+                ended = None
+                finish(ev)
+                u = api.usage(ev.prompt_tokens, ev.completion_tokens)
+                if kind == "chat":
+                    yield sse(api.chat_chunk(cid, route.model, {}, ev.finish_reason))
+                    if req.include_usage:
+                        yield sse(api.chat_chunk(cid, route.model, {}, None, u))
+                else:
+                    yield sse(
+                        api.text_completion(
+                            cid,
+                            route.model,
+                            "",
+                            ev.finish_reason,
+                            u if req.include_usage else None,
+                        )
+                    )
+                break
+            yield "data: [DONE]\n\n"
+
+        def closed() -> None:
+            job.cancelled = True  # a client that went away stops its row at once
+            if ended is None:
+                return
+            n = len(job.tokens)  # read across threads: at worst one token off, once cancelled
+            cut_short = Done(
+                text=streamed,
+                finish_reason=ended,
+                prompt_tokens=len(ids),
+                completion_tokens=n,
+                confidence=job.logprob_sum / n if n else 0.0,  # as the engine's Done has it
+            )
+            finish(cut_short, incomplete=True)
+
+        return ClosingStream(stream(), closed, media_type="text/event-stream", headers=headers)
 
     @app.post("/v1/chat/completions", dependencies=keyed)
     async def chat_completions(request: Request) -> Response:
@@ -381,8 +425,8 @@ def create_app(
         return await run_in_threadpool(apply_feedback, fb)
 
     def record_id(ref: int | str) -> int:
-        if isinstance(ref, int) or ref.isdigit():
-            return int(ref)
+        if isinstance(ref, int):  # api.Feedback turns an id given as digits into a bounded int
+            return ref
         key = ref.removeprefix("chatcmpl-").removeprefix("cmpl-")
         if capture.is_pending(key) and not capture.wait_stored(key, timeout=5.0):
             raise APIError(
@@ -471,6 +515,10 @@ def create_app(
         return {"loaded": engine.pool.loaded}
 
     # ---- operations ------------------------------------------------------------------
+    @app.get("/openapi.json", dependencies=keyed, include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "capture_pending": capture.depth, "store_ok": capture.healthy}

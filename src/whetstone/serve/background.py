@@ -19,11 +19,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free localhost port; yield its base URL."""
+    """Serve `app` (from `create_app`, whose settings set the connection limits) with uvicorn
+    on a free localhost port; yield its base URL."""
     import uvicorn
 
+    from whetstone.serve import server as uvicorn_setup
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn_setup.config(app, app.state.settings, host="127.0.0.1", port=port)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -8,18 +8,21 @@ and nothing is stored).
 
 With an API key set, every route here but the login form needs the key: as an
 `Authorization: Bearer` header, or as the HttpOnly cookie `/review/login` sets once a person
-has typed it. The page itself never sees the key, and record text is only ever inserted as
-text (never as HTML), under a Content-Security-Policy that allows no inline script.
+has typed it (the cookie counts on these routes only). State-changing requests must come from
+the page's own origin, and those riding on the cookie carry its CSRF token (see `auth`). The
+page itself never sees the key, and record text is only ever inserted as text (never as
+HTML), under a Content-Security-Policy that allows no inline script.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
@@ -28,6 +31,7 @@ from whetstone.records import Kind, Record, Source, Status
 from whetstone.serve import auth
 from whetstone.serve.errors import APIError, from_whetstone
 from whetstone.serve.review_queue import error_categories, review_queue
+from whetstone.storable import MAX_ID
 
 router = APIRouter(tags=["review"])
 
@@ -36,6 +40,10 @@ STATIC = Path(__file__).parent / "static"
 ASSETS = {"review.js": "text/javascript", "review.css": "text/css"}
 MAX_LOGIN_BODY = 4096
 QUEUE_PAGE_MAX = 200
+# Bounded so that a huge number is a 400 naming the parameter, not an integer overflow in the
+# store's driver.
+RecordId = Annotated[int, PathParam(ge=0, le=MAX_ID)]
+MAX_OFFSET = MAX_ID - QUEUE_PAGE_MAX  # offset + limit must fit too
 
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -49,7 +57,9 @@ LOGIN_CSP = (
 )
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Nothing is sent to other origins; our own requests keep their Origin header, which a
+    # browser sets to "null" under no-referrer, and which the forgery check reads.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -67,7 +77,9 @@ def page(request: Request) -> Response:
 
 
 @router.get(
-    "/review/static/{name}", include_in_schema=False, dependencies=[Depends(auth.require_key)]
+    "/review/static/{name}",
+    include_in_schema=False,
+    dependencies=[Depends(auth.require_review_key)],
 )
 def asset(name: str) -> Response:
     media_type = ASSETS.get(name)
@@ -120,24 +132,40 @@ def login_form(request: Request) -> Response:
     return _login_response(None, 200)
 
 
+async def _form_field(request: Request, name: str) -> str | None:
+    """One field of a small url-encoded form; None when the body is over MAX_LOGIN_BODY."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            return None
+    fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=8)
+    return (fields.get(name) or [""])[0]
+
+
 @router.post("/review/login", include_in_schema=False)
 async def login(request: Request) -> Response:
     key = auth.configured_key(request)
     if key is None:
         return RedirectResponse("/review", status_code=303)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LOGIN_BODY:
-            return _login_response("That is far longer than any key.", 413)
-    fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=8)
-    offered = (fields.get("key") or [""])[0]
-    if not auth.key_matches(request, offered):
-        return _login_response("Wrong key.", 401)
+    if not auth.same_origin(request):
+        return _login_response("Log in from this server's own page.", 403)
+    offered = await _form_field(request, "key")
+    if offered is None:
+        return _login_response("That is far longer than any key.", 413)
+    try:
+        if not auth.check_key(request, offered):
+            return _login_response("Wrong key.", 401)
+    except auth.Throttled as e:
+        response = _login_response(
+            f"Too many wrong keys. Try again in {e.retry_after} s.", e.status
+        )
+        response.headers.update(e.headers or {})
+        return response
     response = RedirectResponse("/review", status_code=303)
     response.set_cookie(
         auth.KEY_COOKIE,
-        key,
+        auth.new_session(key),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -147,14 +175,18 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/review/logout", include_in_schema=False)
-def logout() -> Response:
+async def logout(request: Request) -> Response:
+    auth.check_forgery(request, await _form_field(request, auth.CSRF_FIELD))
     response = RedirectResponse("/review/login", status_code=303)
     response.delete_cookie(auth.KEY_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 
 # ---- the JSON API -------------------------------------------------------------------------
-api = APIRouter(prefix="/review/api", dependencies=[Depends(auth.require_key)])
+api = APIRouter(
+    prefix="/review/api",
+    dependencies=[Depends(auth.require_review_key), Depends(auth.require_json)],
+)
 
 
 def _project(request: Request) -> Any:
@@ -203,6 +235,7 @@ def config(request: Request) -> Response:
             "curate_available": _next_to_label() is not None,
             "categories": error_categories(project.store),
             "login": auth.configured_key(request) is not None,
+            "csrf_token": auth.csrf_token(request),
         }
     )
 
@@ -214,7 +247,7 @@ def queue(
     status: str | None = Status.unreviewed.value,
     order: str = Query("priority", pattern="^(priority|curate)$"),
     limit: int = Query(50, ge=1, le=QUEUE_PAGE_MAX),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Response:
     project = _project(request)
     task = task or None
@@ -261,7 +294,7 @@ def _record_json(project: Any, rec: Record) -> dict[str, Any]:
 
 
 @api.get("/records/{record_id}")
-def record(request: Request, record_id: int) -> Response:
+def record(request: Request, record_id: RecordId) -> Response:
     project = _project(request)
     try:
         return _json(_record_json(project, project.record(record_id)))
@@ -301,17 +334,17 @@ def _decide(request: Request, record_id: int, status: Status, body: Decision) ->
 
 
 @api.post("/records/{record_id}/accept")
-def accept(request: Request, record_id: int, body: Decision) -> Response:
+def accept(request: Request, record_id: RecordId, body: Decision) -> Response:
     return _decide(request, record_id, Status.accepted, body)
 
 
 @api.post("/records/{record_id}/reject")
-def reject(request: Request, record_id: int, body: Decision) -> Response:
+def reject(request: Request, record_id: RecordId, body: Decision) -> Response:
     return _decide(request, record_id, Status.rejected, body)
 
 
 @api.post("/records/{record_id}/correct")
-def correct(request: Request, record_id: int, body: CorrectionIn) -> Response:
+def correct(request: Request, record_id: RecordId, body: CorrectionIn) -> Response:
     return _decide(request, record_id, Status.corrected, body)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from whetstone.errors import InvalidInput
@@ -28,6 +29,14 @@ class Settings:
     spool_after_s: float = 5.0
     spool_max_bytes: int = 256 * 1024 * 1024
     capture_max_memory: int = 10_000
+    # Connections. A client has request_timeout_s to send a whole request (headers and body)
+    # from opening its connection or starting the request, else the connection is closed:
+    # half-open and trickling clients must not hold connections for good. An idle keep-alive
+    # connection closes after keep_alive_s. Past max_connections (open connections, or
+    # requests in flight) a request is answered 503.
+    request_timeout_s: float = 10.0
+    keep_alive_s: int = 5
+    max_connections: int = 1000
 
     @classmethod
     def load(cls, section: dict[str, Any] | None = None, **overrides: Any) -> Settings:
@@ -56,13 +65,32 @@ class Settings:
             "max_body_bytes",
             "max_tokens_limit",
             "default_max_tokens",
+            "keep_alive_s",
+            "max_connections",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidInput(
                     f"serve setting {name} must be a positive integer, not {value!r}"
                 )
+        if not isinstance(self.request_timeout_s, int | float) or self.request_timeout_s <= 0:
+            raise InvalidInput(
+                f"serve setting request_timeout_s must be > 0, not {self.request_timeout_s}"
+            )
         if self.max_wait_ms < 0:
             raise InvalidInput(f"serve setting max_wait_ms must be >= 0, not {self.max_wait_ms}")
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInput("the API key is empty")
+
+
+def read_key_file(path: Path) -> str:
+    """The API key kept in a file (its first line), so that it is not on a command line, where
+    every user of the machine sees it in `ps`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"cannot read the API key file {path}: {e}") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise InvalidInput(f"the API key file {path} is empty")
+    return key

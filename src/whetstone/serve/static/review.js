@@ -9,6 +9,7 @@ const ANNOTATOR_KEY = "whetstone.review.annotator";
 
 const state = {
   config: null,
+  csrf: null, // the token the server binds to the login cookie, sent with every decision
   items: [], // queue summaries loaded so far
   total: 0,
   index: -1, // position of the shown record in items
@@ -45,6 +46,7 @@ async function api(path, body) {
   if (body !== undefined) {
     options.method = "POST";
     options.headers["Content-Type"] = "application/json";
+    if (state.csrf) options.headers["X-Whetstone-CSRF"] = state.csrf;
     options.body = JSON.stringify(body);
   }
   const response = await fetch(API + path, options);
@@ -92,6 +94,8 @@ function setCategories(categories) {
 async function loadConfig() {
   const config = await api("/config");
   state.config = config;
+  state.csrf = config.csrf_token;
+  $("logout-csrf").value = config.csrf_token || "";
   const select = $("task-filter");
   for (const task of config.tasks) {
     const option = el("option", null, `${task.name} (${task.kind})`);
