@@ -81,20 +81,22 @@ def main() -> None:
 
     import whetstone
     from whetstone.demo_data import load_demo_data
+    from whetstone.evaluate.metrics import main_score
     from whetstone.evaluate.runner import evaluate
-    from whetstone.train import TrainConfig, train_task
+    from whetstone.train import train_config, train_task
+    from whetstone.train.config import options_of
 
     tmp = Path(tempfile.mkdtemp(prefix="whetstone-address-quality-"))
     project = whetstone.init(tmp / "proj")
     load_demo_data(project)
     snap = split_records(project, "addresses", args.test, args.validation, args.records)
-    cfg = TrainConfig(
+    lora = options_of(args.method, {"lora_r": args.lora_r, "lora_alpha": args.lora_alpha})
+    cfg = train_config(
         method=args.method,
         epochs=args.epochs,
         max_steps=args.max_steps,
         lr=args.lr,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
+        **lora,  # the LoRA-based methods' options
         batch_size=args.batch_size,
         max_length=args.max_length,
         eval_every=args.eval_every,
@@ -106,7 +108,7 @@ def main() -> None:
     max_new = answer_budget(project, "addresses", snap)
 
     t0 = time.perf_counter()
-    result = train_task(project, "addresses", cfg, snapshot_id=snap.id)
+    result = train_task(project, "addresses", cfg, snapshot_id=snap.id, metric=main_score)
     train_wall = time.perf_counter() - t0
 
     evals = {}

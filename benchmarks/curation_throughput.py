@@ -35,19 +35,22 @@ STREETS = [
 CITIES = ["Springfield", "Portland", "Austin", "Denver", "Madison", "Salem", "Dover", "Albany"]
 
 
-def corpus(n: int, seed: int = 0) -> list[str]:
+def corpus(n: int, seed: int = 0) -> tuple[list[str], int]:
+    """The texts and how many of them are planted copies (exact or near) of an earlier one."""
     rng = random.Random(seed)
     texts = []
+    planted = 0
     for i in range(n):
         if i > 10 and rng.random() < 0.1:
             base = texts[rng.randrange(len(texts))]
             texts.append(base if rng.random() < 0.5 else base.replace(",", "", 1) + " please")
+            planted += 1
         else:
             texts.append(
                 f"Ship order {rng.randrange(10**6)} to {rng.randrange(1, 9999)} "
                 f"{rng.choice(STREETS)}, {rng.choice(CITIES)} {rng.randrange(10000, 99999)}"
             )
-    return texts
+    return texts, planted
 
 
 def one_size(n: int, queue: Any) -> None:
@@ -55,6 +58,7 @@ def one_size(n: int, queue: Any) -> None:
     from whetstone.curate import curate
     from whetstone.models import embeddings
     from whetstone.records import Record, Source, Status
+    from whetstone.train.scoring import reference_losses
 
     embed_seconds = [0.0]
     real = embeddings.embed
@@ -71,11 +75,12 @@ def one_size(n: int, queue: Any) -> None:
     with tempfile.TemporaryDirectory() as d:
         p = whetstone.init(d + "/p")
         p.create_task("ship", "generate")
+        texts, planted = corpus(n)
         recs = [
             Record(
                 task="ship", input=t, reference="ok", source=Source.imported, status=Status.accepted
             )
-            for t in corpus(n)
+            for t in texts
         ]
         for i in range(0, n, 5000):
             p.store.add_records(recs[i : i + 5000])
@@ -84,7 +89,7 @@ def one_size(n: int, queue: Any) -> None:
         for label in ("cold", "warm (features cached)"):
             embed_seconds[0] = 0.0
             t0 = time.perf_counter()
-            res = curate(p, "ship", cfg)
+            res = curate(p, "ship", cfg, scorer=reference_losses)
             total = time.perf_counter() - t0
             steps = {s.name: s.seconds for s in res.steps}
             runs.append(
@@ -101,7 +106,9 @@ def one_size(n: int, queue: Any) -> None:
             )
         p.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"records": n, "runs": runs, "peak_rss_mb": round(peak_mb)})
+    queue.put(
+        {"records": n, "planted_copies": planted, "runs": runs, "peak_rss_mb": round(peak_mb)}
+    )
 
 
 def main() -> None:
@@ -121,7 +128,9 @@ def main() -> None:
         results.append(row)
         print(
             f"{n:>7} records: cold {cold['total_s']:>7.1f}s (embedding {cold['embedding_s']:.1f}s, "
-            f"dedup {cold['dedup_s']:.1f}s) · warm {warm['total_s']:>6.1f}s · peak {row['peak_rss_mb']} MB",
+            f"dedup {cold['dedup_s']:.1f}s, removed {cold['removed_as_duplicates']} of "
+            f"{row['planted_copies']} planted copies) · warm {warm['total_s']:>6.1f}s · "
+            f"peak {row['peak_rss_mb']} MB",
             flush=True,
         )
         # Written after every size, so a long run stopped early keeps what it measured.
@@ -143,6 +152,8 @@ def main() -> None:
             "records/s cold",
             "warm s",
             "peak MB",
+            "planted copies",
+            "dedup removed",
         ],
         [
             [
@@ -154,6 +165,8 @@ def main() -> None:
                 r["records_per_s_cold"],
                 r["runs"][1]["total_s"],
                 r["peak_rss_mb"],
+                r["planted_copies"],
+                r["runs"][0]["removed_as_duplicates"],
             ]
             for r in results
         ],

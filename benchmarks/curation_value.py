@@ -133,36 +133,24 @@ def near_duplicate(
 
 
 # ---- the data set ----------------------------------------------------------------------------
-def _shingles(text: str, k: int = 5) -> set[str]:
-    from whetstone.snapshots import normalise_text
-
-    t = normalise_text(text)
-    return {t[i : i + k] for i in range(max(1, len(t) - k + 1))}
-
-
 def split_demo(n_test: int, n_val: int, n_pool: int) -> dict[str, Any]:
     """Test, validation and pool rows of the demo data; pool rows that duplicate a test row
     (exactly, by 5-gram Jaccard >= 0.5 or MiniLM cosine >= 0.97) are set aside."""
     import numpy as np
 
+    from whetstone import neardup
     from whetstone.demo_data import demo_rows
     from whetstone.models import embeddings
-    from whetstone.snapshots import normalise_text, split_bucket
+    from whetstone.snapshots import split_bucket
 
     rows = sorted(demo_rows(), key=lambda r: split_bucket(r[0]))
     test, rest = rows[:n_test], rows[n_test:]
     vecs = embeddings.embed([t for t, _ in rows])
     test_vecs, rest_vecs = vecs[:n_test], vecs[n_test:]
-    test_norm = {normalise_text(t) for t, _ in test}
-    test_sh = [_shingles(t) for t, _ in test]
+    near = {m.i for m in neardup.best_matches([t for t, _ in rest], [t for t, _ in test], 0.5)}
     clean, aside = [], 0
-    for (text, ref), v in zip(rest, rest_vecs, strict=True):
-        sh = _shingles(text)
-        if (
-            normalise_text(text) in test_norm
-            or float(np.max(test_vecs @ v)) >= 0.97
-            or any(len(sh & s) / len(sh | s) >= 0.5 for s in test_sh)
-        ):
+    for i, ((text, ref), v) in enumerate(zip(rest, rest_vecs, strict=True)):
+        if i in near or float(np.max(test_vecs @ v)) >= 0.97:
             aside += 1
             continue
         clean.append((text, ref))
@@ -261,21 +249,13 @@ def composition(ids: list[int], noise: dict[int, str | None]) -> dict[str, int]:
 
 def noise_detection(project: Any, snap_id: str, noise: dict[int, str | None]) -> dict[str, Any]:
     """Per step, which kinds of bad rows it removed or flagged (ground truth only reported)."""
-    import sqlalchemy as sa
+    from whetstone.store.curation import snapshot_decisions
 
-    from whetstone.store import schema
-
-    d = schema.curation_decisions
-    with project.store.begin() as c:
-        rows = c.execute(
-            sa.select(d.c.record_id, d.c.step, d.c.action).where(
-                d.c.snapshot_id == snap_id, d.c.action.in_(["removed", "flagged", "upweighted"])
-            )
-        ).all()
     out: dict[str, Counter[str]] = {}
-    for rid, step, action in rows:
-        if rid in noise:
-            out.setdefault(f"{step}:{action}", Counter())[noise[rid] or "clean"] += 1
+    for d in snapshot_decisions(project.store, snap_id):
+        if d["action"] in ("removed", "flagged", "upweighted") and d["record_id"] in noise:
+            key = f"{d['step']}:{d['action']}"
+            out.setdefault(key, Counter())[noise[d["record_id"]] or "clean"] += 1
     return {k: dict(v) for k, v in sorted(out.items())}
 
 
@@ -283,11 +263,12 @@ def noise_detection(project: Any, snap_id: str, noise: dict[int, str | None]) ->
 def train_and_eval(
     project: Any, snap: Any, cfg: Any, test_snap: str, max_new: int
 ) -> tuple[Any, Any, float]:
+    from whetstone.evaluate.metrics import main_score
     from whetstone.evaluate.runner import evaluate
     from whetstone.train import train_task
 
     t0 = time.perf_counter()
-    result = train_task(project, TASK, cfg, snapshot_id=snap.id, progress=False)
+    result = train_task(project, TASK, cfg, snapshot_id=snap.id, progress=False, metric=main_score)
     wall = time.perf_counter() - t0
     ev = evaluate(
         project, TASK, result.adapter, "test", test_snap, max_new_tokens=max_new, batch_size=16
@@ -357,7 +338,8 @@ def main() -> None:
     from whetstone.curate import curate
     from whetstone.errors import InvalidInput
     from whetstone.evaluate.compare import compare_evaluations
-    from whetstone.train import TrainConfig
+    from whetstone.train import TrainConfig, train_config
+    from whetstone.train.scoring import reference_losses
 
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="whetstone-curation-value-"))
@@ -378,7 +360,7 @@ def main() -> None:
         # the same number of times; everything else is identical.
         per_epoch = -(-n_train // args.batch_size)
         steps = pool_steps if args.same_steps else per_epoch * args.epochs
-        return TrainConfig(
+        return train_config(
             epochs=-(-steps // per_epoch),
             max_steps=steps,
             lr=args.lr,
@@ -429,13 +411,15 @@ def main() -> None:
     print(f"[{(time.perf_counter() - t_start) / 60:5.1f} min] curating")
     t0 = time.perf_counter()
     try:
-        cur = curate(project, TASK, {"drop_noisy": True}, budget=args.budget)
+        cur = curate(
+            project, TASK, {"drop_noisy": True}, budget=args.budget, scorer=reference_losses
+        )
     except InvalidInput as e:
         if "budget" not in str(e):
             raise
         # Curation kept fewer training rows than the budget: both N arms take what it kept.
         print(f"  {e}: curating again without a budget")
-        cur = curate(project, TASK, {"drop_noisy": True})
+        cur = curate(project, TASK, {"drop_noisy": True}, scorer=reference_losses)
     timings["curate_s"] = round(time.perf_counter() - t0, 1)
     cur_snap = cur.snapshot
     n = len(cur_snap.ids("train"))

@@ -190,7 +190,9 @@ def main() -> None:
 
     gc.collect()
     app = create_app(project, Settings(max_adapters=64))
-    base_bytes = sum(p.numel() * p.element_size() for p in app.state.engine.pool.model.parameters())
+    base_bytes = sum(
+        p.numel() * p.element_size() for p in app.state.services.engine.pool.model.parameters()
+    )
     with running(app) as url:
         h = httpx.Client(base_url=url, timeout=600)
         h.post("/admin/adapters/load", json={"model": tasks[0]}).raise_for_status()

@@ -4,7 +4,8 @@ Both train the bundled SmolLM2-135M-Instruct on the same demo address records fo
 one epoch (records = steps x batch size, so each sees every record once and the token
 counts match), with the same LoRA (rank, alpha, every linear layer of the blocks), learning
 rate, schedule (cosine, 5% warmup), batch size and seed, and loss on the answer tokens only
-(TRL: prompt-completion data with completion_only_loss). Each case runs in its own process,
+(TRL is handed Whetstone's own tokenized examples, prompt masked with completion_mask and
+completion_only_loss, so both learn the same answer text). Each case runs in its own process,
 so its peak RSS is its own. The final metric is field F1 on the same validation records,
 with the same greedy generation (whetstone.models.generate, same token budget) for both.
 `topk` and `head` run on the same records with their own default settings.
@@ -78,14 +79,15 @@ def epoch_tokens(project: Any, train: list[Any], max_length: int) -> dict[str, i
 def run_whetstone(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import whetstone
     from whetstone import snapshots
-    from whetstone.train import TrainConfig, train_task
+    from whetstone.evaluate.metrics import main_score
+    from whetstone.train import train_config, train_task
 
     project = whetstone.init(Path(tempfile.mkdtemp(prefix="whetstone-throughput-")) / "p")
     _, train, val = demo_task_and_records(project, args.records, args.validation)
     assignment = {r.id: "train" for r in train} | {r.id: "validation" for r in val}
     snap = snapshots.freeze(project, "addresses", assignment)
     lora = {"lr": args.lr, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r}
-    cfg = TrainConfig(
+    cfg = train_config(
         method=method,
         epochs=1,
         batch_size=args.batch_size,
@@ -96,7 +98,9 @@ def run_whetstone(args: argparse.Namespace, method: str) -> dict[str, Any]:
         save_every=args.steps,
         **(lora if method == "lora" else {}),
     )
-    res = train_task(project, "addresses", cfg, snapshot_id=snap.id, progress=False)
+    res = train_task(
+        project, "addresses", cfg, snapshot_id=snap.id, progress=False, metric=main_score
+    )
     return {
         **epoch_tokens(project, train, args.max_length),
         "tokens": round(res.tokens_per_s * res.timings["train_s"]),
@@ -127,12 +131,13 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     set_threads()  # the same threads Whetstone uses
     torch.manual_seed(0)
     model, tok = base.load(base.resolve(None), dtype=torch.float32, for_training=True)
+    # TRL trains on exactly the token sequences Whetstone trains on (same chat template, same
+    # answer text with the keys in input order, same end-of-turn stop, same truncation),
+    # handed over pre-tokenized; completion_mask gives it the same answer-only loss.
+    examples, report = encoded(task, train, args.max_length)
     rows = [
-        {
-            "prompt": chat(task, r.input),
-            "completion": [{"role": "assistant", "content": r.reference}],
-        }
-        for r in train
+        {"input_ids": e.ids, "completion_mask": [0] * e.n_prompt + [1] * (len(e) - e.n_prompt)}
+        for e in examples
     ]
     out = tempfile.mkdtemp(prefix="trl-")
     cfg = SFTConfig(
@@ -184,7 +189,6 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     train_s = float(output.metrics["train_runtime"])
     # The final metric exactly as Whetstone's validation computes it.
-    _, report = encoded(task, train, args.max_length)
     lm = trainer.model
     lm.eval()
     gens = generate(

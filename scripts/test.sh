@@ -12,4 +12,6 @@ if [ -z "${WHETSTONE_TEST_PG_URL:-}" ]; then
 fi
 [ -x /usr/bin/chromium ] || bash scripts/install_browser.sh
 ruff check src tests benchmarks scripts
+lint-imports  # the layers contract in pyproject.toml: no backward import between layers
+mypy          # the type checker over src/ ([tool.mypy] in pyproject.toml)
 python -m pytest -q -p no:cacheprovider "$@"

@@ -10,7 +10,7 @@ import pytest
 
 from curate_data import FINANCE, FOOD, SPORT, WEATHER
 from whetstone import snapshots
-from whetstone.curate import curate, decisions_for, next_to_label, training_records
+from whetstone.curate import curate, decisions_for, next_to_label
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.records import Record, Source, Status, utcnow
 
@@ -96,13 +96,13 @@ def test_pii_is_redacted_in_training_view_only(project: Any) -> None:
     res = curate(p, "reply", {"steps": ["validate", "pii", "split"]})
     pii = next(s for s in res.steps if s.name == "pii")
     assert pii.changed == 1 and pii.notes == ["redacted 2 email, 1 phone"]
-    view = {r.id: r for r in training_records(p, res.snapshot, "all")}
+    view = {r.id: r for r in snapshots.records(p, res.snapshot, "all")}
     assert view[rid].input == "Mail me at <EMAIL> or call <PHONE>"
     assert view[rid].reference == "Sure, I will write to <EMAIL>."
     assert "ann@example.com" in p.record(rid).input_text  # the store keeps the original
     no_pii = curate(p, "reply", {"steps": ["validate", "split"]})
     assert no_pii.snapshot.id != res.snapshot.id
-    assert {r.id: r for r in training_records(p, no_pii.snapshot, "all")}[rid].input == p.record(
+    assert {r.id: r for r in snapshots.records(p, no_pii.snapshot, "all")}[rid].input == p.record(
         rid
     ).input
 
@@ -329,21 +329,24 @@ def test_generate_noise_uses_the_production_adapter_loss(
 ) -> None:
     from whetstone.curate import noise
     from whetstone.models import base
+    from whetstone.train.scoring import reference_losses
 
     p = project
     p.create_task("reply", "generate")
     _add(p, "reply", [(t, t.upper()) for t in SPORT[:6]])
-    res = curate(p, "reply", {"steps": ["validate", "noise", "split"]})
+    res = curate(p, "reply", {"steps": ["validate", "noise", "split"]}, scorer=reference_losses)
     assert "no production adapter" in next(s for s in res.steps if s.name == "noise").notes[0]
     model, tok = base.load(str(tiny_base_dir))
     monkeypatch.setattr(noise, "production_model", lambda ctx: (model, tok, "reply@1", set()))
     cfg = {"steps": ["validate", "noise", "hard", "split"], "hard_loss_quantile": 0.5}
-    res = curate(p, "reply", cfg)
-    assert next(s for s in res.steps if s.name == "noise").notes == [
-        "teacher disagreement: no teacher configured"
-    ]
+    # Curation does not import training: without the scorer its caller passes, no loss rule.
+    unscored = curate(p, "reply", cfg)
+    assert "no scorer given" in next(s for s in unscored.steps if s.name == "noise").notes[0]
+    res = curate(p, "reply", cfg, scorer=reference_losses)
+    # Nothing to report: no note either about a teacher, which Whetstone does not have.
+    assert next(s for s in res.steps if s.name == "noise").notes == []
     hard = next(s for s in res.steps if s.name == "hard")
     assert hard.changed >= 1  # the highest-loss half is up-weighted as hard examples
     # With drop_noisy, a high loss is read as a suspect label, never as a hard example.
-    res = curate(p, "reply", {**cfg, "drop_noisy": True})
+    res = curate(p, "reply", {**cfg, "drop_noisy": True}, scorer=reference_losses)
     assert next(s for s in res.steps if s.name == "hard").changed == 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from whetstone.curate import config as curate_config
-from whetstone.curate.noise import per_example_loss, robust_cutoff, ungrounded_keys
-from whetstone.curate.normalise import normalise
+from whetstone.curate.noise import robust_cutoff, ungrounded_keys
+from whetstone.curate.normalise import clean_record_text
 from whetstone.curate.pii import iban_ok, luhn_ok, redact
 from whetstone.curate.select import k_center, quotas
 from whetstone.curate.state import Row
@@ -56,7 +57,8 @@ def test_redact_only_chosen_types() -> None:
 
 def test_normalise() -> None:
     assert (
-        normalise("  Ｆｕｌｌ\u200bwidth \t text \r\n\r\n\r\n\nnext  ") == "Fullwidth text\n\nnext"
+        clean_record_text("  Ｆｕｌｌ\u200bwidth \t text \r\n\r\n\r\n\nnext  ")
+        == "Fullwidth text\n\nnext"
     )
 
 
@@ -189,6 +191,7 @@ def test_batched_losses_equal_one_row_at_a_time(tiny_base_dir: Path) -> None:
 
     from whetstone.models import base
     from whetstone.train.data import encode_example
+    from whetstone.train.scoring import reference_losses
 
     model, tok = base.load(str(tiny_base_dir))
     task = Task(name="addr", kind=Kind.extract, schema=ADDRESS_SCHEMA)
@@ -207,7 +210,8 @@ def test_batched_losses_equal_one_row_at_a_time(tiny_base_dir: Path) -> None:
             expected.append(float(model(input_ids=ids, labels=torch.tensor([ex.labels])).loss))
     assert len({len(encode_example(tok, task, r.record)) for r in rows}) > 3
     for batch_size in (16, 3, 1):
-        got = per_example_loss(model, tok, task, rows, batch_size=batch_size)
+        pairs = [(r.input, r.reference) for r in rows]
+        got = reference_losses(model, tok, task, pairs, batch_size=batch_size)
         assert got == pytest.approx(expected, abs=1e-4)
 
 
@@ -292,3 +296,34 @@ def test_misfiled_values_finds_values_under_the_wrong_key() -> None:
         m for m in misfiled_values(texts, [json.dumps(r) for r in refs], 5) if m.row == first
     )
     assert one.suggested != one.key and one.p_given < 0.01
+
+
+def test_default_dedup_keeps_distinct_addresses_and_removes_real_near_copies(
+    project: Any,
+) -> None:
+    from whetstone.curate import curate
+    from whetstone.records import Source
+
+    base = "Ship order 885440 to 6312 Lake Blvd, Springfield 43936"
+    distinct = [
+        "Ship order 885440 to 17 Lake Blvd, Springfield 43936",  # house number (cosine 0.975)
+        "Ship order 735921 to 9298 Lake Blvd, Springfield 31715",  # other numbers (0.974)
+        "Ship order 885440 to 6312 Maple Dr, Springfield 43936",  # street
+    ]
+    copies = [
+        "SHIP ORDER 885440 TO 6312  LAKE BLVD, SPRINGFIELD 43936",  # case and whitespace
+        "Ship order 885440 to 6312 Lake Blvd Springfield 43936",  # a comma dropped
+        "Ship order 885440 to 6312 Lake Blvd; Springfield 43936.",  # other punctuation
+        "Ship order 885440 to 6312 Lake Blvd, Sprngfield 43936",  # a typo
+    ]
+    project.create_task("ship", "generate")
+    ids = project.store.add_records(
+        [
+            Record(task="ship", input=t, reference="ok", source=Source.imported)
+            for t in [base, *distinct, *copies]
+        ]
+    )
+    res = curate(project, "ship", {"steps": ["validate", "dedup"], "card": False})
+    kept = set(res.snapshot.ids("all"))
+    assert set(ids[1:4]) <= kept  # no distinct address is a duplicate
+    assert len(kept & {ids[0], *ids[4:]}) == 1  # the original and its copies: one is left

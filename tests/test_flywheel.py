@@ -66,6 +66,10 @@ def test_turn_runs_every_step_and_leaves_its_files(tmp_path: Path, tiny_base_dir
     queue = [json.loads(line) for line in Path(s.queue).read_text().splitlines()]
     assert 1 <= len(queue) <= 3 and all(q["record_id"] for q in queue)
     assert s.records_used > 0 and s.new_labels == 24
+    # Training time is counted once: the run's own wall time, within the train step's.
+    train = turn.steps["train"]
+    assert train["train_seconds"] == round(av.info["timings"]["total_s"], 1)
+    assert train["train_seconds"] <= train["seconds"] + 0.05  # + rounding to 0.1 s
 
 
 def test_interrupted_turn_resumes_without_training_again(

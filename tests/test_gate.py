@@ -25,13 +25,13 @@ from whetstone.evaluate.gate import (
     gate,
     gate_config,
     promote,
-    rollback,
 )
 from whetstone.evaluate.leakage import find_leaks
 from whetstone.evaluate.runner import evaluate
 from whetstone.models.generate import Generation
 from whetstone.project import Project
 from whetstone.records import Record
+from whetstone.registry import rollback
 from whetstone.store import schema
 
 FAST = GateConfig(max_new_tokens=3, resamples=200, batch_size=8)
@@ -244,7 +244,7 @@ def test_find_leaks_exact_near_and_lsh_path(monkeypatch: Any) -> None:
         Record(id=102, task="t", input=_text(rng)),  # new
     ]
     for limit in (10**9, 0):  # all pairs, then MinHash LSH candidates
-        monkeypatch.setattr("whetstone.evaluate.leakage.ALL_PAIRS_LIMIT", limit)
+        monkeypatch.setattr("whetstone.neardup.ALL_PAIRS_LIMIT", limit)
         rep = find_leaks(evals, train)
         assert [(p.eval_id, p.train_id, p.kind) for p in rep.pairs] == [
             (100, 0, "exact"),

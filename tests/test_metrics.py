@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from whetstone.evaluate import metrics as m
-from whetstone.evaluate.stats import bootstrap, mcnemar, paired_bootstrap
+from whetstone.evaluate.stats import bootstrap, intervals, mcnemar, paired_bootstrap, wilson
 from whetstone.records import Task
 
 GEN = Task(name="gen", kind="generate")
@@ -120,6 +120,29 @@ def test_bootstrap_interval_contains_point_and_narrows_with_n() -> None:
 def test_bootstrap_is_reproducible_with_a_seed() -> None:
     cols = m.columns(GEN, ["a", "b", "c", "a"], ["a", "a", "c", "b"])
     assert bootstrap(cols, seed=3) == bootstrap(cols, seed=3)
+
+
+def test_binary_metrics_get_wilson_intervals_not_a_degenerate_bootstrap() -> None:
+    # 0/100: a percentile bootstrap only ever resamples zeros and claims [0, 0]; Wilson's upper
+    # bound is z^2 / (n + z^2) = 3.8415 / 103.8415 (the exact one would be 3.6%).
+    none = intervals(m.columns(GEN, ["no"] * 100, ["yes"] * 100))
+    assert none["exact_match"]["value"] == 0.0 and none["exact_match"]["low"] == 0.0
+    assert none["exact_match"]["high"] == pytest.approx(0.036994, abs=1e-6)
+    every = intervals(m.columns(GEN, ["yes"] * 100, ["yes"] * 100))["exact_match"]
+    assert every["value"] == 1.0 and every["low"] == pytest.approx(1 - 0.036994, abs=1e-6)
+    assert every["high"] == 1.0
+    # A non-0/1 aggregate keeps its bootstrap interval.
+    cols = m.columns(GEN, ["yes no", "no"] * 20, ["yes"] * 40)
+    assert intervals(cols, seed=3)["token_f1"] == bootstrap(cols, seed=3)["token_f1"]
+
+
+def test_wilson_matches_a_reference_implementation() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for k, n in ((0, 100), (37, 120), (7, 9), (250, 250)):
+        ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson(k, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
+    # Wilson's textbook example (Newcombe 1998, table I): 81/263 -> 0.2553 .. 0.3662
+    assert wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
 
 
 def test_paired_bootstrap_sign_and_mcnemar() -> None:

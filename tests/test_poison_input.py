@@ -124,7 +124,7 @@ def test_poison_in_the_spool_and_the_queue_is_moved_aside_and_the_rest_stored(
     with running(app) as url:
         h = httpx.Client(base_url=url, timeout=60)
         wait_for(lambda: h.get("/healthz").json()["capture_pending"] == 0, 60)
-        capture = app.state.capture
+        capture = app.state.services.capture
         for r in (rec("q1"), rec("q-nul\u0000"), rec("q-sur\udc00"), rec("q2")):
             capture.submit(r)  # past the door, as a bug or a plugin might
         assert chat(h, "live").status_code == 200

@@ -116,6 +116,14 @@ def test_unknown_setting_is_named(tmp_path: Path) -> None:
         Project.find(tmp_path)
 
 
+def test_a_section_nothing_reads_is_refused(tmp_path: Path) -> None:
+    # `whetstone eval` takes its settings as options and the gate reads `gate:`: an
+    # `evaluate:` section would be ignored, so it is refused with the file and key named.
+    path = write_config(tmp_path, "base_model: x\nevaluate:\n  max_new_tokens: 64\n")
+    with pytest.raises(InvalidInput, match=re.escape(f"{path}: unknown setting 'evaluate'")):
+        Project.find(tmp_path)
+
+
 def test_settings_must_be_a_mapping(tmp_path: Path) -> None:
     write_config(tmp_path, "- just\n- a list\n")
     with pytest.raises(InvalidInput, match="expected a mapping of settings"):

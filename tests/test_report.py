@@ -128,7 +128,7 @@ def test_report_is_self_contained_with_sections_escaped_text_and_pngs(classify: 
     assert "<link" not in page.lower() and "@import" not in page
     # Record text is escaped, so the record's <script> is text, not a script.
     assert "<script" not in page.lower()
-    assert "&lt;script&gt;alert(&#x27;x4&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "&lt;script&gt;alert(&#39;x4&#39;)&lt;/script&gt; &amp; more" in page  # Jinja2's escape
     assert "I think &lt;b&gt;maybe&lt;/b&gt;" in page
     for section in (
         "Learning curves",

@@ -261,11 +261,13 @@ def test_curate_next_ranking_is_offered_when_installed(
     seeded: Seeded, serve: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from whetstone.curate.next import next_to_label
-    from whetstone.serve import review
+    from whetstone.serve import review_api
 
-    assert review._next_to_label() is next_to_label
+    assert review_api._next_to_label() is next_to_label
     calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(review, "_next_to_label", lambda: fake_ranking(seeded, CURATE_KEYS, calls))
+    monkeypatch.setattr(
+        review_api, "_next_to_label", lambda: fake_ranking(seeded, CURATE_KEYS, calls)
+    )
     base = serve(seeded.project)
     assert httpx.get(f"{base}/review/api/config").json()["curate_available"] is True
     ranking = [seeded.ids[k] for k in CURATE_KEYS]
@@ -282,7 +284,7 @@ def test_curate_next_ranking_is_offered_when_installed(
     r = httpx.get(f"{base}/review/api/queue", params={"order": "curate"})
     assert r.status_code == 400 and "choose a task" in r.json()["error"]["message"]
 
-    monkeypatch.setattr(review, "_next_to_label", lambda: None)
+    monkeypatch.setattr(review_api, "_next_to_label", lambda: None)
     assert httpx.get(f"{base}/review/api/config").json()["curate_available"] is False
 
 
@@ -357,9 +359,9 @@ def test_queue_order_and_filters(seeded: Seeded, serve: Callable[..., str], page
 def test_curate_toggle_reorders_the_queue(
     seeded: Seeded, serve: Callable[..., str], page: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from whetstone.serve import review
+    from whetstone.serve import review_api
 
-    monkeypatch.setattr(review, "_next_to_label", lambda: fake_ranking(seeded, CURATE_KEYS, []))
+    monkeypatch.setattr(review_api, "_next_to_label", lambda: fake_ranking(seeded, CURATE_KEYS, []))
     open_review(page, serve(seeded.project))
     assert page.is_disabled("#curate-order")  # the ranking is per task
     page.select_option("#task-filter", "sentiment")

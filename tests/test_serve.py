@@ -104,12 +104,12 @@ def test_mixed_adapter_batch_gives_each_adapter_its_own_answer(served: Any) -> N
     models = ["support@1", "support@2", "support@3", "sentiment@1", "base"]
     alone = {m: chat(url, m, max_tokens=10).parse().choices[0].message.content for m in models}
     assert len(set(alone.values())) >= 4, "the adapters should change the answers"
-    before = app.state.metrics.batch_adapters.collect()[0].samples
+    before = app.state.services.metrics.batch_adapters.collect()[0].samples
     with cf.ThreadPoolExecutor(len(models) * 2) as pool:
         together = list(pool.map(lambda m: (m, chat(url, m, max_tokens=10)), models * 2))
     for m, raw in together:
         assert raw.parse().choices[0].message.content == alone[m], m
-    after = app.state.metrics.batch_adapters.collect()[0].samples
+    after = app.state.services.metrics.batch_adapters.collect()[0].samples
 
     def mixed(samples: list[Any]) -> float:
         count = next(s.value for s in samples if s.name.endswith("_count"))
@@ -258,7 +258,7 @@ def test_adapters_load_on_use_and_evict_least_recently_used(
             assert r.status_code == 404, bad
         assert h.post("/admin/adapters/load", json={"path": "/tmp"}).status_code == 400
         # One copy of the base: the adapters hang off the same model object.
-        assert app.state.engine.pool.model.base_model.model is not None
+        assert app.state.services.engine.pool.model.base_model.model is not None
     p.close()
 
 
@@ -327,7 +327,7 @@ def test_store_outage_loses_no_record(tiny_base_dir: Path, tmp_path: Path) -> No
     app = create_app(p, Settings(max_wait_ms=20))
     with running(app) as url:
         chat(url, "t", max_tokens=2)  # warm the routes: a locked store then holds nothing up
-        wait_for(lambda: app.state.capture.depth == 0)
+        wait_for(lambda: app.state.services.capture.depth == 0)
         lock = sqlite3.connect(p.home / "whetstone.db", timeout=30, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         try:

@@ -85,7 +85,7 @@ def test_cycling_many_adapters_through_a_small_pool_keeps_every_answer(
     for (model, prompt), answer in zip(plan, answers, strict=True):
         assert answer == references[model, prompt], (model, prompt)
     assert len(loaded) <= 2
-    evictions = app.state.metrics.adapter_evictions.collect()[0].samples
+    evictions = app.state.services.metrics.adapter_evictions.collect()[0].samples
     assert next(s.value for s in evictions if s.name.endswith("_total")) >= 10, "no cycling"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from whetstone.errors import InvalidInput, WhetstoneError
+from whetstone.evaluate.metrics import main_score
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}}
 
@@ -33,7 +34,7 @@ def cities(project: Any) -> Any:
 
 
 def quick(tiny_base_dir: Path, **kw: Any) -> Any:
-    from whetstone.train import TrainConfig
+    from whetstone.train import train_config
 
     settings: dict[str, Any] = {
         "base_model": str(tiny_base_dir),
@@ -44,7 +45,7 @@ def quick(tiny_base_dir: Path, **kw: Any) -> Any:
         "save_every": 2,
         **kw,
     }
-    return TrainConfig(**settings)
+    return train_config(**settings)
 
 
 # ---------------------------------------------------------------- config
@@ -62,10 +63,10 @@ def test_unknown_config_key_and_method_are_named() -> None:
 
 
 def test_default_lr_follows_method() -> None:
-    from whetstone.train import TrainConfig
+    from whetstone.train import train_config
 
-    assert TrainConfig(method="full").learning_rate < TrainConfig(method="lora").learning_rate
-    assert TrainConfig(method="lora", lr=5e-4).learning_rate == 5e-4
+    assert train_config(method="full").learning_rate < train_config(method="lora").learning_rate
+    assert train_config(method="lora", lr=5e-4).learning_rate == 5e-4
 
 
 def test_print_config_merges_yaml_and_flags(tmp_path: Path) -> None:
@@ -272,12 +273,12 @@ def test_topk_runs_lower_blocks_without_autograd(tiny_base_dir: Path) -> None:
     import torch
 
     from whetstone.models import base
-    from whetstone.train import TrainConfig, methods
+    from whetstone.train import methods, train_config
     from whetstone.train.data import Example, collate
     from whetstone.train.loop import answer_loss
 
     model, _ = base.load(base.resolve(str(tiny_base_dir)), dtype=torch.float32, for_training=True)
-    model = methods.get("topk").prepare(model, TrainConfig(method="topk", topk_layers=1))
+    model = methods.get("topk").prepare(model, train_config(method="topk", topk_layers=1))
     grad_on: dict[int, bool] = {}
     for i, layer in enumerate(model.model.layers):
         layer.register_forward_hook(
@@ -317,7 +318,13 @@ def test_each_method_trains_registers_and_loads(
     from whetstone.prompts import chat
     from whetstone.train import train_task
 
-    res = train_task(cities, "cities", quick(tiny_base_dir, method=method, **extra), progress=False)
+    res = train_task(
+        cities,
+        "cities",
+        quick(tiny_base_dir, method=method, **extra),
+        progress=False,
+        metric=main_score,
+    )
     av = registry.get(cities, res.adapter)
     assert (av.stage, av.method, av.run_id, av.snapshot_id) == (
         "candidate",
@@ -345,12 +352,12 @@ def test_each_method_trains_registers_and_loads(
     assert generate(model, tok, [chat(task, rec.input)], max_new_tokens=4)[0].output_tokens > 0
 
 
-def test_classify_head_trains_on_features_and_answers_with_labels(
+def test_classify_label_head_trains_on_features_and_answers_with_labels(
     project: Any, tiny_base_dir: Path
 ) -> None:
     from whetstone import registry
     from whetstone.predict import load_predictor
-    from whetstone.train import TrainConfig, train_task
+    from whetstone.train import train_config, train_task
 
     project.create_task("mood", "classify", labels=["happy", "sad"])
     for i in range(40):
@@ -358,16 +365,20 @@ def test_classify_head_trains_on_features_and_answers_with_labels(
         project.capture(
             "mood", f"day {i} was {word} {word}", reference=["happy", "sad"][i % 2], source="import"
         )
-    cfg = TrainConfig(
-        method="head", base_model=str(tiny_base_dir), max_steps=60, eval_every=20, patience=10
+    cfg = train_config(
+        method="label_head",
+        base_model=str(tiny_base_dir),
+        max_steps=60,
+        eval_every=20,
+        patience=10,
     )
-    res = train_task(project, "mood", cfg, progress=False)
+    res = train_task(project, "mood", cfg, progress=False, metric=main_score)
     assert res.best_metric is not None and res.best_metric >= 0.9  # the word is in the features
     pred = load_predictor(project, "mood", res.adapter)
     gens = pred(["day 99 was great great", "day 98 was awful awful"])
     assert [g.text for g in gens] == ["happy", "sad"]
     assert all(g.confidence <= 0 for g in gens)
-    assert registry.get(project, res.adapter).method == "head"
+    assert registry.get(project, res.adapter).method == "label_head"
 
 
 # ---------------------------------------------------------------- bad input
@@ -380,7 +391,7 @@ def test_no_records_with_a_reference_is_a_clear_error(project: Any, tiny_base_di
     project.create_task("cities", "extract", schema=SCHEMA)
     project.capture("cities", "1 Main St, Springfield", '{"city": "Springfield"}')  # no reference
     with pytest.raises(InvalidInput, match="no records with a reference"):
-        train_task(project, "cities", quick(tiny_base_dir), progress=False)
+        train_task(project, "cities", quick(tiny_base_dir), progress=False, metric=main_score)
     assert registry.list_versions(project) == []
 
 
@@ -392,7 +403,14 @@ def test_only_test_records_means_nothing_to_train_on(project: Any, tiny_base_dir
     add_city_records(project, 3)
     snap = snapshots.freeze(project, "cities", {r.id: "test" for r in project.records("cities")})
     with pytest.raises(InvalidInput, match="no training records"):
-        train_task(project, "cities", quick(tiny_base_dir), snapshot_id=snap.id, progress=False)
+        train_task(
+            project,
+            "cities",
+            quick(tiny_base_dir),
+            snapshot_id=snap.id,
+            progress=False,
+            metric=main_score,
+        )
 
 
 def test_fewer_rows_than_a_batch_trains_with_a_smaller_batch(
@@ -407,6 +425,7 @@ def test_fewer_rows_than_a_batch_trains_with_a_smaller_batch(
         "cities",
         quick(tiny_base_dir, batch_size=64, max_steps=None, epochs=2),
         progress=False,
+        metric=main_score,
     )
     assert res.steps == 2 and "one batch of" in res.data["notes"][0]
 
@@ -416,7 +435,9 @@ def test_every_example_too_long_is_an_error(cities: Any, tiny_base_dir: Path) ->
     from whetstone.train import train_task
 
     with pytest.raises(InvalidInput, match="no training example fits max_length=16"):
-        train_task(cities, "cities", quick(tiny_base_dir, max_length=16), progress=False)
+        train_task(
+            cities, "cities", quick(tiny_base_dir, max_length=16), progress=False, metric=main_score
+        )
     assert registry.list_versions(cities) == []
 
 
@@ -435,7 +456,7 @@ def test_full_disk_while_saving_registers_nothing(
 
     monkeypatch.setattr(lora, "save", save_then_fill)
     with pytest.raises(WhetstoneError, match="No space left on device"):
-        train_task(cities, "cities", quick(tiny_base_dir), progress=False)
+        train_task(cities, "cities", quick(tiny_base_dir), progress=False, metric=main_score)
     assert registry.list_versions(cities) == []
     runs = list((cities.home / "runs").iterdir())
     assert not (runs[0] / "best").exists() and not [
@@ -451,7 +472,9 @@ def test_adapter_on_another_base_model_is_refused(
     from whetstone import registry
     from whetstone.train import train_task
 
-    res = train_task(cities, "cities", quick(tiny_base_dir, max_steps=2), progress=False)
+    res = train_task(
+        cities, "cities", quick(tiny_base_dir, max_steps=2), progress=False, metric=main_score
+    )
     other = tmp_path / "other-base"
     shutil.copytree(tiny_base_dir, other)
     cfg = json.loads((other / "config.json").read_text())
@@ -470,13 +493,21 @@ def test_warm_start_begins_from_the_given_adapter(cities: Any, tiny_base_dir: Pa
     def weights(name: str) -> dict[str, Any]:
         return load_file(str(registry.get(cities, name).path / "adapter_model.safetensors"))
 
-    first = train_task(cities, "cities", quick(tiny_base_dir), progress=False).adapter
+    first = train_task(
+        cities, "cities", quick(tiny_base_dir), progress=False, metric=main_score
+    ).adapter
     # A vanishing learning rate: what the run registers is what it started from.
     still = {"max_steps": 2, "eval_every": 2, "lr": 1e-12}
     warm = train_task(
-        cities, "cities", quick(tiny_base_dir, init_from=first, **still), progress=False
+        cities,
+        "cities",
+        quick(tiny_base_dir, init_from=first, **still),
+        progress=False,
+        metric=main_score,
     ).adapter
-    cold = train_task(cities, "cities", quick(tiny_base_dir, **still), progress=False).adapter
+    cold = train_task(
+        cities, "cities", quick(tiny_base_dir, **still), progress=False, metric=main_score
+    ).adapter
     a, w, c = weights(first), weights(warm), weights(cold)
     lora_b = [k for k in a if "lora_B" in k]
     assert lora_b and all(float(a[k].abs().max()) > 0 for k in lora_b)
@@ -486,14 +517,26 @@ def test_warm_start_begins_from_the_given_adapter(cities: Any, tiny_base_dir: Pa
     assert registry.get(cities, warm).info["init_from"] == first
     # "production" with nothing in production is a cold start, not an error.
     none_yet = train_task(
-        cities, "cities", quick(tiny_base_dir, init_from="production", **still), progress=False
+        cities,
+        "cities",
+        quick(tiny_base_dir, init_from="production", **still),
+        progress=False,
+        metric=main_score,
     ).adapter
     assert registry.get(cities, none_yet).info["init_from"] is None
     with pytest.raises(InvalidInput, match="same lora_r"):
         train_task(
-            cities, "cities", quick(tiny_base_dir, init_from=first, lora_r=4), progress=False
+            cities,
+            "cities",
+            quick(tiny_base_dir, init_from=first, lora_r=4),
+            progress=False,
+            metric=main_score,
         )
     with pytest.raises(InvalidInput, match="lora or dora"):
         train_task(
-            cities, "cities", quick(tiny_base_dir, init_from=first, method="full"), progress=False
+            cities,
+            "cities",
+            quick(tiny_base_dir, init_from=first, method="full"),
+            progress=False,
+            metric=main_score,
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from test_train import SCHEMA, add_city_records
+from whetstone.evaluate.metrics import main_score
 
 SETTINGS: dict[str, Any] = {
     "max_steps": 4,
@@ -60,7 +61,7 @@ def test_two_processes_train_the_same_adapter_as_one(project: Any, tiny_base_dir
     from safetensors.torch import load_file
 
     from whetstone import registry, snapshots
-    from whetstone.train import TrainConfig, train_task
+    from whetstone.train import train_config, train_task
     from whetstone.train.runs import open_run
 
     project.create_task("cities", "extract", schema=SCHEMA)
@@ -73,9 +74,10 @@ def test_two_processes_train_the_same_adapter_as_one(project: Any, tiny_base_dir
     single = train_task(
         project,
         "cities",
-        TrainConfig(base_model=str(tiny_base_dir), **SETTINGS),
+        train_config(base_model=str(tiny_base_dir), **SETTINGS),
         snapshot_id=snap.id,
         progress=False,
+        metric=main_score,
     )
 
     versions = registry.list_versions(project, "cities")

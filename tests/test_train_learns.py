@@ -8,21 +8,24 @@ from typing import Any
 
 import pytest
 
+from whetstone.evaluate.metrics import main_score
+
 
 @pytest.mark.slow
 def test_lora_raises_held_out_field_f1_on_addresses(project: Any, real_base: Any) -> None:
     from whetstone import snapshots
     from whetstone.demo_data import load_demo_data
-    from whetstone.evaluate.metrics import main_score
     from whetstone.predict import load_predictor
-    from whetstone.train import TrainConfig, train_task
+    from whetstone.train import train_config, train_task
 
     task, _ = load_demo_data(project, limit=200)
     snap = snapshots.snapshot_task(project, "addresses")
     test = snapshots.records(project, snap, "test")[:24]  # never trained or validated on
     refs = [str(r.reference) for r in test]
-    cfg = TrainConfig(epochs=2, batch_size=8, eval_every=1000, eval_max_records=8)
-    res = train_task(project, "addresses", cfg, snapshot_id=snap.id, progress=False)
+    cfg = train_config(epochs=2, batch_size=8, eval_every=1000, eval_max_records=8)
+    res = train_task(
+        project, "addresses", cfg, snapshot_id=snap.id, progress=False, metric=main_score
+    )
 
     def f1(model: str) -> float:
         gens = load_predictor(project, "addresses", model)(

@@ -17,17 +17,18 @@ import pytest
 from test_train import SCHEMA, add_city_records
 from test_train_resume import whetstone
 from whetstone.errors import WhetstoneError
+from whetstone.evaluate.metrics import main_score
 from whetstone.train.runs import open_run, training_lock
 
 
 def new_run(project: Any, tiny_base_dir: Path) -> str:
     """A run created and never trained: what a kill before the first checkpoint leaves."""
-    from whetstone.train import TrainConfig
+    from whetstone.train import train_config
     from whetstone.train.api import _start
 
     project.create_task("cities", "extract", schema=SCHEMA)
     add_city_records(project, 12)
-    cfg = TrainConfig(
+    cfg = train_config(
         base_model=str(tiny_base_dir),
         max_steps=2,
         batch_size=4,
@@ -54,7 +55,7 @@ def resume_paused(root: str, run_id: str, started: Any, go: Any) -> None:
     loop.train_loop = paused
     p = whetstone.open(root)
     try:
-        resume_run(p, run_id, progress=False)
+        resume_run(p, run_id, progress=False, metric=main_score)
     finally:
         p.close()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from test_train import SCHEMA, add_city_records
+from whetstone.evaluate.metrics import main_score
 
 # `python -m whetstone`, with the train command registered if main.py does not (yet) do it.
 CLI = (
@@ -31,7 +32,7 @@ def test_sigkilled_run_resumes_to_the_same_result(project: Any, tiny_base_dir: P
     from safetensors.torch import load_file
 
     from whetstone import registry
-    from whetstone.train import TrainConfig, train_task
+    from whetstone.train import train_config, train_task
 
     project.create_task("cities", "extract", schema=SCHEMA)
     add_city_records(project, 60)
@@ -85,9 +86,10 @@ def test_sigkilled_run_resumes_to_the_same_result(project: Any, tiny_base_dir: P
     whole = train_task(
         project,
         "cities",
-        TrainConfig(**settings),
+        train_config(**settings),
         snapshot_id=resumed["snapshot_id"],
         progress=False,
+        metric=main_score,
     )
     assert resumed["steps"] == whole.steps == 16 and resumed["best_step"] == whole.best_step
     assert abs(resumed["best_metric"] - whole.best_metric) < 1e-6

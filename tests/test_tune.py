@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from whetstone.errors import InvalidInput
+from whetstone.evaluate.metrics import main_score
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}}
 
@@ -73,7 +74,7 @@ def test_tune_prunes_registers_best_writes_table_and_resumes(
     base = {**base_settings(tiny_base_dir), "max_steps": 10}
     res = tune(
         cities, "cities", trials=2, base=base, progress=False, methods=["lora", "topk"],
-        pruner=pruner,
+        pruner=pruner, metric=main_score,
     )  # fmt: skip
     assert [t["state"] for t in res.trials] == ["complete", "pruned"]
     # Trial 0 reported all five validations; trial 1 was stopped at its first.
@@ -98,7 +99,7 @@ def test_tune_prunes_registers_best_writes_table_and_resumes(
     # completed trials one stays a candidate, the other is retired.
     again = tune(
         cities, "cities", trials=3, base=base, progress=False, methods=["lora", "topk"],
-        pruner=optuna.pruners.NopPruner(),
+        pruner=optuna.pruners.NopPruner(), metric=main_score,
     )  # fmt: skip
     assert again.study_name == res.study_name
     assert [t["trial"] for t in again.trials] == [0, 1, 2]
@@ -107,7 +108,15 @@ def test_tune_prunes_registers_best_writes_table_and_resumes(
     assert len(stages) == 2 and stages[again.best.adapter] == "candidate"
     assert sorted(stages.values()) == ["candidate", "retired"]
     with pytest.raises(InvalidInput, match="resume it with the same --method"):
-        tune(cities, "cities", trials=4, base=base, progress=False, methods=["lora"])
+        tune(
+            cities,
+            "cities",
+            trials=4,
+            base=base,
+            progress=False,
+            methods=["lora"],
+            metric=main_score,
+        )
 
 
 def test_tune_bad_input(cities: Any, tiny_base_dir: Path) -> None:
@@ -115,13 +124,30 @@ def test_tune_bad_input(cities: Any, tiny_base_dir: Path) -> None:
 
     base = base_settings(tiny_base_dir)
     with pytest.raises(InvalidInput, match="unknown method 'qlora'"):
-        tune(cities, "cities", trials=1, base=base, methods=["qlora"], progress=False)
+        tune(
+            cities,
+            "cities",
+            trials=1,
+            base=base,
+            methods=["qlora"],
+            progress=False,
+            metric=main_score,
+        )
     with pytest.raises(InvalidInput, match="sets lr, which tune searches"):
-        tune(cities, "cities", trials=1, base={**base, "lr": 1e-3}, progress=False)
+        tune(
+            cities, "cities", trials=1, base={**base, "lr": 1e-3}, progress=False, metric=main_score
+        )
     with pytest.raises(InvalidInput, match="unknown training setting 'lora_rank'"):
-        tune(cities, "cities", trials=1, base={**base, "lora_rank": 4}, progress=False)
+        tune(
+            cities,
+            "cities",
+            trials=1,
+            base={**base, "lora_rank": 4},
+            progress=False,
+            metric=main_score,
+        )
     with pytest.raises(InvalidInput, match="at least 1"):
-        tune(cities, "cities", trials=0, base=base, progress=False)
+        tune(cities, "cities", trials=0, base=base, progress=False, metric=main_score)
 
 
 def test_tune_needs_validation_records(project: Any, tiny_base_dir: Path) -> None:
@@ -136,7 +162,7 @@ def test_tune_needs_validation_records(project: Any, tiny_base_dir: Path) -> Non
     snap = snapshots.freeze(project, "cities", {i: "train" for i in ids})
     with pytest.raises(InvalidInput, match="no validation records"):
         tune(project, "cities", trials=1, base=base_settings(tiny_base_dir), snapshot_id=snap.id,
-             progress=False)  # fmt: skip
+             progress=False, metric=main_score)  # fmt: skip
 
 
 def test_tune_cli_json(cities: Any, tiny_base_dir: Path, tmp_path: Path) -> None:

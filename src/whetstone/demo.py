@@ -383,7 +383,9 @@ def share_evaluation(ev: Any, src: Project, dst: Project) -> None:
 
     ids = [p.record_id for p in ev.predictions]
     key_of = {r.id: r.source_key for r in src.store.iter_records(TASK, ids=ids)}
-    dst_id = {r.source_key: r.id for r in dst.store.iter_records(TASK, tag="heldout")}
+    dst_id = {
+        r.source_key: r.id for r in dst.store.iter_records(TASK, tag="heldout") if r.id is not None
+    }
     missing = [rid for rid in ids if dst_id.get(key_of.get(rid)) is None]
     if missing:
         raise RuntimeError(f"{len(missing)} evaluated records are not held out in {dst.root}")
@@ -402,14 +404,39 @@ def next_turn_estimate(turn_seconds: list[float]) -> float:
 
 
 def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResult:
-    from whetstone.demo_data import demo_rows
-    from whetstone.evaluate.runner import evaluate
-    from whetstone.flywheel import load_config, run_turn
-    from whetstone.progress import console
-    from whetstone.snapshots import snapshot_task
+    from whetstone.demo_report import write_demo_report
+    from whetstone.util import atomic_write_text
 
     t_start = time.perf_counter()
     folder = folder.resolve()
+    rows = _planned_rows(folder, plan)
+    test_rows, pool = rows[: plan.test_size], rows[plan.test_size :]
+    truth = _truth(rows)
+    arms = ARMS if plan.compare_random else ARMS[:1]
+    projects = {arm: _new_project(folder / arm, plan, test_rows) for arm in arms}
+    baseline = _baseline(projects, arms, plan)
+    out_rows = _play_turns(projects, arms, plan, pool, truth, t_start, progress)
+    result = DemoResult(
+        folder=str(folder),
+        baseline=baseline,
+        rows=out_rows,
+        report="",
+        curve_png="",
+        seconds=round(time.perf_counter() - t_start, 1),
+        machine=machine_info(),
+    )
+    result.verdict = result.outcome()
+    result.report, result.curve_png = write_demo_report(folder, result)
+    atomic_write_text(
+        folder / "demo-results.json", json.dumps(asdict(result), indent=2, default=str)
+    )
+    return result
+
+
+def _planned_rows(folder: Path, plan: DemoPlan) -> list[tuple[str, dict[str, str]]]:
+    """The demo's addresses in the plan's order, after checking the plan can run here."""
+    from whetstone.demo_data import demo_rows
+
     if folder.exists() and any(folder.iterdir()):
         raise InvalidInput(
             f"{folder} is not empty: the demo starts from a fresh folder (pick another --dir)"
@@ -422,12 +449,17 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
         raise InvalidInput(f"the plan needs {need} addresses but the demo data has {len(rows)}")
     if plan.labels_per_turn > plan.stream_per_turn:
         raise InvalidInput("labels_per_turn cannot exceed stream_per_turn")
-    test_rows, pool = rows[: plan.test_size], rows[plan.test_size :]
-    truth = _truth(rows)
-    arms = ARMS if plan.compare_random else ARMS[:1]
-    projects = {arm: _new_project(folder / arm, plan, test_rows) for arm in arms}
+    return rows
 
-    # Baseline: the base model on the held-out set (once; both arms share it).
+
+def _baseline(
+    projects: dict[str, Project], arms: tuple[str, ...], plan: DemoPlan
+) -> dict[str, dict[str, float]]:
+    """The base model on the held-out set (once; every arm shares the evaluation)."""
+    from whetstone.evaluate.runner import evaluate
+    from whetstone.progress import console
+    from whetstone.snapshots import snapshot_task
+
     console.print("[bold]Baseline[/bold]: the base model on the held-out addresses")
     main = projects[arms[0]]
     base_snap = snapshot_task(
@@ -442,17 +474,31 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
         batch_size=plan.eval_batch_size,
         max_new_tokens=plan.max_new_tokens,
     )
-    baseline = {
+    for arm in arms[1:]:
+        share_evaluation(base_ev, main, projects[arm])
+    return {
         "exact_match": _metric(base_ev.metrics, "object_exact"),
         "field_f1": _metric(base_ev.metrics, "field_f1"),
     }
-    for arm in arms[1:]:
-        share_evaluation(base_ev, main, projects[arm])
+
+
+def _play_turns(
+    projects: dict[str, Project],
+    arms: tuple[str, ...],
+    plan: DemoPlan,
+    pool: list[tuple[str, dict[str, str]]],
+    truth: dict[str, str],
+    t_start: float,
+    progress: bool,
+) -> list[TurnRow]:
+    """The turns, within the plan's time budget: each arm answers the turn's production
+    requests, its reviewer labels some, and the flywheel turns."""
+    from whetstone.progress import console
 
     out_rows: list[TurnRow] = []
     labels = dict.fromkeys(arms, 0)
     turn_seconds: list[float] = []
-    with _server(main, plan.serve) as url:
+    with _server(projects[arms[0]], plan.serve) as url:
         producers = {
             arm: Production(projects[arm], url if arm == arms[0] else None) for arm in arms
         }
@@ -478,56 +524,44 @@ def run_demo(folder: Path, plan: DemoPlan, *, progress: bool = True) -> DemoResu
             ]
             t_turn = time.perf_counter()
             for arm in arms:
-                p = projects[arm]
                 console.print(f"[bold]Turn {k} · {arm}[/bold]: {len(stream)} production requests")
-                if arm == "curate-next":
-                    producers[arm].answer(stream, plan.eval_batch_size, plan.max_new_tokens)
-                else:
-                    # The random reviewer's picks do not depend on the answers, so only the
-                    # picked requests are answered (and captured): their records are what they
-                    # would be had all been answered, with the model's output and confidence,
-                    # so curation treats both arms' corrections alike (a corrected model error
-                    # is up-weighted in either arm).
-                    picked = reviewers[arm].rng.sample(
-                        stream, min(plan.labels_per_turn, len(stream))
-                    )
-                    producers[arm].answer(picked, plan.eval_batch_size, plan.max_new_tokens)
+                _produce(arm, stream, plan, producers[arm], reviewers[arm])
                 labels[arm] += reviewers[arm].review(
                     reviewers[arm].choose(arm, plan.labels_per_turn)
                 )
-                summary = run_turn(p, TASK, load_config(p), progress=progress)
-                metrics, model = _production_metrics(summary, summary.steps)
-                out_rows.append(
-                    TurnRow(
-                        arm=arm,
-                        turn=k,
-                        labels=labels[arm],
-                        exact_match=_metric(metrics, "object_exact"),
-                        field_f1=_metric(metrics, "field_f1"),
-                        decision=summary.decision,
-                        model=model,
-                        train_seconds=float(summary.steps.get("train", {}).get("seconds", 0.0)),
-                        turn_seconds=round(summary.seconds, 1),
-                    )
-                )
+                out_rows.append(_turn(projects[arm], arm, k, labels[arm], progress))
             turn_seconds.append(time.perf_counter() - t_turn)
+    return out_rows
 
-    result = DemoResult(
-        folder=str(folder),
-        baseline=baseline,
-        rows=out_rows,
-        report="",
-        curve_png="",
-        seconds=round(time.perf_counter() - t_start, 1),
-        machine=machine_info(),
+
+def _produce(
+    arm: str, stream: list[str], plan: DemoPlan, producer: Production, reviewer: Reviewer
+) -> None:
+    if arm == "curate-next":
+        producer.answer(stream, plan.eval_batch_size, plan.max_new_tokens)
+        return
+    # The random reviewer's picks do not depend on the answers, so only the picked requests
+    # are answered (and captured): their records are what they would be had all been
+    # answered, with the model's output and confidence, so curation treats both arms'
+    # corrections alike (a corrected model error is up-weighted in either arm).
+    picked = reviewer.rng.sample(stream, min(plan.labels_per_turn, len(stream)))
+    producer.answer(picked, plan.eval_batch_size, plan.max_new_tokens)
+
+
+def _turn(p: Project, arm: str, k: int, labels: int, progress: bool) -> TurnRow:
+    """One flywheel turn of an arm's project, as a row of the demo's table."""
+    from whetstone.flywheel import load_config, run_turn
+
+    summary = run_turn(p, TASK, load_config(p), progress=progress)
+    metrics, model = _production_metrics(summary, summary.steps)
+    return TurnRow(
+        arm=arm,
+        turn=k,
+        labels=labels,
+        exact_match=_metric(metrics, "object_exact"),
+        field_f1=_metric(metrics, "field_f1"),
+        decision=summary.decision,
+        model=model,
+        train_seconds=float(summary.steps.get("train", {}).get("seconds", 0.0)),
+        turn_seconds=round(summary.seconds, 1),
     )
-    result.verdict = result.outcome()
-    from whetstone.demo_report import write_demo_report
-
-    result.report, result.curve_png = write_demo_report(folder, result)
-    from whetstone.util import atomic_write_text
-
-    atomic_write_text(
-        folder / "demo-results.json", json.dumps(asdict(result), indent=2, default=str)
-    )
-    return result

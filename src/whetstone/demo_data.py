@@ -25,7 +25,8 @@ TRY_IT = "123 Main St, Springfield IL 62704"
 
 
 def _data(name: str) -> str:
-    return resources.files("whetstone").joinpath("data", name).read_text(encoding="utf-8")
+    # One part per step: joinpath with several parts needs Python 3.11 (we support 3.10).
+    return (resources.files("whetstone") / "data" / name).read_text(encoding="utf-8")
 
 
 @cache

@@ -3,11 +3,10 @@ human labels spent), choosing by `curate next` against choosing at random."""
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from whetstone import pages
 from whetstone.util import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -130,28 +129,15 @@ HEADERS = [
 def write_demo_report(folder: Path, result: DemoResult) -> tuple[str, str]:
     png = folder / "demo-curve.png"
     plot_curve(result, png)
-    img = base64.b64encode(png.read_bytes()).decode()
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-        for row in table_rows(result)
+    page = pages.render(
+        "demo_report.html",
+        machine=result.machine,
+        minutes=result.seconds / 60,
+        curve=pages.png_data_uri(png.read_bytes()),
+        headers=HEADERS,
+        rows=table_rows(result),
+        verdict=verdict_lines(result),
     )
-    m = result.machine
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Whetstone demo</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
-th{{background:#f4f4f4}}.meta{{color:#666}}</style></head><body>
-<h1>Whetstone demo: the flywheel on hand-labelled US addresses</h1>
-<p class="meta">{html.escape(m.get("date", ""))} · {html.escape(str(m.get("cpu", "")))} · {m.get("cores")} cores ·
-torch {html.escape(str(m.get("torch", "")))} · {result.seconds / 60:.1f} minutes in all</p>
-<p>Each turn, a stream of new addresses is answered by the production model and captured; a simulated
-reviewer (the real labels) reviews a budget of them; one flywheel turn curates, trains, evaluates on the
-fixed held-out set and promotes the candidate only if the gate passes. The <em>random</em> arm spends
-the same labels on records chosen at random.</p>
-<img alt="learning curve" style="max-width:100%" src="data:image/png;base64,{img}">
-<table><tr>{head}</tr>{body}</table>
-{"".join(f"<p>{html.escape(line)}</p>" for line in verdict_lines(result))}
-</body></html>"""
     out = folder / "demo-report.html"
     atomic_write_text(out, page)
     return str(out), str(png)

@@ -3,6 +3,9 @@ anything else is a bug and shows a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
 
 class WhetstoneError(Exception):
     """Base for every error whose message is meant for the user."""
@@ -24,16 +27,38 @@ class StoreError(WhetstoneError):
     """The store cannot be reached, or is from a newer schema version."""
 
 
-def from_validation(e: Exception, where: str, section: str = "") -> InvalidInput:
-    """A pydantic ValidationError as one line that names where the settings came from and the
-    offending key."""
-    errors = e.errors() if hasattr(e, "errors") else []
-    if not errors:
-        return InvalidInput(f"{where}: {e}")
-    err = errors[0]
-    key = ".".join(
-        [section, *(str(p) for p in err["loc"])] if section else [str(p) for p in err["loc"]]
-    )
-    key = key or "(settings)"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return InvalidInput(f"{where}: {key}: {msg}")
+class InvalidValue(InvalidInput):
+    """Invalid input that pydantic found: `where: field: reason`. The field and reason of the
+    first problem are kept for callers that report them apart (an HTTP error's `param`, a row
+    of an import file)."""
+
+    def __init__(self, message: str, field: str, reason: str):
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+def from_validation(
+    e: Exception, where: str = "", section: str = "", *, skip: Collection[str] = ()
+) -> InvalidValue:
+    """A pydantic ValidationError as one line: `where` (the file, the layer of settings, the
+    line), then each problem as `field: reason`, the field prefixed with `section` (the key
+    the settings sit under) and without the location parts in `skip` (FastAPI's "body")."""
+    # pydantic's ValidationError and FastAPI's RequestValidationError both list their problems.
+    listed = getattr(e, "errors", None)
+    errors = listed() if callable(listed) else []
+    problems = [(_field(err["loc"], section, skip), _reason(err)) for err in errors]
+    if not problems:
+        problems = [(section, str(e))]
+    text = "; ".join(f"{field}: {reason}" if field else reason for field, reason in problems)
+    field, reason = problems[0]
+    return InvalidValue(f"{where}: {text}" if where else text, field, reason)
+
+
+def _field(loc: Sequence[Any], section: str, skip: Collection[str]) -> str:
+    return ".".join([*([section] if section else []), *(str(p) for p in loc if p not in skip)])
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    # A validator's ValueError reaches pydantic's message with this prefix; the user wrote none.
+    return str(err["msg"]).removeprefix("Value error, ")

@@ -22,8 +22,6 @@ from whetstone.project import Project
 from whetstone.records import utcnow
 from whetstone.util import atomic_write_text
 
-STEPS = ("collect", "curate", "train", "evaluate", "gate", "report", "next")
-
 
 class FlywheelConfig(BaseModel):
     """`flywheel.yaml` or the `flywheel:` section of whetstone.yaml. Stage sections are passed
@@ -183,6 +181,192 @@ class TurnSummary:
     steps: dict[str, dict[str, Any]]
 
 
+@dataclass
+class TurnContext:
+    """What every step of a turn sees: the turn, its settings, and the finished steps' results
+    (`turn.steps`, which a resumed turn reads back from its file)."""
+
+    project: Project
+    task: str
+    cfg: FlywheelConfig
+    turn: Turn
+    progress: bool
+
+    @property
+    def snapshot(self) -> str:
+        return str(self.turn.steps["curate"]["snapshot"])
+
+    @property
+    def candidate(self) -> str:
+        return str(self.turn.steps["train"]["adapter"])
+
+    def gate_config(self) -> Any:
+        """The gate's settings for this turn: its split, snapshot and evaluation settings."""
+        from whetstone.evaluate.gate import gate_config
+
+        cfg = self.cfg
+        defaults = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens}
+        return gate_config(
+            self.project,
+            **{**defaults, **cfg.gate, "split": cfg.split, "snapshot": self.snapshot},
+        )
+
+
+def _collect(c: TurnContext) -> dict[str, Any]:
+    """What reviewers and production produced since the last turn."""
+    labelled = _labelled_ids(c.project, c.task)
+    new = labelled - _last_labelled(c.project, c.task, c.turn.number)
+    return {
+        "records": c.project.store.count_records(c.task),
+        "labelled": len(labelled),
+        "new_labels": len(new),
+        "labelled_ids": sorted(labelled),
+    }
+
+
+def _curate(c: TurnContext) -> dict[str, Any]:
+    """Curate into a snapshot (the held-out test split stays fixed across turns)."""
+    from whetstone.curate import curate
+    from whetstone.train.scoring import reference_losses
+
+    res = curate(
+        c.project, c.task, c.cfg.curate or None, budget=c.cfg.budget, scorer=reference_losses
+    )
+    return {
+        "snapshot": res.snapshot.id,
+        "counts": res.snapshot.counts(),
+        "steps": [s.__dict__ if hasattr(s, "__dict__") else s for s in res.steps],
+        "card": str(res.card_path) if res.card_path else None,
+    }
+
+
+def _train(c: TurnContext) -> dict[str, Any]:
+    """Train a candidate on the snapshot (or search hyper-parameters within a time budget);
+    a run this turn started and did not finish is resumed instead."""
+    from whetstone.evaluate.metrics import main_score
+    from whetstone.train import api as train_api
+    from whetstone.train.config import build
+
+    project, cfg = c.project, c.cfg
+    unfinished = _find_unfinished_run(project, c.task, c.snapshot)
+    if unfinished:
+        res = train_api.resume_run(project, unfinished, progress=c.progress, metric=main_score)
+    elif cfg.tune_trials:
+        from whetstone.train.tune import tune
+
+        res = tune(
+            project,
+            c.task,
+            trials=cfg.tune_trials,
+            timeout=cfg.tune_timeout,
+            base=cfg.train,
+            snapshot_id=c.snapshot,
+            progress=c.progress,
+            metric=main_score,
+        ).best
+    else:
+        tc = build(
+            ("project whetstone.yaml (train:)", project.section("train")),
+            ("flywheel config (train:)", cfg.train),
+        )
+        res = train_api.train_task(
+            project, c.task, tc, snapshot_id=c.snapshot, progress=c.progress, metric=main_score
+        )
+    return {
+        "adapter": res.adapter,
+        "run": res.run_id,
+        "best_metric": res.best_metric,
+        "steps": res.steps,
+        # total_s already includes the train_s and eval_s parts: summing them counted it twice.
+        "train_seconds": round(res.timings["total_s"], 1),
+        "records": res.data.get("examples") if isinstance(res.data, dict) else None,
+    }
+
+
+def _evaluate(c: TurnContext) -> dict[str, Any]:
+    """Evaluate candidate and incumbent on the same held-out records (reusing stored ones)."""
+    from whetstone.evaluate.runner import evaluate, latest_evaluation
+
+    inc = incumbent(c.project, c.task)
+    out: dict[str, Any] = {"incumbent": inc}
+    for role, model in (("before", inc), ("after", c.candidate)):
+        ev = latest_evaluation(c.project, c.task, model, c.snapshot, c.cfg.split)
+        if ev is None:
+            ev = evaluate(
+                c.project,
+                c.task,
+                model,
+                c.cfg.split,
+                c.snapshot,
+                batch_size=c.cfg.eval_batch_size,
+                max_new_tokens=c.cfg.max_new_tokens,
+            )
+        out[role] = {"evaluation": ev.id, "model": model, "n": ev.n, "metrics": ev.metrics}
+    return out
+
+
+def _gate(c: TurnContext) -> dict[str, Any]:
+    """The gate decides; promotion happens only when every rule passes."""
+    from whetstone.evaluate.gate import promote
+
+    outcome = promote(c.project, c.candidate, c.gate_config(), actor="flywheel")
+    rules = outcome.decision.rules
+    return {
+        "promoted": outcome.promoted,
+        "failed": [r.message for r in rules if not r.passed],
+        "rules": [{"name": r.name, "passed": r.passed, "message": r.message} for r in rules],
+    }
+
+
+def _report(c: TurnContext) -> dict[str, Any]:
+    """The report people read."""
+    if not c.cfg.report:
+        return {"path": None}
+    from whetstone.evaluate.report import write_report
+
+    # The comparison the gate made, with the turn's evaluation settings: both evaluations
+    # are stored already, so the report runs no model.
+    baseline = c.turn.steps["evaluate"]["incumbent"]
+    path = write_report(c.project, c.candidate, config=c.gate_config(), baseline=baseline)
+    return {"path": str(path)}
+
+
+def _next(c: TurnContext) -> dict[str, Any]:
+    """What a human should label next."""
+    if c.cfg.next_n == 0:
+        return {"path": None, "n": 0}
+    from whetstone.curate import next_to_label
+
+    ranked = next_to_label(c.project, c.task, c.cfg.next_n)
+    path = turns_dir(c.project, c.task) / f"turn-{c.turn.number:04d}-next.jsonl"
+    rows = [
+        {
+            "record_id": r.id,
+            "score": round(s, 4),
+            **{k: round(v, 4) for k, v in parts.items()},
+            "input": r.input_text,
+            "output": r.output,
+        }
+        for r, s, parts in ranked
+    ]
+    atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+    return {"path": str(path), "n": len(rows)}
+
+
+# A turn, in order. Each step reads what earlier ones recorded in `turn.steps`, so a resumed
+# turn runs only the steps its file does not hold yet.
+TURN_STEPS: tuple[tuple[str, Callable[[TurnContext], dict[str, Any]]], ...] = (
+    ("collect", _collect),
+    ("curate", _curate),
+    ("train", _train),
+    ("evaluate", _evaluate),
+    ("gate", _gate),
+    ("report", _report),
+    ("next", _next),
+)
+STEPS = tuple(name for name, _ in TURN_STEPS)
+
+
 def run_turn(
     project: Project,
     task: str,
@@ -195,193 +379,68 @@ def run_turn(
     from whetstone.progress import console
 
     cfg = config or load_config(project)
-    t = project.task(task)
+    main_metric = project.task(task).main_metric  # an unknown task fails before a turn begins
     turn = _current_turn(project, task)
     if turn.steps:
         console.print(
             f"[bold]Resuming flywheel turn {turn.number}[/bold] after step {list(turn.steps)[-1]}"
         )
-
-    def step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if turn.done(name):
-            return turn.steps[name]
-        if progress:
-            console.print(f"[bold cyan]▶ {name}[/bold cyan]")
-        t0 = time.perf_counter()
-        result = fn()
-        turn.record(name, result, time.perf_counter() - t0)
-        if on_step is not None:
-            on_step(name, turn.steps[name])
-        return turn.steps[name]
-
-    # 1. collect: what reviewers and production produced since the last turn
-    def collect() -> dict[str, Any]:
-        labelled = _labelled_ids(project, task)
-        new = labelled - _last_labelled(project, task, turn.number)
-        return {
-            "records": project.store.count_records(task),
-            "labelled": len(labelled),
-            "new_labels": len(new),
-            "labelled_ids": sorted(labelled),
-        }
-
-    collected = step("collect", collect)
-    if collected["new_labels"] < cfg.min_new_records or collected["labelled"] == 0:
-        reason = (
-            (
-                f"only {collected['new_labels']} new label(s) since the last turn "
-                f"(min_new_records: {cfg.min_new_records})"
-            )
-            if collected["labelled"]
-            else "no labelled records yet"
-        )
-        turn.steps["skipped"] = {"reason": reason}
-        turn.finished_at = utcnow().isoformat()
-        turn.save()
-        return _summary(project, turn, t.main_metric, "skipped", [reason])
-
-    # 2. curate into a snapshot (the held-out test split stays fixed across turns)
-    def curate_step() -> dict[str, Any]:
-        from whetstone.curate import curate
-
-        res = curate(project, task, cfg.curate or None, budget=cfg.budget)
-        return {
-            "snapshot": res.snapshot.id,
-            "counts": res.snapshot.counts(),
-            "steps": [s.__dict__ if hasattr(s, "__dict__") else s for s in res.steps],
-            "card": str(res.card_path) if res.card_path else None,
-        }
-
-    snap = step("curate", curate_step)
-
-    # 3. train a candidate on it (or search hyper-parameters within a time budget)
-    def train_step() -> dict[str, Any]:
-        from whetstone.train import api as train_api
-        from whetstone.train.config import build
-
-        unfinished = _find_unfinished_run(project, task, snap["snapshot"])
-        if unfinished:
-            res = train_api.resume_run(project, unfinished, progress=progress)
-        elif cfg.tune_trials:
-            from whetstone.train.tune import tune
-
-            res = tune(
-                project,
-                task,
-                trials=cfg.tune_trials,
-                timeout=cfg.tune_timeout,
-                base=cfg.train,
-                snapshot_id=snap["snapshot"],
-                progress=progress,
-            ).best
-        else:
-            tc = build(
-                ("project whetstone.yaml (train:)", project.section("train")),
-                ("flywheel config (train:)", cfg.train),
-            )
-            res = train_api.train_task(
-                project, task, tc, snapshot_id=snap["snapshot"], progress=progress
-            )
-        return {
-            "adapter": res.adapter,
-            "run": res.run_id,
-            "best_metric": res.best_metric,
-            "steps": res.steps,
-            "train_seconds": round(sum(res.timings.values()), 1),
-            "records": res.data.get("examples") if isinstance(res.data, dict) else None,
-        }
-
-    trained = step("train", train_step)
-    candidate = trained["adapter"]
-
-    # 4. evaluate candidate and incumbent on the same held-out records
-    def evaluate_step() -> dict[str, Any]:
-        from whetstone.evaluate.runner import evaluate, latest_evaluation
-
-        inc = incumbent(project, task)
-        out: dict[str, Any] = {"incumbent": inc}
-        for role, model in (("before", inc), ("after", candidate)):
-            ev = latest_evaluation(project, task, model, snap["snapshot"], cfg.split)
-            if ev is None:
-                ev = evaluate(
-                    project,
-                    task,
-                    model,
-                    cfg.split,
-                    snap["snapshot"],
-                    batch_size=cfg.eval_batch_size,
-                    max_new_tokens=cfg.max_new_tokens,
-                )
-            out[role] = {"evaluation": ev.id, "model": model, "n": ev.n, "metrics": ev.metrics}
-        return out
-
-    evals = step("evaluate", evaluate_step)
-
-    def turn_gate_config() -> Any:
-        from whetstone.evaluate.gate import gate_config
-
-        defaults = {"batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.max_new_tokens}
-        return gate_config(
-            project, **{**defaults, **cfg.gate, "split": cfg.split, "snapshot": snap["snapshot"]}
-        )
-
-    # 5. the gate decides; promotion happens only when every rule passes
-    def gate_step() -> dict[str, Any]:
-        from whetstone.evaluate.gate import promote
-
-        outcome = promote(project, candidate, turn_gate_config(), actor="flywheel")
-        rules = outcome.decision.rules
-        return {
-            "promoted": outcome.promoted,
-            "failed": [r.message for r in rules if not r.passed],
-            "rules": [{"name": r.name, "passed": r.passed, "message": r.message} for r in rules],
-        }
-
-    gated = step("gate", gate_step)
-
-    # 6. the report people read
-    def report_step() -> dict[str, Any]:
-        if not cfg.report:
-            return {"path": None}
-        from whetstone.evaluate.report import write_report
-
-        # The comparison the gate made, with the turn's evaluation settings: both evaluations
-        # are stored already, so the report runs no model.
-        path = write_report(
-            project, candidate, config=turn_gate_config(), baseline=evals["incumbent"]
-        )
-        return {"path": str(path)}
-
-    reported = step("report", report_step)
-
-    # 7. what a human should label next
-    def next_step() -> dict[str, Any]:
-        if cfg.next_n == 0:
-            return {"path": None, "n": 0}
-        from whetstone.curate import next_to_label
-
-        ranked = next_to_label(project, task, cfg.next_n)
-        path = turns_dir(project, task) / f"turn-{turn.number:04d}-next.jsonl"
-        rows = [
-            {
-                "record_id": r.id,
-                "score": round(s, 4),
-                **{k: round(v, 4) for k, v in parts.items()},
-                "input": r.input_text,
-                "output": r.output,
-            }
-            for r, s, parts in ranked
-        ]
-        atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
-        return {"path": str(path), "n": len(rows)}
-
-    queued = step("next", next_step)
+    c = TurnContext(project, task, cfg, turn, progress)
+    for name, run in TURN_STEPS:
+        result = _run_step(c, name, run, on_step)
+        if name == "collect" and (reason := _skip_reason(result, cfg)):
+            turn.steps["skipped"] = {"reason": reason}
+            turn.finished_at = utcnow().isoformat()
+            turn.save()
+            return _summary(project, turn, main_metric, "skipped", [reason])
     turn.finished_at = utcnow().isoformat()
     turn.save()
-    decision = "promoted" if gated["promoted"] else "refused"
+    steps = turn.steps
+    decision = "promoted" if steps["gate"]["promoted"] else "refused"
     return _summary(
-        project, turn, t.main_metric, decision, gated["failed"], evals, reported, queued
+        project,
+        turn,
+        main_metric,
+        decision,
+        steps["gate"]["failed"],
+        steps["evaluate"],
+        steps["report"],
+        steps["next"],
     )
+
+
+def _run_step(
+    c: TurnContext,
+    name: str,
+    run: Callable[[TurnContext], dict[str, Any]],
+    on_step: Callable[[str, dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """Run step `name` unless the turn has it already, and record its result and time."""
+    turn = c.turn
+    if turn.done(name):
+        return turn.steps[name]
+    if c.progress:
+        from whetstone.progress import console
+
+        console.print(f"[bold cyan]▶ {name}[/bold cyan]")
+    t0 = time.perf_counter()
+    result = run(c)
+    turn.record(name, result, time.perf_counter() - t0)
+    if on_step is not None:
+        on_step(name, turn.steps[name])
+    return turn.steps[name]
+
+
+def _skip_reason(collected: dict[str, Any], cfg: FlywheelConfig) -> str | None:
+    """Why the turn stops after collecting, if it does: no labels, or too few new ones."""
+    if collected["labelled"] == 0:
+        return "no labelled records yet"
+    if collected["new_labels"] < cfg.min_new_records:
+        return (
+            f"only {collected['new_labels']} new label(s) since the last turn "
+            f"(min_new_records: {cfg.min_new_records})"
+        )
+    return None
 
 
 def _summary(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from whetstone.errors import InvalidInput
 from whetstone.models.generate import Generation, generate
@@ -12,14 +12,17 @@ from whetstone.project import Project
 from whetstone.prompts import chat, normalise_answer
 from whetstone.records import Input, Record, Task
 
+if TYPE_CHECKING:
+    from whetstone.models.types import InferenceModel, Tokenizer
+
 
 @dataclass
 class Predictor:
     """A loaded model ready to answer a task: the base model, or base + adapter `T@N`."""
 
     task: Task
-    model: Any
-    tokenizer: Any
+    model: InferenceModel
+    tokenizer: Tokenizer
     name: str  # what goes into Record.model: "base:<model>" or "T@N"
 
     def __call__(
@@ -53,8 +56,8 @@ def load_predictor(
     t = project.task(task)
     if model == "base":
         base = base_models.resolve(base_model or project.base_model)
-        m, tok = base_models.load(base)
-        return Predictor(task=t, model=m, tokenizer=tok, name=f"base:{base.name}")
+        lm, tok = base_models.load(base)
+        return Predictor(task=t, model=lm, tokenizer=tok, name=f"base:{base.name}")
     from whetstone.registry import load_adapter_model
 
     m, tok, name = load_adapter_model(project, model, task=task, base_model=base_model)

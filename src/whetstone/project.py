@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from whetstone.errors import InvalidInput, NotFound
+from whetstone.errors import InvalidInput, NotFound, from_validation
 from whetstone.records import Input, Kind, Record, Source, Status, Task
 from whetstone.store import Store
 from whetstone.util import CONFIG_NAME, HOME_NAME, atomic_write_text, read_yaml_mapping
@@ -23,14 +23,14 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 # Top-level keys of whetstone.yaml; stage sections (train, curate, gate, serve, ...) are
-# validated by the stage that reads them.
+# validated by the stage that reads them. Every key here has a reader: a section nothing reads
+# (`evaluate:` once was one) is refused rather than silently ignored.
 KNOWN_KEYS = {
     "base_model",
     "embedding_model",
     "db",
     "train",
     "curate",
-    "evaluate",
     "gate",
     "serve",
     "flywheel",
@@ -156,10 +156,7 @@ class Project:
                 metric=metric,
             )
         except pydantic.ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            raise InvalidInput(f"task {field}: {msg}") from None
+            raise InvalidInput(f"task {from_validation(e)}") from None
         if task.kind == Kind.classify and not labels:
             raise InvalidInput("a classify task needs --labels")
         if schema is not None:

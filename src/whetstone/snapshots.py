@@ -3,6 +3,14 @@
 A snapshot hashes the ids, splits, weights *and* the references it froze, so a later correction
 of a record makes a new snapshot rather than silently changing an old one.
 
+What a snapshot holds, per record: its split, its weight, and the text (input and reference)
+that every stage uses. That text is the store's, except where curation changed it
+(normalised, PII redacted: see `curate.pii` for what redaction may change); then the
+snapshot holds curation's text, kept as the record's `rewritten` curation decision and part of
+the content hash. Training, validation and evaluation all read it through `records`, never
+from the store or from `curate`, so a model is scored on the very text it was taught with.
+The store keeps every record's original.
+
 The test split is stable across snapshots: a record's split is decided by a hash of its
 normalised input text, so the same input always lands in the same split and numbers stay
 comparable from one flywheel turn to the next.
@@ -11,19 +19,16 @@ comparable from one flywheel turn to the next.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from whetstone.errors import InvalidInput, NotFound
+from whetstone.neardup import dedup_key_text
 from whetstone.project import Project
-from whetstone.records import Record, Source, Status, canonical_json, utcnow
-from whetstone.store import row_by_prefix, schema
+from whetstone.records import Input, Message, Record, Source, Status, canonical_json, utcnow
+from whetstone.store import snapshots as stored
+from whetstone.store.curation import decision_details
 
 SPLITS = ("train", "validation", "test")
 # Records with these tags are held out: they may be evaluated on, never trained on.
@@ -50,14 +55,9 @@ class Snapshot:
         return {s: len(self.splits.get(s, [])) for s in SPLITS}
 
 
-def normalise_text(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def split_bucket(text: str) -> float:
     """A number in [0, 1) fixed by the normalised text: the record's place in the split."""
-    h = hashlib.sha256(normalise_text(text).encode()).digest()
+    h = hashlib.sha256(dedup_key_text(text).encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 
@@ -124,96 +124,82 @@ def freeze(
     sid = h.hexdigest()[:16]
     info = dict(info or {})
     info.setdefault("counts", {s: sum(1 for v in assignment.values() if v == s) for s in SPLITS})
-    now = utcnow()
-    with project.store.begin() as c:
-        if (
-            c.execute(sa.select(schema.snapshots.c.id).where(schema.snapshots.c.id == sid)).first()
-            is None
-        ):
-            c.execute(
-                schema.snapshots.insert().values(
-                    id=sid,
-                    task=task,
-                    info=json.dumps(info, default=str),
-                    created_at=now.isoformat(),
-                )
-            )
-            rows = [
-                {
-                    "snapshot_id": sid,
-                    "record_id": rid,
-                    "split": s,
-                    "weight": float(weights.get(rid, 1.0)),
-                }
-                for rid, s in assignment.items()
-            ]
-            if rows:
-                c.execute(schema.snapshot_records.insert(), rows)
+    members = [(rid, s, float(weights.get(rid, 1.0))) for rid, s in assignment.items()]
+    stored.add_snapshot(project.store, sid, task, info, members, now=utcnow().isoformat())
     return load(project, sid)
 
 
 def load(project: Project, snapshot_id: str) -> Snapshot:
     """Load by id or unique id prefix."""
-    t = schema.snapshots
-    with project.store.begin() as c:
-        row = row_by_prefix(c, t, snapshot_id, "snapshot")
-        sr = schema.snapshot_records
-        members = c.execute(
-            sa.select(sr).where(sr.c.snapshot_id == row["id"]).order_by(sr.c.record_id)
-        ).mappings()
-        splits: dict[str, list[int]] = {s: [] for s in SPLITS}
-        weights: dict[int, float] = {}
-        for m in members:
-            splits[m["split"]].append(m["record_id"])
-            if m["weight"] != 1.0:
-                weights[m["record_id"]] = m["weight"]
+    row, members = stored.snapshot_row(project.store, snapshot_id)
+    splits: dict[str, list[int]] = {s: [] for s in SPLITS}
+    weights: dict[int, float] = {}
+    for rid, split, weight in members:
+        splits[split].append(rid)
+        if weight != 1.0:
+            weights[rid] = weight
     return Snapshot(
         id=row["id"],
         task=row["task"],
         created_at=datetime.fromisoformat(row["created_at"]),
-        info=json.loads(row["info"]),
+        info=row["info"],
         splits=splits,
         weights=weights,
     )
 
 
 def latest(project: Project, task: str) -> Snapshot | None:
-    t = schema.snapshots
-    with project.store.begin() as c:
-        row = c.execute(
-            sa.select(t.c.id).where(t.c.task == task).order_by(t.c.created_at.desc()).limit(1)
-        ).first()
-    return load(project, row[0]) if row else None
+    sid = stored.latest_snapshot_id(project.store, task)
+    return load(project, sid) if sid else None
 
 
 def list_snapshots(project: Project, task: str | None = None) -> list[Snapshot]:
-    t = schema.snapshots
-    q = sa.select(t.c.id).order_by(t.c.created_at)
-    if task:
-        q = q.where(t.c.task == task)
-    with project.store.begin() as c:
-        ids = [r[0] for r in c.execute(q)]
-    return [load(project, i) for i in ids]
+    return [load(project, i) for i in stored.snapshot_ids(project.store, task)]
+
+
+# The curation decision that holds a record's text in a snapshot where it differs from the store.
+HELD_TEXT = "rewritten"
+
+
+def held_text(record: Record, inp: Input, reference: str) -> dict[str, Any]:
+    """The detail of a `HELD_TEXT` decision: the parts of `inp`/`reference` that differ from
+    the store's `record` ({} when neither does)."""
+    detail: dict[str, Any] = {}
+    if inp != record.input:
+        detail["input"] = (
+            inp if isinstance(inp, str) else [m.model_dump(exclude_none=True) for m in inp]
+        )
+    if reference != record.reference:
+        detail["reference"] = reference
+    return detail
+
+
+def _as_held(rec: Record, detail: dict[str, Any] | None) -> Record:
+    if not detail:
+        return rec
+    update: dict[str, Any] = {}
+    if "input" in detail:
+        inp = detail["input"]
+        update["input"] = inp if isinstance(inp, str) else [Message.model_validate(m) for m in inp]
+    if "reference" in detail:
+        update["reference"] = detail["reference"]
+    return rec.model_copy(update=update)
 
 
 def records(project: Project, snap: Snapshot, split: str) -> list[Record]:
+    """The records of a snapshot split with the text the snapshot holds (see the module's
+    docstring): what training, validation and evaluation use. Copies: the store is untouched."""
     ids = snap.ids(split)
     if not ids:
         return []
     by_id = {r.id: r for r in project.store.iter_records(snap.task, ids=ids)}
-    return [by_id[i] for i in ids if i in by_id]
+    held = decision_details(project.store, snap.id, HELD_TEXT)
+    return [_as_held(by_id[i], held.get(i)) for i in ids if i in by_id]
 
 
 def test_ids_in_use(project: Project, task: str) -> set[int]:
     """Every record any snapshot of the task has put in its test split: never train on them."""
-    sr, t = schema.snapshot_records, schema.snapshots
-    with project.store.begin() as c:
-        rows = c.execute(
-            sa.select(sr.c.record_id)
-            .join(t, t.c.id == sr.c.snapshot_id)
-            .where(t.c.task == task, sr.c.split == "test")
-        )
-        return {r[0] for r in rows}
+    return {rid for rid, _ in stored.record_splits(project.store, task, "test")}
 
 
 def snapshot_task(

@@ -56,6 +56,7 @@ def curate(
 
     from whetstone.curate.pipeline import curate as run
     from whetstone.curate.pipeline import resolve_config
+    from whetstone.train.scoring import reference_losses
 
     p = common.project()
     overrides: dict[str, object] = {
@@ -65,7 +66,7 @@ def curate(
     cfg = resolve_config(p, config, budget=budget, **overrides)
     if no_pii:
         cfg = resolve_config(p, cfg, steps=[s for s in cfg.steps if s != "pii"])
-    result = run(p, task, cfg)
+    result = run(p, task, cfg, scorer=reference_losses)
     table = Table("step", "before", "removed", "flagged", "changed", "after", "why / notes")
     for r in result.steps:
         why = "; ".join([*(f"{k} ×{v}" for k, v in r.reasons.items()), *r.notes])

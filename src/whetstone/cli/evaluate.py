@@ -62,7 +62,8 @@ def eval_cmd(
     ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Run a model over a snapshot split and store its metrics with 95% bootstrap intervals."""
+    """Run a model over a snapshot split and store its metrics with 95% intervals (Wilson for
+    0/1 metrics, percentile bootstrap for the others)."""
     from whetstone.evaluate.runner import evaluate
     from whetstone.evaluate.runner import queue_failures as queue
 

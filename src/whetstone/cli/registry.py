@@ -101,7 +101,7 @@ def rollback_cmd(
     actor: Annotated[str | None, typer.Option("--actor", help="Who (default: $USER).")] = None,
 ) -> None:
     """Return to the previous production version; the current one is retired."""
-    from whetstone.evaluate.gate import rollback
+    from whetstone.registry import rollback
 
     new, old = rollback(common.project(), task, to, actor=actor, reason=reason)
     common.out.print(f"Rolled back {task}: {new.name} is production, {old.name} is {old.stage}")

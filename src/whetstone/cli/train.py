@@ -15,18 +15,20 @@ def register(app: typer.Typer) -> None:
         "train",
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
         epilog="Every training setting is also a flag: --lora-dropout 0.05, --topk-layers 4, --no-packing ... "
-        "(see --print-config for all of them). Precedence: flags, then --config, then `train:` in whetstone.yaml.",
+        "Each method has its own settings (--method M --print-config shows them); another method's "
+        "setting is an error. Precedence: flags, then --config, then `train:` in whetstone.yaml.",
     )(train)
 
 
 def _parse_extra(args: list[str]) -> dict[str, Any]:
-    """`--key value`, `--flag` / `--no-flag` for any TrainConfig field not declared below."""
+    """`--key value`, `--flag` / `--no-flag` for any method's setting not declared below (the
+    config then refuses one of another method than the chosen one)."""
     import yaml
 
     from whetstone.errors import InvalidInput
-    from whetstone.train.config import TrainConfig
+    from whetstone.train.config import all_options
 
-    fields = TrainConfig.model_fields
+    fields = all_options()
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -66,7 +68,12 @@ def train(
     ctx: typer.Context,
     task: Annotated[str | None, typer.Option("--task", "-t", help="The task to train.")] = None,
     method: Annotated[
-        str | None, typer.Option("--method", help="lora (default), dora, full, head or topk.")
+        str | None,
+        typer.Option(
+            "--method",
+            help="The training method (default lora; a wrong name lists them all). Each has "
+            "its own settings: see --print-config.",
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="A train.yaml of training settings.")
@@ -94,14 +101,17 @@ def train(
     ] = None,
     print_config: Annotated[
         bool,
-        typer.Option("--print-config", help="Print the full effective config (YAML) and exit."),
+        typer.Option(
+            "--print-config", help="Print the chosen method's effective config (YAML) and exit."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train an adapter for TASK on its records' train split and register it as a candidate."""
     from whetstone.errors import InvalidInput, NotFound
+    from whetstone.evaluate.metrics import main_score
     from whetstone.train import resume_run, train_task
-    from whetstone.train.config import build, read_yaml
+    from whetstone.train.config import COMMAND_LINE, build, read_yaml
 
     flags = {
         "method": method,
@@ -124,7 +134,7 @@ def train(
             raise
     if config is not None:
         layers.append((str(config), read_yaml(config)))
-    layers.append(("command line", flags))
+    layers.append((COMMAND_LINE, flags))
     cfg = build(*layers)
     if print_config:
         common.out.print(cfg.to_yaml(), end="", markup=False, highlight=False)
@@ -135,11 +145,15 @@ def train(
             raise InvalidInput(
                 "--resume continues a run with its own config: give no other training options"
             )
-        result = resume_run(p, resume)
+        result = resume_run(p, resume, metric=main_score)
     else:
         if not task:
             raise InvalidInput("give --task T (or --resume RUN_ID)")
-        result = train_task(p, task, cfg, snapshot_id=from_snapshot)
+        result = train_task(p, task, cfg, snapshot_id=from_snapshot, metric=main_score)
+    _report(result, as_json)
+
+
+def _report(result: Any, as_json: bool) -> None:
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, the main process reports

@@ -48,6 +48,7 @@ def tune(
     """Search learning rate, LoRA rank, epochs and method; prune bad trials; register the best.
 
     Running the same command again resumes the study (.whetstone/tune/STUDY.db)."""
+    from whetstone.evaluate.metrics import main_score
     from whetstone.train.config import read_yaml
     from whetstone.train.tune import SEARCHED
     from whetstone.train.tune import tune as run_tune
@@ -69,6 +70,7 @@ def tune(
         methods=methods or None,
         study_name=study,
         seed=seed,
+        metric=main_score,
     )
     if as_json:
         common.print_json(

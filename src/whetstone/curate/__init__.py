@@ -11,29 +11,29 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from whetstone.curate.pipeline import CurationResult
+    from whetstone.curate.state import LossScorer
     from whetstone.project import Project
     from whetstone.records import Record
-    from whetstone.snapshots import Snapshot
 
 
 def curate(
-    project: Project, task: str, config: Any = None, budget: int | None = None, **overrides: Any
+    project: Project,
+    task: str,
+    config: Any = None,
+    budget: int | None = None,
+    *,
+    scorer: LossScorer | None = None,
+    **overrides: Any,
 ) -> CurationResult:
     from whetstone.curate.pipeline import curate as run
 
-    return run(project, task, config, budget, **overrides)
+    return run(project, task, config, budget, scorer=scorer, **overrides)
 
 
 def decisions_for(project: Project, record_id: int) -> list[dict[str, Any]]:
     from whetstone.curate.pipeline import decisions_for as run
 
     return run(project, record_id)
-
-
-def training_records(project: Project, snap: Snapshot, split: str) -> list[Record]:
-    from whetstone.curate.pipeline import training_records as run
-
-    return run(project, snap, split)
 
 
 def next_to_label(
@@ -44,4 +44,4 @@ def next_to_label(
     return run(project, task, n, **kw)
 
 
-__all__ = ["curate", "decisions_for", "next_to_label", "training_records"]
+__all__ = ["curate", "decisions_for", "next_to_label"]

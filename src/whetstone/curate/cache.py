@@ -11,13 +11,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import sqlalchemy as sa
-
 from whetstone.project import Project
-from whetstone.store import schema
-
-# SQLite limits the number of bound parameters per statement.
-_CHUNK = 500
+from whetstone.store import curation as stored
 
 
 def text_hash(text: str) -> str:
@@ -26,44 +21,13 @@ def text_hash(text: str) -> str:
 
 def load(project: Project, kind: str, wanted: dict[int, str]) -> dict[int, bytes]:
     """Stored values of `kind` for the records in `wanted` (id -> input hash) that still match."""
-    t = schema.record_features
-    found: dict[int, bytes] = {}
-    ids = list(wanted)
-    with project.store.begin() as c:
-        for i in range(0, len(ids), _CHUNK):
-            rows = c.execute(
-                sa.select(t.c.record_id, t.c.input_hash, t.c.value).where(
-                    t.c.kind == kind, t.c.record_id.in_(ids[i : i + _CHUNK])
-                )
-            )
-            for rid, h, value in rows:
-                if wanted.get(rid) == h:
-                    found[rid] = bytes(value)
-    return found
+    return stored.load_features(project.store, kind, wanted)
 
 
 def save(project: Project, kind: str, values: dict[int, tuple[str, bytes]]) -> None:
     """Store (input hash, value) per record id, replacing older values of the same kind."""
-    if not values:
-        return
-    t = schema.record_features
-    ids = list(values)
-    with project.store.begin() as c:
-        for i in range(0, len(ids), _CHUNK):
-            part = ids[i : i + _CHUNK]
-            c.execute(t.delete().where(t.c.kind == kind, t.c.record_id.in_(part)))
-            c.execute(
-                t.insert(),
-                [
-                    {
-                        "record_id": r,
-                        "kind": kind,
-                        "input_hash": values[r][0],
-                        "value": values[r][1],
-                    }
-                    for r in part
-                ],
-            )
+    if values:
+        stored.save_features(project.store, kind, values)
 
 
 def cached(

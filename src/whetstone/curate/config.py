@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from whetstone.errors import InvalidInput
+from whetstone import neardup
+from whetstone.errors import InvalidInput, from_validation
 from whetstone.util import read_yaml_mapping
 
 # The order steps run in, whatever order the config lists them. `split` runs before `select`
@@ -31,10 +32,8 @@ class CurateConfig(BaseModel):
     deny: list[str] = Field(default_factory=list)
     # pii
     pii_types: list[str] = Field(default_factory=lambda: list(PII_TYPES))
-    # dedup
-    jaccard: float = Field(default=0.8, ge=0, le=1)
-    shingle: int = Field(default=5, ge=1, le=64)
-    num_perm: int = Field(default=128, ge=16, le=1024)
+    # dedup: near duplicates are `whetstone.neardup`'s, at this Jaccard
+    jaccard: float = Field(default=neardup.THRESHOLD, ge=0, le=1)
     cosine: float = Field(default=0.97, ge=0, le=1)
     # noise
     drop_noisy: bool = False
@@ -60,6 +59,9 @@ class CurateConfig(BaseModel):
     # split
     validation: float = Field(default=0.1, ge=0, lt=1)
     test: float = Field(default=0.2, ge=0, lt=1)
+    # Near-duplicate groups stay in one split, and a training row this close to a test row is
+    # removed. Keep it at or below the gate's `near_duplicate`, so the gate's leakage rule
+    # (the same definition) never finds a pair this step let through.
     group_jaccard: float = Field(default=0.5, ge=0, le=1)
     reshuffle_test: bool = False
     embedding_model: str | None = None
@@ -105,12 +107,7 @@ def parse(data: dict[str, Any], where: str) -> CurateConfig:
     try:
         return CurateConfig.model_validate(data)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(config)"
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            problems.append(f"{key}: {msg}")
-        raise InvalidInput(f"{where}: " + "; ".join(problems)) from None
+        raise from_validation(e, where) from None
 
 
 def load(project: Any, path: str | Path | None = None, **overrides: Any) -> CurateConfig:

@@ -1,61 +1,34 @@
-"""Step 4, duplicates: exact (same normalised text), near (MinHash LSH over character
-shingles, a Jaccard threshold) and semantic (MiniLM cosine threshold). Each cluster keeps its
-best member — corrected over accepted over the rest, then the newest — and records that
+"""Step 4, duplicates: exact and near (`whetstone.neardup`'s definition, at the `jaccard`
+threshold) and, on top, semantic (MiniLM cosine threshold, between texts whose numbers do not
+conflict). Each cluster keeps its best member — corrected over accepted over the rest, then the newest — and records that
 earlier snapshots put in test are never removed here, so the test split stays put."""
 
 from __future__ import annotations
 
-import hashlib
+import re
+from collections.abc import Sequence
 from typing import Any
 
+from whetstone import neardup
 from whetstone.curate import cache
 from whetstone.curate.state import Row, Run
 from whetstone.records import Status
-from whetstone.snapshots import normalise_text
 
 _STATUS_RANK = {Status.corrected: 2, Status.accepted: 1}
 _BLOCK = 256  # rows per block of the cosine matrix: memory grows as n x 256 floats, not n x n
+_NUMBER = re.compile(r"\d+")
 
 
-def _shingles(text: str, k: int) -> set[bytes]:
-    t = normalise_text(text)
-    if len(t) <= k:
-        return {t.encode()}
-    return {t[i : i + k].encode() for i in range(len(t) - k + 1)}
+def match_text(row: Row) -> str:
+    """The text of a row that near-duplicate checks compare: its curated input, every turn."""
+    return neardup.input_for_matching(row.input)
 
 
 def minhashes(ctx: Run, ids: list[int], texts: list[str]) -> list[Any]:
     """MinHash signatures of the texts, from the feature cache where they are already known."""
-    import numpy as np
-    from datasketch import MinHash
-
-    k, perm = ctx.config.shingle, ctx.config.num_perm
-    # Permutations generated once and shared: building them per signature dominates otherwise.
-    template = MinHash(num_perm=perm, seed=1, scheme="affine32")
-
-    def compute(batch: list[str]) -> list[bytes]:
-        out = []
-        for text in batch:
-            m = MinHash(
-                seed=1,
-                scheme="affine32",
-                hashvalues=template.hashvalues,
-                permutations=template.permutations,
-            )
-            m.update_batch(list(_shingles(text, k)))
-            out.append(m.hashvalues.astype(np.uint64).tobytes())
-        return out
-
-    values, _ = cache.cached(ctx.project, f"minhash:affine32:k{k}:p{perm}", ids, texts, compute)
-    return [
-        MinHash(
-            seed=1,
-            scheme="affine32",
-            hashvalues=np.frombuffer(v, dtype=np.uint64),
-            permutations=template.permutations,
-        )
-        for v in values
-    ]
+    kind = f"minhash:affine32:k{neardup.SHINGLE}:p{neardup.NUM_PERM}"
+    values, _ = cache.cached(ctx.project, kind, ids, texts, neardup.signature_values)
+    return neardup.signatures_from_values(values)
 
 
 class Clusters:
@@ -82,44 +55,44 @@ class Clusters:
         return list(out.values())
 
 
-def exact_pairs(rows: list[Row]) -> list[tuple[int, int]]:
-    first: dict[str, int] = {}
-    pairs = []
-    for i, r in enumerate(rows):
-        h = hashlib.sha256(normalise_text(r.text).encode()).hexdigest()
-        if h in first:
-            pairs.append((first[h], i))
-        else:
-            first[h] = i
-    return pairs
+def duplicate_pairs(ctx: Run, rows: list[Row], threshold: float) -> list[neardup.Match]:
+    """Exact and near duplicate pairs among the rows (positions i < j)."""
+    return neardup.pairs_within(
+        [match_text(r) for r in rows], threshold, signatures=lambda: ctx.minhashes(rows)
+    )
 
 
-def near_pairs(ctx: Run, rows: list[Row], threshold: float) -> list[tuple[int, int]]:
-    """Pairs whose estimated Jaccard similarity reaches the threshold (LSH finds candidates)."""
-    from datasketch import MinHashLSH
-
-    if len(rows) < 2 or threshold >= 1:
-        return []
-    sigs = ctx.minhashes(rows)
-    lsh = MinHashLSH(threshold=max(threshold, 0.01), num_perm=ctx.config.num_perm)
-    for i, m in enumerate(sigs):
-        lsh.insert(i, m)
-    pairs = []
-    for i, m in enumerate(sigs):
-        for j in lsh.query(m):
-            if j > i and sigs[i].jaccard(sigs[j]) >= threshold:
-                pairs.append((i, j))
-    return pairs
+def numbers(text: str) -> list[str]:
+    """The numbers a text writes in digits, in order."""
+    return _NUMBER.findall(text)
 
 
-def semantic_pairs(vecs: Any, threshold: float, other: Any = None) -> list[tuple[int, int]]:
-    """Pairs (i, j) with cosine >= threshold: within `vecs` (i < j), or between `vecs` and
-    `other` when given. Blocked, so memory stays flat as the corpus grows."""
+def numbers_conflict(a: list[str], b: list[str]) -> bool:
+    """Both texts write numbers in digits, and not the same ones ("20" and "twenty" do not
+    conflict: one side has none)."""
+    return bool(a) and bool(b) and a != b
+
+
+def semantic_pairs(
+    vecs: Any,
+    threshold: float,
+    other: Any = None,
+    *,
+    texts: Sequence[str],
+    other_texts: Sequence[str] | None = None,
+) -> list[tuple[int, int]]:
+    """Pairs (i, j) with cosine >= threshold whose `numbers` do not conflict: within `vecs`
+    (i < j), or between `vecs` and `other` when given (`texts`, `other_texts`: the rows' text).
+    A sentence embedding barely sees numbers: templated records that differ only in a house
+    number or an order id reach a cosine of 0.97 and chained into clusters that removed
+    58-76% of a corpus with 10% planted copies. Blocked, so memory stays flat."""
     import numpy as np
 
     pairs: list[tuple[int, int]] = []
     within = other is None
     against = vecs if within else other
+    nums = [numbers(t) for t in texts]
+    against_nums = nums if within else [numbers(t) for t in other_texts or ()]
     if len(vecs) == 0 or len(against) == 0:
         return pairs
     for start in range(0, len(vecs), _BLOCK):
@@ -128,7 +101,7 @@ def semantic_pairs(vecs: Any, threshold: float, other: Any = None) -> list[tuple
         sims = vecs[start : start + _BLOCK] @ against[offset:].T
         for a, b in zip(*np.nonzero(sims >= threshold), strict=True):
             i, j = start + int(a), offset + int(b)
-            if not within or j > i:
+            if (not within or j > i) and not numbers_conflict(nums[i], against_nums[j]):
                 pairs.append((i, j))
     return pairs
 
@@ -143,10 +116,11 @@ def run(ctx: Run) -> None:
     cfg = ctx.config
     rows = ctx.rows
     uf = Clusters(len(rows))
-    exact = exact_pairs(rows)
-    near = near_pairs(ctx, rows, cfg.jaccard)
+    found = duplicate_pairs(ctx, rows, cfg.jaccard)
+    exact = [(m.i, m.j) for m in found if m.kind == "exact"]
+    near = [(m.i, m.j) for m in found if m.kind == "near"]
     vecs = ctx.vectors(rows)
-    semantic = semantic_pairs(vecs, cfg.cosine)
+    semantic = semantic_pairs(vecs, cfg.cosine, texts=[match_text(r) for r in rows])
     for a, b in [*exact, *near, *semantic]:
         uf.union(a, b)
     ctx.note(f"{len(exact)} exact, {len(near)} near and {len(semantic)} semantic duplicate pairs")
@@ -168,11 +142,13 @@ def run(ctx: Run) -> None:
             if row.prior_split == "test":
                 continue  # the test split stays fixed; the split step keeps the group together
             cos = float(vecs[i] @ vecs[members[0]])
-            if normalise_text(row.text) == normalise_text(keep.text):
+            text, kept_text = match_text(row), match_text(keep)
+            if neardup.dedup_key_text(text) == neardup.dedup_key_text(kept_text):
                 reason = "exact duplicate"
+            elif neardup.similarity(text, kept_text) >= cfg.jaccard:
+                reason = "near duplicate"
             else:
-                jac = ctx.minhashes([row])[0].jaccard(ctx.minhashes([keep])[0])
-                reason = "near duplicate" if jac >= cfg.jaccard else "semantic duplicate"
+                reason = "semantic duplicate"
             ctx.decide(
                 row,
                 "removed",

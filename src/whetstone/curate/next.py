@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from whetstone.curate import cache
-from whetstone.curate.normalise import normalise
+from whetstone.curate.normalise import clean_record_text
 from whetstone.errors import InvalidInput
 from whetstone.project import Project
 from whetstone.records import Record, Source, Status
@@ -86,9 +86,9 @@ def next_to_label(
     ]
 
     def vecs(recs: list[Record]) -> Any:
-        return cache.embeddings(
-            project, spec, [r.id for r in recs], [normalise(r.input_text) for r in recs]
-        )
+        ids = [r.id for r in recs if r.id is not None]
+        assert len(ids) == len(recs), "records read from the store have ids"
+        return cache.embeddings(project, spec, ids, [clean_record_text(r.input_text) for r in recs])
 
     pv = vecs(pool)
     nearest = np.zeros(len(pool), dtype=np.float32)  # highest cosine to anything labelled

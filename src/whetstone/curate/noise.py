@@ -12,7 +12,8 @@
   cross-validated classifier over every other record's values confidently contradicts, the
   sign of a value filed under the wrong key (valid JSON, grounded, memorised by a model).
 - generate and extract: per-example loss of the reference under the current production
-  adapter, encoded exactly as training encodes it. Rows far above the typical loss are
+  adapter, encoded exactly as training encodes it (the run's `scorer`, which the caller takes
+  from training: curation does not import it). Rows far above the typical loss are
   suspects. "Far" is robust: median + `loss_mad_k` x the scaled median absolute deviation,
   since the wrong labels this rule hunts would inflate a mean and standard deviation and hide
   themselves, and it is taken separately for the rows the adapter trained on and the rest. It
@@ -24,11 +25,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whetstone.curate.spans import WORD, flat_text, misfiled_values, string_values
 from whetstone.curate.state import Row, Run
-from whetstone.records import Kind, Task
+from whetstone.records import Kind
+
+if TYPE_CHECKING:
+    from whetstone.models.types import InferenceModel, Tokenizer
 
 
 def classify_suspects(vecs: Any, labels: list[str], folds: int) -> list[tuple[int, str, float]]:
@@ -51,33 +55,6 @@ def classify_suspects(vecs: Any, labels: list[str], folds: int) -> list[tuple[in
     )
     issues = find_label_issues(y, probs, return_indices_ranked_by="self_confidence")
     return [(int(i), classes[int(probs[i].argmax())], float(probs[i, y[i]])) for i in issues]
-
-
-def per_example_loss(
-    model: Any, tok: Any, task: Task, rows: list[Row], batch_size: int = 16
-) -> list[float]:
-    """Mean token cross-entropy of each row's answer after its prompt, with the prompt and
-    answer encoded (`train.data.encode_pair`) and batched (`collate`, one example per row) as
-    training does, and the loss taken as training takes it (`train.loop.token_losses`)."""
-    import torch
-
-    from whetstone.train.data import collate, encode_pair
-    from whetstone.train.loop import token_losses
-
-    examples = [encode_pair(tok, task, r.input, r.reference) for r in rows]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    dev = str(next(model.parameters()).device)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    out = [0.0] * len(examples)
-    with torch.inference_mode():
-        for at in range(0, len(order), batch_size):
-            idx = order[at : at + batch_size]
-            losses, row_of = token_losses(model, collate([[examples[i]] for i in idx], pad_id), dev)
-            sums = torch.zeros(len(idx)).index_add_(0, row_of.cpu(), losses.cpu())
-            counts = torch.bincount(row_of.cpu(), minlength=len(idx))
-            for b, i in enumerate(idx):
-                out[i] = float(sums[b] / counts[b])
-    return out
 
 
 def robust_cutoff(losses: list[float], k: float) -> float:
@@ -122,7 +99,7 @@ def ungrounded_keys(text: str, reference: str) -> list[str]:
     return missing
 
 
-def production_model(ctx: Run) -> tuple[Any, Any, str, set[int]] | None:
+def production_model(ctx: Run) -> tuple[InferenceModel, Tokenizer, str, set[int]] | None:
     """The production adapter loaded, its name, and the ids of the records it trained on."""
     from whetstone import registry, snapshots
 
@@ -155,15 +132,22 @@ def _grounding(ctx: Run, suspects: list[dict[str, Any]]) -> set[int]:
 
 
 def _loss_rule(ctx: Run, suspects: list[dict[str, Any]], skip: set[int]) -> None:
+    if ctx.scorer is None:
+        ctx.note("skipped: no scorer given to score references with (curate's `scorer`)")
+        return
     loaded = production_model(ctx)
     if loaded is None:
         ctx.note("skipped: no production adapter to score references with")
         return
     model, tok, name, trained_on = loaded
+    from whetstone.models.label_head import LabelHeadModel
+
+    # Label heads are classify adapters, and classify tasks use confident learning instead.
+    assert not isinstance(model, LabelHeadModel)
     # Test rows are never dropped and scoring them is a third of the step's time on a typical
     # project; they are left out.
     rows = [r for r in ctx.rows if r.prior_split != "test"]
-    losses = per_example_loss(model, tok, ctx.task, rows)
+    losses = ctx.scorer(model, tok, ctx.task, [(r.input, r.reference) for r in rows])
     for row, loss in zip(rows, losses, strict=True):
         row.loss = loss
     # Rows the adapter trained on score far lower than rows it never saw (validation rows,
@@ -220,10 +204,10 @@ def run(ctx: Run) -> None:
     suspects: list[dict[str, Any]] = []
     if ctx.task.kind == Kind.classify:
         labels = [r.reference for r in rows]
-        found = classify_suspects(ctx.vectors(rows), labels, ctx.config.noise_folds)
-        if not found and len(set(labels)) > 1 and min(Counter(labels).values()) < 2:
+        mislabelled = classify_suspects(ctx.vectors(rows), labels, ctx.config.noise_folds)
+        if not mislabelled and len(set(labels)) > 1 and min(Counter(labels).values()) < 2:
             ctx.note("skipped: every label needs at least 2 examples to cross-validate")
-        for i, suggested, p in found:
+        for i, suggested, p in mislabelled:
             row = rows[i]
             suspects.append(
                 {"id": row.id, "text": row.text, "label": row.reference, "suggested": suggested}
@@ -243,5 +227,4 @@ def run(ctx: Run) -> None:
         if ctx.task.kind == Kind.extract and ctx.config.misfiled_p > 0:
             found |= _misfiled(ctx, suspects, skip=found)
         _loss_rule(ctx, suspects, skip=found)
-        ctx.note("teacher disagreement: no teacher configured")
     ctx.card["suspects"] = suspects

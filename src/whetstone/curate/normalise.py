@@ -17,9 +17,10 @@ _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def normalise(text: str) -> str:
-    """NFKC, no invisible characters, runs of spaces as one, at most one blank line in a row.
-    Line breaks are kept: they can matter (addresses, code)."""
+def clean_record_text(text: str) -> str:
+    """A record's text as curation keeps it: NFKC, no invisible characters, runs of spaces as
+    one, at most one blank line in a row. Line breaks are kept: they can matter (addresses,
+    code). (Duplicates are compared by `neardup.dedup_key_text`, which also folds case.)"""
     text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _INVISIBLE.sub("", text)
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
@@ -27,7 +28,7 @@ def normalise(text: str) -> str:
 
 
 def _label(row: Row, labels: list[str]) -> str | None:
-    ref = normalise(row.reference)
+    ref = clean_record_text(row.reference)
     if ref in labels:
         return ref
     # A label that differs only in case or spacing is the same label, if only one matches.
@@ -38,7 +39,7 @@ def _label(row: Row, labels: list[str]) -> str | None:
 def run(ctx: Run) -> None:
     task = ctx.task
     for row in ctx.rows:
-        new_input = row.map_input(normalise)
+        new_input = row.map_input(clean_record_text)
         if task.kind == Kind.classify and task.labels:
             new_ref = _label(row, task.labels)
             if new_ref is None:
@@ -57,7 +58,7 @@ def run(ctx: Run) -> None:
                 ctx.decide(row, "removed", "reference fails the task schema", error=str(e))
                 continue
         else:
-            new_ref = normalise(row.reference)
+            new_ref = clean_record_text(row.reference)
         if new_input != row.input or new_ref != row.reference:
             row.input, row.reference = new_input, new_ref
             ctx.decide(row, "normalised", "unicode or whitespace normalised")

@@ -3,9 +3,18 @@ IBANs (mod-97 checked) and IP addresses become typed placeholders such as `<EMAI
 
 Checksums keep order numbers and dates from being mistaken for cards and IBANs; phone numbers
 need 9 to 15 digits (or a leading +), so dates and short codes stay as they are, and a
-ZIP+4 code is not a phone number. Inputs and
-references are redacted alike (classify labels are left alone), so an extraction target still
-matches its input.
+ZIP+4 code is not a phone number.
+
+What is redacted depends on the task's kind, so that the text a model is trained on (the
+snapshot's, see `snapshots`) never disagrees with what evaluation scores it against and what
+serving will ask of it:
+- generate: inputs and references alike (a reply learns to write `<EMAIL>`, and is scored
+  against a reference that says `<EMAIL>`);
+- classify: inputs only (a label is never PII);
+- extract: references never, and in inputs only the PII the reference does not hold. A value
+  the task extracts (a phone number in a `phone` field) is its target: redacted, the model
+  would learn to answer `<PHONE>`, which serving returns for a real number and evaluation of
+  the real reference scores wrong. PII the task does not extract is redacted as usual.
 """
 
 from __future__ import annotations
@@ -97,11 +106,18 @@ _DETECTORS: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], bool]]] =
 ]
 
 
+def _alnum(text: str) -> str:
+    return re.sub(r"[\W_]", "", text).casefold()
+
+
 def redact(
-    text: str, types: tuple[str, ...] | list[str] = tuple(PLACEHOLDERS)
+    text: str, types: tuple[str, ...] | list[str] = tuple(PLACEHOLDERS), keep: str = ""
 ) -> tuple[str, Counter[str]]:
-    """The text with PII replaced by placeholders, and how many of each type were found."""
+    """The text with PII replaced by placeholders, and how many of each type were found.
+    PII that `keep` holds (compared on letters and digits only, so "(415) 555-2671" is held by
+    "4155552671") stays as it is."""
     counts: Counter[str] = Counter()
+    kept = _alnum(keep)
     for kind, rx, valid in _DETECTORS:
         if kind not in types:
             continue
@@ -109,7 +125,7 @@ def redact(
         def sub(
             m: re.Match[str], kind: str = kind, valid: Callable[[re.Match[str]], bool] = valid
         ) -> str:
-            if not valid(m):
+            if not valid(m) or (kept and _alnum(m.group()) in kept):
                 return m.group()
             counts[kind] += 1
             return PLACEHOLDERS[kind]
@@ -120,17 +136,20 @@ def redact(
 
 def run(ctx: Run) -> None:
     types = ctx.config.pii_types
+    extract = ctx.task.kind == Kind.extract
     total: Counter[str] = Counter()
     for row in ctx.rows:
         found: Counter[str] = Counter()
+        # An extract reference's values are the task's targets: never redacted, anywhere.
+        keep = row.reference if extract else ""
 
-        def one(text: str, found: Counter[str] = found) -> str:
-            out, n = redact(text, types)
+        def one(text: str, found: Counter[str] = found, keep: str = keep) -> str:
+            out, n = redact(text, types, keep)
             found.update(n)
             return out
 
         new_input = row.map_input(one)
-        new_ref = row.reference if ctx.task.kind == Kind.classify else one(row.reference)
+        new_ref = row.reference if ctx.task.kind != Kind.generate else one(row.reference)
         if found:
             row.input, row.reference = new_input, new_ref
             total.update(found)

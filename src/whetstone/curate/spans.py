@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from whetstone.curate.normalise import normalise
+from whetstone.curate.normalise import clean_record_text
 
 WORD = re.compile(r"\w+")
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
@@ -44,7 +44,7 @@ class Misfiled:
 
 def flat_text(text: str) -> str:
     """Normalised (as the validate step does), case-folded, single-spaced."""
-    return " ".join(normalise(text).casefold().split())
+    return " ".join(clean_record_text(text).casefold().split())
 
 
 def string_values(value: Any, key: str = "") -> list[tuple[str, str]]:

@@ -1,7 +1,7 @@
 """Step 9, leakage-free split.
 
-- Near-duplicate groups (exact, MinHash at `group_jaccard`, cosine at `cosine`) stay inside one
-  split, so no test row has a paraphrase in training.
+- Near-duplicate groups (exact or near at `group_jaccard` by `whetstone.neardup`, cosine at
+  `cosine`) stay inside one split, so no test row has a paraphrase in training.
 - A record keeps the split earlier snapshots gave it (test first), so test numbers stay
   comparable across iterations; `reshuffle_test` starts afresh. A new near-duplicate of a test
   row does not join test: the contamination check keeps it out, and the test set stays put.
@@ -9,40 +9,31 @@
   order of a stable hash of their text: the same data always splits the same way.
 - Contamination check: no training or validation row may near-duplicate a test row of *any*
   snapshot of the task, including rows this run left out; offenders are removed and counted.
+  "Near-duplicate" is the gate's leakage rule's own definition (`whetstone.neardup`).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import defaultdict
-from typing import Any
+from collections import Counter, defaultdict
 
-import sqlalchemy as sa
-
+from whetstone import neardup
 from whetstone.curate import dedup
-from whetstone.curate.normalise import normalise
+from whetstone.curate.normalise import clean_record_text
 from whetstone.curate.state import Row, Run
 from whetstone.project import Project
 from whetstone.records import Kind
 from whetstone.snapshots import HELD_OUT_TAGS, is_held_out, split_bucket, test_ids_in_use
-from whetstone.store import schema
+from whetstone.store import snapshots as stored_snapshots
 
 _PRIORITY = {"test": 3, "validation": 2, "train": 1}
 
 
 def prior_splits(project: Project, task: str) -> dict[int, str]:
     """The split each record had in earlier snapshots of the task (test wins, then validation)."""
-    sr, t = schema.snapshot_records, schema.snapshots
     out: dict[int, str] = {}
-    with project.store.begin() as c:
-        rows = c.execute(
-            sa.select(sr.c.record_id, sr.c.split)
-            .join(t, t.c.id == sr.c.snapshot_id)
-            .where(t.c.task == task)
-        )
-        for rid, split in rows:
-            if _PRIORITY.get(split, 0) > _PRIORITY.get(out.get(rid, ""), 0):
-                out[rid] = split
+    for rid, split in stored_snapshots.record_splits(project.store, task):
+        if _PRIORITY.get(split, 0) > _PRIORITY.get(out.get(rid, ""), 0):
+            out[rid] = split
     return out
 
 
@@ -50,9 +41,10 @@ def _groups(ctx: Run, rows: list[Row]) -> list[list[int]]:
     cfg = ctx.config
     uf = dedup.Clusters(len(rows))
     pairs = [
-        *dedup.exact_pairs(rows),
-        *dedup.near_pairs(ctx, rows, cfg.group_jaccard),
-        *dedup.semantic_pairs(ctx.vectors(rows), cfg.cosine),
+        *((m.i, m.j) for m in dedup.duplicate_pairs(ctx, rows, cfg.group_jaccard)),
+        *dedup.semantic_pairs(
+            ctx.vectors(rows), cfg.cosine, texts=[dedup.match_text(r) for r in rows]
+        ),
     ]
     for a, b in pairs:
         uf.union(a, b)
@@ -84,11 +76,11 @@ def assign(ctx: Run) -> None:
         strata[key].append(members)
     for groups in strata.values():
         total = sum(len(g) for g in groups)
-        have = defaultdict(int)
+        have: Counter[str] = Counter()
         for g in groups:
             for i in g:
-                if rows[i].split:
-                    have[rows[i].split] += 1
+                if split := rows[i].split:
+                    have[split] += 1
         need = {
             "test": round(cfg.test * total) - have["test"],
             "validation": round(cfg.validation * total) - have["validation"],
@@ -117,13 +109,26 @@ def _held_out_rows(ctx: Run) -> list[Row]:
     if not ids:
         return []
     recs = ctx.project.store.iter_records(ctx.task.name, ids=sorted(ids))
-    return [Row(record=r, input=normalise(r.input_text), reference=r.reference or "") for r in recs]
+    return [
+        Row(record=r, input=clean_record_text(r.input_text), reference=r.reference or "")
+        for r in recs
+    ]
+
+
+def duplicates_of_test_rows(ctx: Run, others: list[Row], tests: list[Row]) -> list[neardup.Match]:
+    """The rows of `others` that exactly or nearly duplicate a test row (at `group_jaccard`),
+    each with its closest test row: the gate's leakage rule, run before training."""
+    return neardup.best_matches(
+        [dedup.match_text(r) for r in others],
+        [dedup.match_text(r) for r in tests],
+        ctx.config.group_jaccard,
+        query_signatures=lambda: ctx.minhashes(others),
+        corpus_signatures=lambda: ctx.minhashes(tests),
+    )
 
 
 def contamination(ctx: Run) -> None:
     """Remove training/validation rows that near-duplicate any test row of the task."""
-    from datasketch import MinHashLSH
-
     cfg = ctx.config
     tests = [r for r in ctx.rows if r.split == "test"] + _held_out_rows(ctx)
     others = [r for r in ctx.rows if r.split != "test"]
@@ -133,22 +138,16 @@ def contamination(ctx: Run) -> None:
             f"contamination check: {len(others)} rows against {len(tests)} test rows, none found"
         )
         return
-    hits: dict[int, tuple[int, str]] = {}
-    exact = {hashlib.sha256(dedup.normalise_text(t.text).encode()).hexdigest(): t.id for t in tests}
-    for r in others:
-        h = hashlib.sha256(dedup.normalise_text(r.text).encode()).hexdigest()
-        if h in exact:
-            hits[r.id] = (exact[h], "exact")
-    if cfg.group_jaccard < 1:
-        test_sigs = ctx.minhashes(tests)
-        lsh = MinHashLSH(threshold=max(cfg.group_jaccard, 0.01), num_perm=cfg.num_perm)
-        for i, m in enumerate(test_sigs):
-            lsh.insert(i, m)
-        for r, m in zip(others, ctx.minhashes(others), strict=True):
-            for j in lsh.query(m):
-                if r.id not in hits and m.jaccard(test_sigs[j]) >= cfg.group_jaccard:
-                    hits[r.id] = (tests[j].id, "near")
-    for i, j in dedup.semantic_pairs(ctx.vectors(others), cfg.cosine, ctx.vectors(tests)):
+    hits = {
+        others[m.i].id: (tests[m.j].id, m.kind) for m in duplicates_of_test_rows(ctx, others, tests)
+    }
+    for i, j in dedup.semantic_pairs(
+        ctx.vectors(others),
+        cfg.cosine,
+        ctx.vectors(tests),
+        texts=[dedup.match_text(r) for r in others],
+        other_texts=[dedup.match_text(r) for r in tests],
+    ):
         hits.setdefault(others[i].id, (tests[j].id, "semantic"))
     for r in others:
         if r.id in hits:
@@ -168,10 +167,7 @@ def contamination(ctx: Run) -> None:
 def run(ctx: Run) -> None:
     assign(ctx)
     contamination(ctx)
-    counts: dict[str, Any] = defaultdict(int)
-    for r in ctx.rows:
-        if not r.removed:
-            counts[r.split] += 1
+    counts: Counter[str] = Counter(r.split for r in ctx.rows if not r.removed and r.split)
     ctx.note("split " + ", ".join(f"{s} {counts[s]}" for s in ("train", "validation", "test")))
     total = sum(counts.values())
     for name, frac in (("test", ctx.config.test), ("validation", ctx.config.validation)):

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whetstone.curate import cache
 from whetstone.curate.config import CurateConfig
 from whetstone.project import Project
 from whetstone.records import Input, Message, Record, Task, input_text
 
+if TYPE_CHECKING:
+    from whetstone.models.types import CausalLM, Tokenizer
+
 ACTIONS = ("kept", "removed", "flagged", "redacted", "normalised", "upweighted", "rewritten")
+
+# (model, tokenizer, task, [(input, reference), ...]) -> each reference's loss under the
+# model, taken as training takes it. Training owns that encoding, so curation is handed it
+# (`whetstone.train.scoring.reference_losses`) by whoever composes the two.
+# Quoted: the model types are imported for type checkers only, and this alias runs.
+LossScorer = Callable[["CausalLM", "Tokenizer", Task, Sequence[tuple[Input, str]]], list[float]]
 
 
 @dataclass
@@ -90,11 +100,19 @@ class StepReport:
 class Run:
     """The state of one curation run."""
 
-    def __init__(self, project: Project, task: Task, config: CurateConfig, rows: list[Row]):
+    def __init__(
+        self,
+        project: Project,
+        task: Task,
+        config: CurateConfig,
+        rows: list[Row],
+        scorer: LossScorer | None = None,
+    ):
         self.project = project
         self.task = task
         self.config = config
         self.rows = rows
+        self.scorer = scorer
         self.decisions: list[Decision] = []
         self.card: dict[str, Any] = {}  # material for the data card, filled by the steps
         self.embedding_model = config.embedding_model or project.embedding_model
@@ -148,6 +166,8 @@ class Run:
 
         missing = [r for r in rows if r.id not in self._minhashes]
         if missing:
-            found = dedup.minhashes(self, [r.id for r in missing], [r.text for r in missing])
+            found = dedup.minhashes(
+                self, [r.id for r in missing], [dedup.match_text(r) for r in missing]
+            )
             self._minhashes.update({r.id: m for r, m in zip(missing, found, strict=True)})
         return [self._minhashes[r.id] for r in rows]

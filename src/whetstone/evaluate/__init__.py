@@ -1,4 +1,4 @@
-"""Evaluation: metrics by task kind, bootstrap intervals, stored evaluations, comparisons.
+"""Evaluation: metrics by task kind, intervals, stored evaluations, comparisons.
 
 The metric functions (`whetstone.evaluate.metrics`) are pure and cheap to import; running a
 model (`evaluate`) and comparing two (`compare`) load the heavy machinery only when called.

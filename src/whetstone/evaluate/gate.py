@@ -1,4 +1,4 @@
-"""The promotion gate, and the two ways production changes: `promote` and `rollback`.
+"""The promotion gate, and `promote`: gate a candidate, then ask the registry to move it.
 
 The gate lets a candidate adapter reach production only when it is shown to be better than
 what is served now (the production adapter, or the base model when there is none) on the
@@ -15,15 +15,14 @@ same held-out records, with every rule's numbers kept so a refusal can be explai
 
 from __future__ import annotations
 
-import getpass
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from whetstone import registry
-from whetstone.errors import InvalidInput, NotFound, WhetstoneError, from_validation
+from whetstone import neardup, registry
+from whetstone.errors import InvalidInput, WhetstoneError, from_validation
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 from whetstone.project import Project
 from whetstone.records import utcnow
@@ -49,7 +48,7 @@ class GateConfig(BaseModel):
     slice_tolerance: float = Field(0.05, ge=0)
     min_slice_size: int = Field(20, ge=1)
     latency_budget_ms: float | None = Field(None, gt=0)
-    near_duplicate: float = Field(0.8, gt=0, le=1)
+    near_duplicate: float = Field(neardup.THRESHOLD, gt=0, le=1)
     split: str = "test"
     snapshot: str | None = None
     batch_size: int = Field(16, ge=1)
@@ -193,6 +192,7 @@ def rule_beats_baseline(c: Comparison, cfg: GateConfig) -> RuleResult:
 def rule_slices(c: Comparison, cfg: GateConfig) -> RuleResult:
     checked = [s for s in c.slices if s.n >= cfg.min_slice_size]
     bad = sorted((s for s in checked if s.diff < -cfg.slice_tolerance), key=lambda s: s.diff)
+    worst = min(checked, key=lambda s: s.diff, default=None)
     numbers = {
         "min_slice_size": cfg.min_slice_size,
         "tolerance": cfg.slice_tolerance,
@@ -202,22 +202,17 @@ def rule_slices(c: Comparison, cfg: GateConfig) -> RuleResult:
             {"slice": s.name, "n": s.n, "candidate": s.a, "baseline": s.b, "diff": s.diff}
             for s in bad
         ],
-        "worst": min(
-            ({"slice": s.name, "n": s.n, "diff": s.diff} for s in checked),
-            key=lambda x: x["diff"],
-            default=None,
-        ),
+        "worst": None if worst is None else {"slice": worst.name, "n": worst.n, "diff": worst.diff},
     }
     if bad:
         listed = ", ".join(
             f"{s.name} (n={s.n}) {s.a:.3f} vs {s.b:.3f} = {s.diff:+.3f}" for s in bad[:5]
         )
         msg = f"{len(bad)} slice(s) regress by more than {cfg.slice_tolerance:.3f}: {listed}"
-    elif checked:
-        w = numbers["worst"]
+    elif worst is not None:
         msg = (
             f"{len(checked)} slice(s) with >= {cfg.min_slice_size} records, worst "
-            f"{w['slice']} {w['diff']:+.3f} (tolerance {cfg.slice_tolerance:.3f})"
+            f"{worst.name} {worst.diff:+.3f} (tolerance {cfg.slice_tolerance:.3f})"
         )
     elif c.slices:
         msg = f"no slice has >= {cfg.min_slice_size} records ({len(c.slices)} smaller ones skipped)"
@@ -273,7 +268,7 @@ def rule_leakage(
     return RuleResult("leakage", True, msg, numbers)
 
 
-# ---------------------------------------------------------------- gate, promote, rollback
+# ---------------------------------------------------------------- gate, promote
 
 
 def candidate(project: Project, ref: str) -> AdapterVersion:
@@ -316,13 +311,6 @@ class Promotion:
     adapter: AdapterVersion
 
 
-def default_actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def promote(
     project: Project,
     ref: str,
@@ -339,84 +327,17 @@ def promote(
     av = candidate(project, ref)
     if av.stage == "production":
         raise InvalidInput(f"{av.name} is already the production version of {av.task!r}")
-    actor = actor or default_actor()
+    actor = actor or registry.default_actor()
     decision = gate(project, av.name, config)
     registry.update_info(project, av.name, gate=decision.to_dict())
     if decision.passed:
-        av = registry.set_stage(
-            project,
-            av.name,
-            "production",
-            action="promote",
-            actor=actor,
-            reason=reason or f"gate passed against {decision.baseline}",
-        )
+        reason = reason or f"gate passed against {decision.baseline}"
+        av = registry.promote(project, av.name, reason=reason, actor=actor)
         return Promotion(decision, True, False, av)
     if force:
         failed = ", ".join(r.name for r in decision.failed)
-        av = registry.set_stage(
-            project,
-            av.name,
-            "production",
-            action="promote-forced",
-            actor=actor,
-            reason=f"{reason} (gate failed: {failed})",
-        )
+        reason = f"{reason} (gate failed: {failed})"
+        av = registry.promote(project, av.name, reason=reason, forced=True, actor=actor)
         return Promotion(decision, True, True, av)
-    registry.record_event(project, av.name, "gate-refused", actor=actor, reason=decision.summary())
+    registry.refuse(project, av.name, reason=decision.summary(), actor=actor)
     return Promotion(decision, False, False, registry.get(project, av.name))
-
-
-def production_stack(project: Project, task: str) -> list[int]:
-    """The versions that were production, oldest first, with rolled-back ones removed: the
-    last is the current one, the one before it is where a rollback goes."""
-    stack: list[int] = []
-    for ev in registry.history(project, task):
-        if ev["to_stage"] != "production":
-            continue
-        v = ev["version"]
-        if ev["action"] == "rollback" and v in stack:
-            del stack[stack.index(v) + 1 :]
-        else:
-            if v in stack:
-                stack.remove(v)
-            stack.append(v)
-    return stack
-
-
-def rollback(
-    project: Project,
-    task: str,
-    to: int | None = None,
-    *,
-    actor: str | None = None,
-    reason: str | None = None,
-) -> tuple[AdapterVersion, AdapterVersion]:
-    """Make the previous production version (or version `to`, which must have been in
-    production before) production again; the current one is retired. Returns (new, old)."""
-    project.task(task)
-    current = registry.production(project, task)
-    if current is None:
-        raise NotFound(f"task {task!r} has no production version to roll back from")
-    earlier = [v for v in production_stack(project, task) if v != current.version]
-    if not earlier:
-        raise InvalidInput(
-            f"nothing to roll back to: {current.name} is the first production "
-            f"version of {task!r} still on record"
-        )
-    target = earlier[-1] if to is None else to
-    if target not in earlier:
-        was = ", ".join(f"{task}@{v}" for v in earlier)
-        raise InvalidInput(
-            f"{task}@{target} was never production before {current.name} "
-            f"(rollback targets: {was}); promote it through the gate instead"
-        )
-    new = registry.set_stage(
-        project,
-        f"{task}@{target}",
-        "production",
-        action="rollback",
-        actor=actor or default_actor(),
-        reason=reason or f"rolled back from {current.name}",
-    )
-    return new, registry.get(project, current.name)

@@ -32,7 +32,7 @@ _PUNCT = set(string.punctuation)
 # ---------------------------------------------------------------- normalisation
 
 
-def normalise_text(s: str) -> str:
+def answer_for_scoring(s: str) -> str:
     """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
     s = s.lower()
     s = "".join(ch for ch in s if ch not in _PUNCT)
@@ -81,7 +81,7 @@ def parse_json(text: str) -> tuple[bool, Any]:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    p, r = normalise_text(prediction).split(), normalise_text(reference).split()
+    p, r = answer_for_scoring(prediction).split(), answer_for_scoring(reference).split()
     if not p and not r:
         return 1.0
     common = sum((Counter(p) & Counter(r)).values())
@@ -111,7 +111,7 @@ def per_example(
     """Every per-record metric value for one prediction (all floats, 0..1 or counts)."""
     if task.kind == Kind.generate:
         return {
-            "exact_match": float(normalise_text(prediction) == normalise_text(reference)),
+            "exact_match": float(answer_for_scoring(prediction) == answer_for_scoring(reference)),
             "token_f1": token_f1(prediction, reference),
             "chrf": chrf(prediction, reference),
         }
@@ -193,6 +193,11 @@ def _f1(tp: str, fp: str, fn: str) -> Formula:
     return lambda S: _div(2 * S(tp), 2 * S(tp) + S(fp) + S(fn))
 
 
+# A kind's own columns (beyond the per-record scores), its aggregate formulas and which of
+# them are 0/1 per record.
+KindColumns = tuple[dict[str, np.ndarray], dict[str, Formula], dict[str, str]]
+
+
 def columns(
     task: Task,
     predictions: list[str],
@@ -212,59 +217,93 @@ def columns(
     data: dict[str, np.ndarray] = {"_n": np.ones(n)}
     for key in scores[0] if scores else _empty_keys(task):
         data[key] = np.array([s[key] for s in scores], dtype=float)
-    formulas: dict[str, Formula] = {}
-    binary: dict[str, str] = {}
 
     if task.kind == Kind.generate:
-        for k in ("exact_match", "token_f1", "chrf"):
-            formulas[k] = _mean(k)
-        binary["exact_match"] = "exact_match"
+        kind_columns = _generate_columns()
         main = "exact_match"
     elif task.kind == Kind.classify:
         assert labels is not None
-        formulas["accuracy"] = _mean("accuracy")
-        formulas["valid_label"] = _mean("valid_label")
-        binary["accuracy"] = "accuracy"
-        got = [map_label(p, labels) for p in predictions]
-        want = [map_label(r, labels) or r.strip() for r in references]
-        for lab in labels:
-            p = np.array([g == lab for g in got], dtype=float)
-            r = np.array([w == lab for w in want], dtype=float)
-            data[f"tp:{lab}"], data[f"fp:{lab}"], data[f"fn:{lab}"] = (
-                p * r,
-                p * (1 - r),
-                (1 - p) * r,
-            )
-            formulas[f"precision[{lab}]"] = _precision(lab)
-            formulas[f"recall[{lab}]"] = _recall(lab)
-        formulas["macro_f1"] = _macro_f1(labels)
+        kind_columns = _classify_columns(labels, predictions, references)
         main = "accuracy"
     else:
-        formulas["field_f1"] = _f1("field_tp", "field_fp", "field_fn")
-        formulas["field_precision"] = lambda S: _div(S("field_tp"), S("field_tp") + S("field_fp"))
-        formulas["field_recall"] = lambda S: _div(S("field_tp"), S("field_tp") + S("field_fn"))
-        for k in ("json_valid", "schema_valid", "object_exact"):
-            formulas[k] = _mean(k)
-            binary[k] = k
-        for name in field_names(task, references):
-            tp, fp, fn = _field_counts(name, predictions, references)
-            data[f"tp:{name}"], data[f"fp:{name}"], data[f"fn:{name}"] = tp, fp, fn
-            formulas[f"f1[{name}]"] = _f1(f"tp:{name}", f"fp:{name}", f"fn:{name}")
+        kind_columns = _extract_columns(task, predictions, references)
         main = "field_f1"
-    # Per-record values from a custom metric or a judge: their aggregate is the mean.
+    extra, formulas, binary = kind_columns
+    data |= extra
+    _add_custom_means(data, formulas, binary)
+    return Columns(
+        n=n, data=data, formulas=formulas, main=_main_metric(task, formulas, main), binary=binary
+    )
+
+
+def _generate_columns() -> KindColumns:
+    formulas = {k: _mean(k) for k in ("exact_match", "token_f1", "chrf")}
+    return {}, formulas, {"exact_match": "exact_match"}
+
+
+def _classify_columns(
+    labels: list[str], predictions: list[str], references: list[str]
+) -> KindColumns:
+    """Accuracy, and per label the true/false positive and false negative columns that
+    precision, recall and macro-F1 are summed from."""
+    data: dict[str, np.ndarray] = {}
+    formulas = {"accuracy": _mean("accuracy"), "valid_label": _mean("valid_label")}
+    got = [map_label(p, labels) for p in predictions]
+    want = [map_label(r, labels) or r.strip() for r in references]
+    for lab in labels:
+        p = np.array([g == lab for g in got], dtype=float)
+        r = np.array([w == lab for w in want], dtype=float)
+        data[f"tp:{lab}"], data[f"fp:{lab}"], data[f"fn:{lab}"] = (
+            p * r,
+            p * (1 - r),
+            (1 - p) * r,
+        )
+        formulas[f"precision[{lab}]"] = _precision(lab)
+        formulas[f"recall[{lab}]"] = _recall(lab)
+    formulas["macro_f1"] = _macro_f1(labels)
+    return data, formulas, {"accuracy": "accuracy"}
+
+
+def _extract_columns(task: Task, predictions: list[str], references: list[str]) -> KindColumns:
+    """Field-level F1 (micro over fields, and per field), JSON and schema validity."""
+    data: dict[str, np.ndarray] = {}
+    formulas: dict[str, Formula] = {
+        "field_f1": _f1("field_tp", "field_fp", "field_fn"),
+        "field_precision": lambda S: _div(S("field_tp"), S("field_tp") + S("field_fp")),
+        "field_recall": lambda S: _div(S("field_tp"), S("field_tp") + S("field_fn")),
+    }
+    binary: dict[str, str] = {}
+    for k in ("json_valid", "schema_valid", "object_exact"):
+        formulas[k] = _mean(k)
+        binary[k] = k
+    for name in field_names(task, references):
+        tp, fp, fn = _field_counts(name, predictions, references)
+        data[f"tp:{name}"], data[f"fp:{name}"], data[f"fn:{name}"] = tp, fp, fn
+        formulas[f"f1[{name}]"] = _f1(f"tp:{name}", f"fp:{name}", f"fn:{name}")
+    return data, formulas, binary
+
+
+def _add_custom_means(
+    data: dict[str, np.ndarray], formulas: dict[str, Formula], binary: dict[str, str]
+) -> None:
+    """Per-record values from a custom metric or a judge: their aggregate is the mean."""
     for key in data:
         if key not in formulas and key not in _COUNT_KEYS and key != "_n" and ":" not in key:
             formulas[key] = _mean(key)
             if np.isin(data[key], (0.0, 1.0)).all():
                 binary[key] = key
-    if task.metric:
-        wanted = metric_value_key(task.metric) if ":" in task.metric else task.metric
-        if wanted not in formulas:
-            raise InvalidInput(
-                f"task {task.name!r}: metric {task.metric!r} is not one of {sorted(formulas)}"
-            )
-        main = wanted
-    return Columns(n=n, data=data, formulas=formulas, main=main, binary=binary)
+
+
+def _main_metric(task: Task, formulas: dict[str, Formula], default: str) -> str:
+    """The task's configured main metric (it must be one of the aggregates), or the kind's."""
+    if not task.metric:
+        return default
+    wanted = metric_value_key(task.metric) if ":" in task.metric else task.metric
+    if wanted not in formulas:
+        raise InvalidInput(
+            f"task {task.name!r}: metric {task.metric!r} is not one of {sorted(formulas)}"
+        )
+    return wanted
 
 
 _COUNT_KEYS = {"field_tp", "field_fp", "field_fn"}

@@ -9,16 +9,14 @@ PNGs, embedded as data: URIs and also saved beside the HTML file. All record tex
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import TYPE_CHECKING, Any
 
+from whetstone import pages
 from whetstone.evaluate import metrics as m
 from whetstone.project import Project
 from whetstone.records import Kind, Task, input_text, utcnow
@@ -272,20 +270,7 @@ def _short(text: str, limit: int = 28) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# ---------------------------------------------------------------- HTML
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _cut(text: str) -> str:
-    if len(text) <= TEXT_LIMIT:
-        return _e(text)
-    return (
-        _e(text[:TEXT_LIMIT])
-        + f' <span class="muted">[… {len(text) - TEXT_LIMIT} more characters]</span>'
-    )
+# ---------------------------------------------------------------- what the page shows
 
 
 def _num(x: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -294,100 +279,82 @@ def _num(x: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def _img(png: bytes, name: str, alt: str) -> str:
-    data = base64.b64encode(png).decode()
-    return f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{data}"><figcaption>{_e(name)}</figcaption></figure>'
+def _tone(x: float) -> str:
+    """The class a difference is shown in: good above zero, bad below."""
+    return "good" if x > 0 else "bad" if x < 0 else ""
 
 
-def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
-    th = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _metric_table(c: Comparison) -> str:
+def _metric_rows(c: Comparison) -> list[dict[str, Any]]:
     rows = []
     for name, d in c.metrics.items():
         a, b = c.a.metrics.get(name, {}), c.b.metrics.get(name, {})
         mc = d.get("mcnemar")
-        label = f"<strong>{_e(name)}</strong>" if name == c.main_metric else _e(name)
-        cls = "good" if d["low"] > 0 else "bad" if d["high"] < 0 else ""
         rows.append(
-            [
-                label,
-                f"{_num(a.get('value'))} <span class=muted>[{_num(a.get('low'))}, {_num(a.get('high'))}]</span>",
-                f"{_num(b.get('value'))} <span class=muted>[{_num(b.get('low'))}, {_num(b.get('high'))}]</span>",
-                f'<span class="{cls}">{_num(d["diff"], signed=True)}</span> '
-                f"<span class=muted>[{_num(d['low'], signed=True)}, {_num(d['high'], signed=True)}]</span>",
-                _num(mc["p_value"]) if mc else "",
-            ]
+            {
+                "name": name,
+                "main": name == c.main_metric,
+                "a": {k: _num(a.get(k)) for k in ("value", "low", "high")},
+                "b": {k: _num(b.get(k)) for k in ("value", "low", "high")},
+                "diff": {
+                    "value": _num(d["diff"], signed=True),
+                    "low": _num(d["low"], signed=True),
+                    "high": _num(d["high"], signed=True),
+                },
+                # Good only when the whole interval is above zero, bad when it is below.
+                "cls": "good" if d["low"] > 0 else "bad" if d["high"] < 0 else "",
+                "p": _num(mc["p_value"]) if mc else "",
+            }
         )
-    head = [
-        "metric",
-        f"candidate {_e(c.a.model)} (95% CI)",
-        f"baseline {_e(c.b.model)} (95% CI)",
-        "difference (95% CI)",
-        "McNemar p",
-    ]
-    return _table(head, rows, "metrics")
+    return rows
 
 
-def _slice_table(c: Comparison) -> str:
-    rows = [
+def _slice_rows(c: Comparison) -> list[list[Any]]:
+    return [
         [
-            _e(s.name),
+            s.name,
             str(s.n),
             _num(s.a),
             _num(s.b),
-            f'<span class="{"bad" if s.diff < 0 else "good" if s.diff > 0 else ""}">{_num(s.diff, signed=True)}</span>',
+            {"text": _num(s.diff, signed=True), "class": _tone(s.diff)},
             f"[{_num(s.low, signed=True)}, {_num(s.high, signed=True)}]",
         ]
         for s in sorted(c.slices, key=lambda s: s.diff)
     ]
-    return _table(["slice", "n", "candidate", "baseline", "difference", "95% CI"], rows)
 
 
-def _failure_section(groups: dict[str, list[Failure]], total: int) -> str:
-    if not groups:
-        return "<p>The candidate answered every compared record correctly.</p>"
-    n_failed = sum(len(g) for g in groups.values())
-    parts = [
-        f"<p>{n_failed} of {total} records failed. Worst first within each error type; "
-        f"at most {FAILURES_PER_GROUP} shown per type.</p>"
+def _failure_groups(groups: dict[str, list[Failure]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": kind,
+            "count": len(items),
+            "human": any(f.human for f in items),
+            "shown": [
+                {
+                    "record_id": f.record_id,
+                    "input": f.input,
+                    "expected": f.expected,
+                    "got": f.got,
+                    "score": _num(f.score, 2),
+                }
+                for f in items[:FAILURES_PER_GROUP]
+            ],
+        }
+        for kind, items in groups.items()
     ]
-    summary = [
-        [_e(k), str(len(v)), "human" if any(f.human for f in v) else "automatic"]
-        for k, v in groups.items()
-    ]
-    parts.append(_table(["error type", "records", "from"], summary))
-    for kind, items in groups.items():
-        rows = [
-            [
-                str(f.record_id),
-                f"<pre>{_cut(f.input)}</pre>",
-                f"<pre>{_cut(f.expected)}</pre>",
-                f"<pre>{_cut(f.got)}</pre>",
-                _num(f.score, 2),
-            ]
-            for f in items[:FAILURES_PER_GROUP]
-        ]
-        parts.append(f"<h3>{_e(kind)} <span class=muted>({len(items)})</span></h3>")
-        parts.append(_table(["record", "input", "expected", "got", "score"], rows, "failures"))
-    return "\n".join(parts)
 
 
-def _gate_section(gate: dict[str, Any] | None) -> str:
+def _gate_view(gate: dict[str, Any] | None) -> dict[str, Any] | None:
     if not gate:
-        return "<p>Not gated yet (run <code>whetstone promote</code>).</p>"
-    verdict = "passed" if gate.get("passed") else "refused"
-    rows = [
-        [_e(r["name"]), "pass" if r["passed"] else "<span class=bad>FAIL</span>", _e(r["message"])]
-        for r in gate.get("rules", [])
-    ]
-    return (
-        f"<p>Gate {verdict} against {_e(gate.get('baseline'))} on {_e(gate.get('decided_at'))}.</p>"
-        + _table(["rule", "result", "numbers"], rows)
-    )
+        return None
+    return {
+        "verdict": "passed" if gate.get("passed") else "refused",
+        "baseline": gate.get("baseline"),
+        "decided_at": gate.get("decided_at"),
+        "rules": [
+            [r["name"], "pass" if r["passed"] else {"text": "FAIL", "class": "bad"}, r["message"]]
+            for r in gate.get("rules", [])
+        ],
+    }
 
 
 # ---------------------------------------------------------------- the report
@@ -399,6 +366,34 @@ PNG_NAMES = ("curves", "confusion", "fields", "slices")
 
 def default_path(project: Project, av: AdapterVersion) -> Path:
     return project.home / "reports" / f"{av.task}-{av.version}" / "report.html"
+
+
+def _facts(task: Task, av: AdapterVersion, c: Comparison) -> list[list[str]]:
+    """The report's first table: what was compared, on what."""
+    return [
+        ["task", f"{task.name} ({task.kind.value}, main metric {c.main_metric})"],
+        ["stage", av.stage],
+        ["method", av.method],
+        ["base model", av.base_model],
+        ["snapshot", str(c.a.snapshot_id)],
+        ["split", f"{c.a.split}, {len(c.record_ids)} records"],
+        ["training run", av.run_id or "–"],
+        ["registered", av.created_at.isoformat()[:19]],
+        ["evaluations", f"candidate {c.a.id}, baseline {c.b.id}"],
+    ]
+
+
+def _cost_rows(c: Comparison) -> list[list[str]]:
+    """Latency and answer length of candidate and baseline."""
+    return [
+        [
+            ev.model,
+            _num(c.cost[k]["latency_p50_ms"], 1),
+            _num(c.cost[k]["latency_p95_ms"], 1),
+            _num(c.cost[k]["output_tokens_mean"], 1),
+        ]
+        for k, ev in (("a", c.a), ("b", c.b))
+    ]
 
 
 def write_report(
@@ -430,11 +425,11 @@ def write_report(
     c = paired_comparison(project, av, baseline or baseline_for(project, av), cfg)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def figure(png: bytes | None, name: str, alt: str, missing: str) -> str:
+    def figure(png: bytes | None, name: str, alt: str, missing: str) -> dict[str, str]:
         if png is None:
-            return f"<p class=muted>{_e(missing)}</p>"
+            return {"missing": missing}
         atomic_write_bytes(folder / f"{stem}-{name}.png", png)
-        return _img(png, f"{stem}-{name}.png", alt)
+        return {"src": pages.png_data_uri(png), "name": f"{stem}-{name}.png", "alt": alt}
 
     curves = figure(
         plot_curves(run_history(project, av), task.main_metric),
@@ -444,97 +439,51 @@ def write_report(
     )
     shared = set(c.record_ids)
     preds = [p for p in c.a.predictions if p.record_id in shared]
+    unmapped = None
     if task.kind == Kind.classify:
         conf = m.confusion(task, [p.prediction for p in preds], [p.reference for p in preds])
         detail_title = "Confusion matrix"
         detail = figure(plot_confusion(conf), "confusion", "confusion matrix", "")
         if conf["unmapped_count"]:
-            ex = ", ".join(_e(repr(x)) for x in conf["unmapped_examples"])
-            detail += f"<p>{conf['unmapped_count']} answer(s) named no label, e.g. {ex}</p>"
+            unmapped = {
+                "count": conf["unmapped_count"],
+                "examples": [repr(x) for x in conf["unmapped_examples"]],
+            }
     elif task.kind == Kind.extract:
         detail_title = "Per-field F1"
         detail = figure(plot_fields(c), "fields", "per-field F1", "No fields in the references.")
     else:
-        detail_title, detail = "", ""
-    slices = figure(
-        plot_slices(c), "slices", "per-slice differences", "No slices: the records have no tags."
-    ) + (_slice_table(c) if c.slices else "")
-    cost = _table(
-        ["model", "latency p50 ms", "latency p95 ms", "output tokens"],
-        [
-            [
-                _e(ev.model),
-                _num(c.cost[k]["latency_p50_ms"], 1),
-                _num(c.cost[k]["latency_p95_ms"], 1),
-                _num(c.cost[k]["output_tokens_mean"], 1),
-            ]
-            for k, ev in (("a", c.a), ("b", c.b))
+        detail_title, detail = "", {}
+    groups = _failure_groups(failures(project, task, c))
+    page = pages.render(
+        "report.html",
+        name=av.name,
+        baseline=c.b.model,
+        candidate=c.a.model,
+        written=utcnow().isoformat()[:19],
+        facts=_facts(task, av, c),
+        curves=curves,
+        metrics=_metric_rows(c),
+        cost=_cost_rows(c),
+        detail_title=detail_title,
+        detail=detail,
+        unmapped=unmapped,
+        slices_figure=figure(
+            plot_slices(c),
+            "slices",
+            "per-slice differences",
+            "No slices: the records have no tags.",
+        ),
+        slices=_slice_rows(c),
+        failures=groups,
+        failure_summary=[
+            [g["kind"], str(g["count"]), "human" if g["human"] else "automatic"] for g in groups
         ],
-    )
-    detail_section = f"<section><h2>{detail_title}</h2>{detail}</section>" if detail_title else ""
-    facts = [
-        ["task", f"{_e(task.name)} ({_e(task.kind.value)}, main metric {_e(c.main_metric)})"],
-        ["stage", _e(av.stage)],
-        ["method", _e(av.method)],
-        ["base model", _e(av.base_model)],
-        ["snapshot", _e(c.a.snapshot_id)],
-        ["split", f"{_e(c.a.split)}, {len(c.record_ids)} records"],
-        ["training run", _e(av.run_id or "–")],
-        ["registered", _e(av.created_at.isoformat()[:19])],
-        ["evaluations", f"candidate {_e(c.a.id)}, baseline {_e(c.b.id)}"],
-    ]
-    body = "\n".join(
-        [
-            f"<section><h2>Summary</h2>{_table(['', ''], facts, 'facts')}</section>",
-            f"<section><h2>Learning curves</h2>{curves}</section>",
-            f"<section><h2>Metrics against {_e(c.b.model)}</h2>{_metric_table(c)}{cost}</section>",
-            detail_section,
-            f"<section><h2>Per-slice differences</h2>{slices}</section>",
-            f"<section><h2>Worst failures by error type</h2>"
-            f"{_failure_section(failures(project, task, c), len(c.record_ids))}</section>",
-            f"<section><h2>Promotion gate</h2>{_gate_section(av.info.get('gate'))}</section>",
-        ]
-    )
-    page = PAGE.substitute(
-        title=_e(f"Whetstone report: {av.name}"),
-        heading=_e(av.name),
-        subtitle=_e(f"against {c.b.model} · written {utcnow().isoformat()[:19]} UTC"),
-        body=body,
+        n_failed=sum(g["count"] for g in groups),
+        n_compared=len(c.record_ids),
+        per_group=FAILURES_PER_GROUP,
+        text_limit=TEXT_LIMIT,
+        gate=_gate_view(av.info.get("gate")),
     )
     atomic_write_text(path, page)
     return path
-
-
-# One page, no external resources: the CSS is inline and every image is a data: URI, so the
-# file can be mailed or attached to a ticket as it is.
-PAGE = Template("""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title</title>
-<style>
-  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a;
-         max-width: 1150px; margin: 2rem auto; padding: 0 1rem; }
-  h1 { margin-bottom: 0; } h2 { border-bottom: 1px solid #d6dbe0; padding-bottom: .2rem; }
-  .subtitle, .muted { color: #66707a; }
-  section { margin-bottom: 2rem; }
-  table { border-collapse: collapse; margin: .6rem 0 1rem; }
-  th, td { border: 1px solid #d6dbe0; padding: .25rem .5rem; vertical-align: top; text-align: left; }
-  th { background: #f1f4f7; }
-  table.metrics td:not(:first-child) { text-align: right; white-space: nowrap; }
-  table.facts th { display: none; }
-  table.failures td { max-width: 22rem; }
-  pre { margin: 0; white-space: pre-wrap; word-break: break-word; font: 12px/1.35 ui-monospace, monospace; }
-  figure { margin: .5rem 0; } figure img { max-width: 100%; }
-  figcaption { color: #66707a; font-size: 12px; }
-  .good { color: #1a7f37; font-weight: 600; } .bad { color: #cf222e; font-weight: 600; }
-</style>
-</head>
-<body>
-<h1>$heading</h1>
-<p class="subtitle">$subtitle</p>
-$body
-</body>
-</html>
-""")

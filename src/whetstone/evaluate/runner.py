@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from whetstone.errors import InvalidInput
 from whetstone.evaluate import metrics as m
-from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap, percentile
+from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, intervals, percentile
 from whetstone.project import Project
-from whetstone.records import Kind, Record, Source, Task, content_key, utcnow
-from whetstone.store import row_by_prefix, schema
+from whetstone.records import Kind, Record, Source, Task, canonical_json, content_key, utcnow
+from whetstone.store import evaluations as stored
 
 
 @dataclass
@@ -174,7 +172,7 @@ def summarise(
     cols = m.columns(
         task, [p.prediction for p in preds], [p.reference for p in preds], [p.scores for p in preds]
     )
-    intervals = bootstrap(cols, resamples=resamples, seed=seed)
+    with_ci = intervals(cols, resamples=resamples, seed=seed)
     lat = [p.latency_ms for p in preds if p.latency_ms is not None]
     toks = [p.output_tokens for p in preds if p.output_tokens is not None]
     info: dict[str, Any] = {
@@ -183,12 +181,13 @@ def summarise(
         "output_tokens_mean": sum(toks) / len(toks) if toks else None,
         "binary_metrics": sorted(cols.binary),
         "bootstrap": {"resamples": resamples, "seed": seed, "interval": 0.95},
+        "binary_interval": "wilson",
     }
     if task.kind == Kind.classify:
         info["confusion"] = m.confusion(
             task, [p.prediction for p in preds], [p.reference for p in preds]
         )
-    return intervals, cols.main, info
+    return with_ci, cols.main, info
 
 
 # ---------------------------------------------------------------- the evaluation itself
@@ -272,6 +271,7 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         metric=metric,
         judge=judge_client.describe() if judge_client else None,
+        inputs=_inputs_digest(recs),
     )
     now = utcnow()
     ev = Evaluation(
@@ -290,6 +290,13 @@ def evaluate(
     return ev
 
 
+def _inputs_digest(recs: list[Record]) -> str:
+    """Names the input texts an evaluation ran on, to tell when another may be reused."""
+    return hashlib.sha256(
+        canonical_json([[r.id, r.model_dump(mode="json")["input"]] for r in recs]).encode()
+    ).hexdigest()[:16]
+
+
 def _eval_id(model: str, snapshot_id: str, split: str, when: datetime) -> str:
     h = hashlib.sha256(json.dumps([model, snapshot_id, split, when.isoformat()]).encode())
     return h.hexdigest()[:16]
@@ -301,47 +308,33 @@ def store_evaluation(project: Project, ev: Evaluation) -> None:
         "main_metric": ev.main_metric,
         "references": {str(p.record_id): p.reference for p in ev.predictions},
     }
-    with project.store.begin() as c:
-        c.execute(
-            schema.evaluations.insert().values(
-                id=ev.id,
-                task=ev.task,
-                model=ev.model,
-                snapshot_id=ev.snapshot_id,
-                split=ev.split,
-                metrics=json.dumps(ev.metrics),
-                info=json.dumps(info, default=str),
-                created_at=ev.created_at.isoformat(),
-            )
-        )
-        c.execute(
-            schema.predictions.insert(),
-            [
-                {
-                    "evaluation_id": ev.id,
-                    "record_id": p.record_id,
-                    "prediction": p.prediction,
-                    "scores": json.dumps(p.scores),
-                    "latency_ms": p.latency_ms,
-                    "output_tokens": p.output_tokens,
-                }
-                for p in ev.predictions
-            ],
-        )
+    row = {
+        "id": ev.id,
+        "task": ev.task,
+        "model": ev.model,
+        "snapshot_id": ev.snapshot_id,
+        "split": ev.split,
+        "metrics": ev.metrics,
+        "info": info,
+        "created_at": ev.created_at.isoformat(),
+    }
+    predictions = [
+        {
+            "record_id": p.record_id,
+            "prediction": p.prediction,
+            "scores": p.scores,
+            "latency_ms": p.latency_ms,
+            "output_tokens": p.output_tokens,
+        }
+        for p in ev.predictions
+    ]
+    stored.add_evaluation(project.store, row, predictions)
 
 
 def load_evaluation(project: Project, eval_id: str) -> Evaluation:
     """A stored evaluation by id or unique id prefix."""
-    t = schema.evaluations
-    with project.store.begin() as c:
-        row = row_by_prefix(c, t, eval_id, "evaluation")
-        p = schema.predictions
-        prow = (
-            c.execute(sa.select(p).where(p.c.evaluation_id == row["id"]).order_by(p.c.record_id))
-            .mappings()
-            .all()
-        )
-    info = json.loads(row["info"])
+    row, prow = stored.evaluation_row(project.store, eval_id)
+    info = dict(row["info"])
     refs: dict[str, str] = info.pop("references", {})
     main = info.pop("main_metric")
     return Evaluation(
@@ -350,14 +343,14 @@ def load_evaluation(project: Project, eval_id: str) -> Evaluation:
         model=row["model"],
         snapshot_id=row["snapshot_id"],
         split=row["split"],
-        metrics=json.loads(row["metrics"]),
+        metrics=row["metrics"],
         main_metric=main,
         predictions=[
             Prediction(
                 record_id=r["record_id"],
                 prediction=r["prediction"],
                 reference=refs.get(str(r["record_id"]), ""),
-                scores=json.loads(r["scores"]),
+                scores=r["scores"],
                 latency_ms=r["latency_ms"],
                 output_tokens=r["output_tokens"],
             )
@@ -370,15 +363,7 @@ def load_evaluation(project: Project, eval_id: str) -> Evaluation:
 
 def list_evaluations(project: Project, task: str | None = None) -> list[dict[str, Any]]:
     """Stored evaluations, oldest first, without their predictions."""
-    t = schema.evaluations
-    q = sa.select(
-        t.c.id, t.c.task, t.c.model, t.c.snapshot_id, t.c.split, t.c.metrics, t.c.created_at
-    )
-    if task:
-        q = q.where(t.c.task == task)
-    with project.store.begin() as c:
-        rows = c.execute(q.order_by(t.c.created_at)).mappings().all()
-    return [{**r, "metrics": json.loads(r["metrics"])} for r in rows]
+    return stored.evaluation_summaries(project.store, task)
 
 
 def latest_evaluation(
@@ -393,14 +378,9 @@ def latest_evaluation(
     """The newest stored evaluation of `model` (a stored name, "base", "T" or "T@N") on a
     snapshot split; with `complete`, one that was not cut short by --limit."""
     name = model if model.startswith("base:") else model_name(project, task, model)
-    t = schema.evaluations
-    q = sa.select(t.c.id, t.c.info).where(t.c.task == task, t.c.model == name, t.c.split == split)
-    if snapshot_id:
-        q = q.where(t.c.snapshot_id == snapshot_id)
-    with project.store.begin() as c:
-        rows = c.execute(q.order_by(t.c.created_at.desc())).all()
+    rows = stored.evaluation_infos(project.store, task, name, split, snapshot_id)
     for eid, info in rows:
-        if not complete or json.loads(info).get("limit") is None:
+        if not complete or info.get("limit") is None:
             return load_evaluation(project, eid)
     if snapshot_id and complete:
         return _same_records_evaluation(project, task, name, snapshot_id, split)
@@ -411,30 +391,20 @@ def _same_records_evaluation(
     project: Project, task: str, name: str, snapshot_id: str, split: str
 ) -> Evaluation | None:
     """An evaluation of the same model on another snapshot whose split holds exactly the same
-    records with the same references. The flywheel keeps the test split fixed across
-    snapshots, so the incumbent's numbers from the last turn are reused, not recomputed."""
+    records with the same texts (inputs and references: curation may hold other texts for
+    them). The flywheel keeps the test split fixed across snapshots, so the incumbent's numbers
+    from the last turn are reused, not recomputed."""
     from whetstone import snapshots
 
     snap = snapshots.load(project, snapshot_id)
-    wanted = {
-        r.id: r.reference
-        for r in snapshots.records(project, snap, split)
-        if r.reference is not None
-    }
+    recs = [r for r in snapshots.records(project, snap, split) if r.reference is not None]
+    wanted = {r.id: r.reference for r in recs}
     if not wanted:
         return None
-    t = schema.evaluations
-    q = (
-        sa.select(t.c.id, t.c.info)
-        .where(t.c.task == task, t.c.model == name, t.c.split == split)
-        .order_by(t.c.created_at.desc())
-    )
-    with project.store.begin() as c:
-        rows = c.execute(q).all()
-    for eid, info_raw in rows:
-        info = json.loads(info_raw)
+    inputs = _inputs_digest(recs)
+    for eid, info in stored.evaluation_infos(project.store, task, name, split):
         frozen = {int(k): v for k, v in info.get("references", {}).items()}
-        if info.get("limit") is None and frozen == wanted:
+        if info.get("limit") is None and frozen == wanted and info.get("inputs") == inputs:
             return load_evaluation(project, eid)
     return None
 

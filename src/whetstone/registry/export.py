@@ -87,7 +87,8 @@ def export_merged(project: Project, ref: str, out: Path, *, force: bool = False)
     from peft import PeftModel
 
     model, tok = base_models.load(base)
-    merged = PeftModel.from_pretrained(model.to("cpu"), str(av.path)).merge_and_unload()
+    on_cpu = base_models.to_device(model, "cpu")
+    merged = PeftModel.from_pretrained(on_cpu, str(av.path)).merge_and_unload()
     with atomic_dir(out, replace=replace, written_by="export-model --format merged") as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)

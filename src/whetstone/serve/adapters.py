@@ -23,11 +23,17 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from whetstone.registry import AdapterVersion
 from whetstone.serve.errors import APIError
 from whetstone.serve.metrics import Metrics
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import CausalLM
 
 
 @dataclass
@@ -65,8 +71,10 @@ def check_servable(av: AdapterVersion, base_hash: str) -> None:
 
 
 class AdapterPool:
-    def __init__(self, model: Any, base_hash: str, max_adapters: int, metrics: Metrics):
-        self.model = model  # the base model while no adapter is loaded, else a PeftModel on it
+    def __init__(self, model: PreTrainedModel, base_hash: str, max_adapters: int, metrics: Metrics):
+        self.model: CausalLM = (
+            model  # the base model while no adapter is loaded, else a PeftModel on it
+        )
         self.base_hash = base_hash
         self.max_adapters = max_adapters
         self.metrics = metrics
@@ -118,12 +126,20 @@ class AdapterPool:
     def activate(self, name: str) -> None:
         """Make loaded adapter `name` the one PEFT runs when a pass names no adapter per row
         (a DoRA adapter's own batch, which cannot use per-row names)."""
-        if self.model.active_adapters != [name]:
+        if self._peft.active_adapters != [name]:
             self._activate(name)
 
     def _activate(self, name: str) -> None:
         # inference_mode: PEFT would otherwise switch the adapter's weights to trainable.
-        self.model.set_adapter(name, inference_mode=True)
+        self._peft.set_adapter(name, inference_mode=True)
+
+    @property
+    def _peft(self) -> PeftModel:
+        """The model as PEFT's wrapper, which it is while any adapter is loaded."""
+        from peft import PeftModel
+
+        assert isinstance(self.model, PeftModel), "no adapter is loaded"
+        return self.model
 
     def unload(self, ref: str) -> bool:
         loaded = self._loaded.pop(ref, None)
@@ -133,7 +149,7 @@ class AdapterPool:
             # PEFT warns when the adapter it deletes was the active one and says which it
             # picked instead; the pool picks one itself just below.
             warnings.simplefilter("ignore", UserWarning)
-            self.model.delete_adapter(loaded.name)
+            self._peft.delete_adapter(loaded.name)
         if self._loaded:
             # PEFT picks a new active adapter per layer, and none at all when the layers it
             # looks at held only the deleted one: name one that is loaded, the same everywhere.
@@ -141,5 +157,5 @@ class AdapterPool:
         else:
             # An empty PeftModel cannot run even base rows (no active adapter config to read):
             # go back to the base model, with PEFT's wrapper layers removed (no copy is made).
-            self.model = self.model.unload()
+            self.model = self._peft.unload()
         return True

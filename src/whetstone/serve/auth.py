@@ -104,7 +104,7 @@ class Throttled(APIError):
 
 # ---- the key ------------------------------------------------------------------------------
 def configured_key(request: Request) -> str | None:
-    return request.app.state.settings.api_key
+    return request.app.state.services.settings.api_key
 
 
 def _same(key: str, offered: str) -> bool:
@@ -141,7 +141,7 @@ def _check(request: Request, offered: str | None, valid: Callable[[str, str], bo
     key = configured_key(request)
     if key is None:
         return True
-    throttle: KeyThrottle = request.app.state.key_throttle
+    throttle: KeyThrottle = request.app.state.services.key_throttle
     client = request.client.host if request.client else "?"
     wait = throttle.retry_after(client)
     if wait > 0:
@@ -210,7 +210,7 @@ def csrf_token(request: Request) -> str | None:
     cookie = request.cookies.get(KEY_COOKIE)
     if not _by_cookie(request) or cookie is None:
         return None
-    secret: bytes = request.app.state.csrf_secret
+    secret: bytes = request.app.state.services.csrf_secret
     return hmac.new(secret, cookie.encode(), hashlib.sha256).hexdigest()
 
 

@@ -26,7 +26,7 @@ def running(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
     from whetstone.serve import server as uvicorn_setup
 
     port = free_port()
-    config = uvicorn_setup.config(app, app.state.settings, host="127.0.0.1", port=port)
+    config = uvicorn_setup.config(app, app.state.services.settings, host="127.0.0.1", port=port)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -24,10 +24,12 @@ drained enough for it, so it never starves behind later arrivals.
 Each row keeps its own sampling settings, so jobs never need grouping by them: greedy when
 `temperature` is 0 or unset (the default: answers are reproducible and comparable across
 versions), else temperature + nucleus (`top_p`) sampling; its own `max_tokens` and `stop`
-strings. Loading and unloading adapters (the admin endpoints) run on the engine thread between
-two steps; unloading an adapter that running rows use waits until they finish, and no new job
-of that adapter is admitted meanwhile. The batch histograms (`whetstone_batch_size`,
-`whetstone_batch_adapters`) observe every forward pass: each prefill and each decode step.
+strings. A row ends, and its tokens become text, by `models.decoding`: the stop rule that
+evaluation and batch prediction use too. Loading and unloading adapters (the admin endpoints)
+run on the engine thread between two steps; unloading an adapter that running rows use waits
+until they finish, and no new job of that adapter is admitted meanwhile. The batch histograms
+(`whetstone_batch_size`, `whetstone_batch_adapters`) observe every forward pass: each prefill
+and each decode step.
 """
 
 from __future__ import annotations
@@ -40,14 +42,20 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from whetstone.models.decoding import Decoder
 from whetstone.models.kv_cache import cache_arg, cache_out
 from whetstone.registry import AdapterVersion
 from whetstone.serve.adapters import AdapterPool
 from whetstone.serve.errors import APIError
 from whetstone.serve.metrics import Metrics
 from whetstone.serve.settings import Settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import Tokenizer
 
 log = logging.getLogger("whetstone.serve.engine")
 
@@ -79,7 +87,7 @@ class Job:
     prompt_ids: list[int]
     adapter: AdapterVersion | None
     max_tokens: int
-    emit: Callable[[Event], None]  # called from the engine thread
+    emit: Callable[[Event], object]  # called from the engine thread; what it returns is unused
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
@@ -186,14 +194,21 @@ class _Chore:
 
 
 class Engine:
-    def __init__(self, model: Any, tok: Any, base_hash: str, settings: Settings, metrics: Metrics):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tok: Tokenizer,
+        base_hash: str,
+        settings: Settings,
+        metrics: Metrics,
+    ):
         self.tok = tok
         self.settings = settings
         self.metrics = metrics
         self.pool = AdapterPool(model, base_hash, settings.max_adapters, metrics)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
-        eos = model.generation_config.eos_token_id
-        self.eos = {tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        # Where an answer ends and what its text is: the same rule as evaluation's.
+        self.decoder = Decoder.of(model, tok)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.batch: Rows | None = None  # the running batch; only the engine thread touches it
         self._queue: deque[Job] = deque()
@@ -459,7 +474,7 @@ class Engine:
             tok_id = int(nxt[row])
             job.tokens.append(tok_id)
             job.logprob_sum += logps[row]
-            if not self._advance(job, tok_id):
+            if not self._advance(job):
                 keep.append(row)
         if not keep:
             rows.jobs, rows.names = [], []
@@ -483,20 +498,14 @@ class Engine:
             nxt[row] = torch.multinomial(probs / probs.sum(), 1)[0]
         return nxt
 
-    def _advance(self, job: Job, tok_id: int) -> bool:
+    def _advance(self, job: Job) -> bool:
         """Stream the new text of `job`; True when it is finished."""
         if job.cancelled:
             job.finished = True  # nobody listens any more
             return True
-        finish = None
-        answer = job.tokens
-        if tok_id in self.eos:
-            finish, answer = "stop", job.tokens[:-1]
-        text = self.tok.decode(answer, skip_special_tokens=True)
-        for s in job.stop:
-            at = text.find(s)
-            if at >= 0:
-                text, finish = text[:at], "stop"
+        answer = self.decoder.answer(job.tokens, job.stop)
+        text = answer.text
+        finish = "stop" if answer.stopped else None
         if finish is None and len(job.tokens) >= job.max_tokens:
             finish = "length"
         # Hold back what might be the start of a stop string or half a character.

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from whetstone.errors import from_validation
 from whetstone.records import Message
 from whetstone.serve.errors import APIError
 from whetstone.storable import MAX_ID, TooDeep, find_unstorable, loads_json
@@ -142,11 +143,10 @@ def parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or None
-        reason = str(err["msg"]).removeprefix("Value error, ")
-        msg = f"{where}: {reason}" if where else reason
-        raise APIError(400, msg, code="invalid_value", param=where) from None
+        invalid = from_validation(e)
+        raise APIError(
+            400, str(invalid), code="invalid_value", param=invalid.field or None
+        ) from None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -14,15 +14,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from whetstone import registry
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
 from whetstone.records import Kind, Task
 from whetstone.registry import AdapterVersion
 from whetstone.serve.errors import APIError
-from whetstone.store import schema
 
 BASE = "base"
 
@@ -77,8 +74,8 @@ class Router:
                 code="model_not_found",
                 param="model",
             )
-        av = table[task]
-        return Route(task=self._tasks[task], adapter=av, fallback=av is None)
+        production = table[task]
+        return Route(task=self._tasks[task], adapter=production, fallback=production is None)
 
     def _version(self, ref: str) -> AdapterVersion:
         av = self._exact.get(ref)
@@ -115,15 +112,8 @@ class Router:
         threading.Thread(target=run, name="whetstone-routes", daemon=True).start()
 
     def _refresh(self) -> None:
-        t = schema.adapters
         tasks = {task.name: task for task in self.project.store.list_tasks()}
-        with self.project.store.read() as c:
-            prod = {
-                r[0]: r[1]
-                for r in c.execute(
-                    sa.select(t.c.task, t.c.version).where(t.c.stage == "production")
-                )
-            }
+        prod = registry.production_versions(self.project)
         table: dict[str, AdapterVersion | None] = {}
         for task in tasks:
             table[task] = self._version(f"{task}@{prod[task]}") if task in prod else None

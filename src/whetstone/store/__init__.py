@@ -12,12 +12,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import pydantic
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from whetstone.errors import InvalidInput, NotFound, StoreError
+from whetstone.errors import InvalidInput, NotFound, StoreError, from_validation
 from whetstone.records import (
     Correction,
     Input,
@@ -238,7 +237,7 @@ class Store:
         if bad is not None:
             raise InvalidInput(f"cannot store a record of task {rec.task!r}: {bad}")
         if rec.source_key is None:
-            rid = int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
+            rid = _inserted_id(c.execute(_INSERT_RECORD, _row(rec)))
         else:
             # Let the unique (task, source_key) index decide rather than a SELECT first: two
             # importers of one file on PostgreSQL would both see "absent", and one would crash.
@@ -294,7 +293,7 @@ class Store:
                 meta=meta or {},
             )
         except ValueError as e:  # pydantic's ValidationError, or an unknown source
-            raise InvalidInput(f"cannot capture for task {task!r}: {_why(e)}") from None
+            raise from_validation(e, f"cannot capture for task {task!r}") from None
         bad = rec.unstorable()
         if bad is not None:
             raise InvalidInput(f"cannot capture for task {task!r}: {bad}")
@@ -303,7 +302,7 @@ class Store:
             t = self._task(c, task)
             if reference is not None:
                 rec.reference = t.check_reference(reference)
-            return int(c.execute(_INSERT_RECORD, _row(rec)).inserted_primary_key[0])
+            return _inserted_id(c.execute(_INSERT_RECORD, _row(rec)))
 
     def find_source_key(self, source_key: str) -> int | None:
         """The id of the record stored under `source_key` (in any task), or None."""
@@ -570,15 +569,6 @@ def _check_storable(what: str, fields: dict[str, Any]) -> None:
         raise InvalidInput(f"{what}: {bad}")
 
 
-def _why(e: ValueError) -> str:
-    """The first problem pydantic found, as `field: message`, or the error's own text."""
-    if isinstance(e, pydantic.ValidationError):
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        return f"{where}: {err['msg']}" if where else err["msg"]
-    return str(e)
-
-
 def row_by_prefix(c: sa.Connection, table: sa.Table, prefix: str, what: str) -> Any:
     """The one row whose id is `prefix` or starts with it (content-hash ids are long; users
     type the first few characters, as with git)."""
@@ -609,6 +599,13 @@ def _task(row: Any) -> Task:
         metric=row["metric"],
         created_at=datetime.fromisoformat(row["created_at"]),
     )
+
+
+def _inserted_id(result: sa.CursorResult[Any]) -> int:
+    """The id of the row an INSERT just made (both backends return it for a single row)."""
+    key = result.inserted_primary_key
+    assert key is not None, "an INSERT returned no primary key"
+    return int(key[0])
 
 
 def _row(rec: Record) -> dict[str, Any]:

@@ -1,18 +1,12 @@
-"""The store's current tables, for queries. Changes to them go through a new migration in
-`migrations.py`; these definitions must match what the migrations build."""
+"""The store's current tables, for the store's own queries (nothing outside `store/` uses
+them). Changes go through a new migration in `migrations.py`; these definitions must match
+what the migrations build (a test compares them)."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
-
-meta = sa.Table(
-    "whetstone_meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
 
 tasks = sa.Table(
     "tasks",
@@ -46,6 +40,10 @@ records = sa.Table(
     sa.Column("source_key", sa.String(64)),
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("updated_at", sa.String(40), nullable=False),
+    sa.Index("ix_records_task_status", "task", "status"),
+    sa.Index("ix_records_task_source", "task", "source"),
+    # Re-importing the same source row must not add it twice; NULL keys (captures) never clash.
+    sa.Index("ux_records_source_key", "task", "source_key", unique=True),
 )
 
 record_events = sa.Table(
@@ -60,6 +58,7 @@ record_events = sa.Table(
     sa.Column("comment", sa.Text),
     sa.Column("rating", sa.Integer),
     sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Index("ix_record_events_record", "record_id"),
 )
 
 # Derived, immutable things (snapshots, adapter versions, evaluations) keep their lineage here;
@@ -80,6 +79,7 @@ snapshot_records = sa.Table(
     sa.Column("record_id", sa.Integer, sa.ForeignKey("records.id"), primary_key=True),
     sa.Column("split", sa.String(16), nullable=False),
     sa.Column("weight", sa.Float, nullable=False),
+    sa.Index("ix_snapshot_records_record", "record_id"),
 )
 
 adapters = sa.Table(
@@ -148,6 +148,8 @@ curation_decisions = sa.Table(
     sa.Column("action", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),  # JSON object
+    sa.Index("ix_curation_decisions_record", "record_id"),
+    sa.Index("ix_curation_decisions_snapshot", "snapshot_id"),
 )
 
 record_features = sa.Table(

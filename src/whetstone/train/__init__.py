@@ -1,13 +1,16 @@
 """Training: records of a snapshot → a registered adapter version.
 
-from whetstone.train import TrainConfig, train_task
-result = train_task(project, "addresses", TrainConfig(method="lora", epochs=2))
+from whetstone.train import train_config, train_task
+result = train_task(project, "addresses", train_config(method="lora", epochs=2))
 result.adapter  # "addresses@3"
+
+Each method has its own config class (`whetstone.train.methods.<method>`); `train_config`
+picks it by `method` and refuses the options of other methods.
 """
 
 from __future__ import annotations
 
 from whetstone.train.api import TrainResult, resume_run, train_task
-from whetstone.train.config import TrainConfig
+from whetstone.train.config import TrainConfig, train_config
 
-__all__ = ["TrainConfig", "TrainResult", "resume_run", "train_task"]
+__all__ = ["TrainConfig", "TrainResult", "resume_run", "train_config", "train_task"]

@@ -10,16 +10,24 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
-from whetstone.records import Kind, Record
-from whetstone.train.config import TrainConfig, build
+from whetstone.records import Record, Task
+from whetstone.train.config import LoopConfig, TrainConfig, build, from_stored
 from whetstone.train.distributed import Processes
+from whetstone.train.methods.lora import LoraConfig
 from whetstone.train.runs import Run, load_checkpoint, new_run, open_run, training_lock
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import CausalLM, Tokenizer
+    from whetstone.train.data import DataReport, Example
+    from whetstone.train.loop import Metric
 
 
 @dataclass
@@ -81,8 +89,11 @@ def train_task(
     config: TrainConfig | None = None,
     snapshot_id: str | None = None,
     progress: bool = True,
+    *,
+    metric: Metric,
 ) -> TrainResult:
-    """Freeze a snapshot (unless `snapshot_id`), train, register `task@N` as a candidate."""
+    """Freeze a snapshot (unless `snapshot_id`), train, register `task@N` as a candidate.
+    `metric` (evaluation's `main_score`) picks the best validation step."""
     cfg = config or build(("project whetstone.yaml", project.section("train")))
     procs = Processes.current()
     with contextlib.ExitStack() as held:
@@ -94,7 +105,9 @@ def train_task(
             return run.id
 
         run = open_run(project, procs.on_main(start))
-        return _execute(project, run, cfg, resume=None, progress=progress, procs=procs)
+        return _execute(
+            project, run, cfg, resume=None, progress=progress, procs=procs, metric=metric
+        )
 
 
 def _start(
@@ -104,7 +117,12 @@ def _start(
     from whetstone import snapshots
     from whetstone.models import base as base_models
 
-    project.task(task)
+    kind = project.task(task).kind.value
+    if cfg.task_kinds is not None and kind not in cfg.task_kinds:
+        raise InvalidInput(
+            f"method {cfg.method} trains {'/'.join(sorted(cfg.task_kinds))} tasks; "
+            f"task {task!r} is {kind}"
+        )
     base = base_models.resolve(cfg.base_model or project.base_model)
     if snapshot_id:
         snap = snapshots.load(project, snapshot_id)
@@ -142,10 +160,9 @@ def warm_start_source(project: Project, task: str, cfg: TrainConfig, base_hash: 
     created so a resumed run starts from the same one; None for a cold start."""
     from whetstone import registry
 
-    if cfg.init_from is None:
+    # `init_from` is an option of the LoRA methods only: the config refuses it elsewhere.
+    if not isinstance(cfg, LoraConfig) or cfg.init_from is None:
         return None
-    if cfg.method not in ("lora", "dora"):
-        raise InvalidInput(f"init_from: a warm start needs method lora or dora, not {cfg.method}")
     auto = cfg.init_from == "production"
     av = registry.production(project, task) if auto else registry.get(project, cfg.init_from)
     if av is None:
@@ -172,7 +189,7 @@ def warm_start_source(project: Project, task: str, cfg: TrainConfig, base_hash: 
     return av.name
 
 
-def warm_start(model: Any, project: Project, ref: str) -> None:
+def warm_start(model: CausalLM, project: Project, ref: str) -> None:
     """Copy a registered LoRA/DoRA adapter's weights into the freshly prepared PEFT model."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -200,7 +217,9 @@ def warm_start(model: Any, project: Project, ref: str) -> None:
         )
 
 
-def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainResult:
+def resume_run(
+    project: Project, run_id: str, progress: bool = True, *, metric: Metric
+) -> TrainResult:
     """Continue a run from its last checkpoint (weights, optimizer, scheduler, RNG, data
     order); a run killed before its first checkpoint starts again from step 0. One process at
     a time: another one training the run (fresh or resumed) makes this one fail at once."""
@@ -215,12 +234,42 @@ def resume_run(project: Project, run_id: str, progress: bool = True) -> TrainRes
             raise InvalidInput(
                 f"run {run_id} already finished and was registered as {info.get('adapter')}"
             )
-        cfg = build((str(run.config_path), yaml.safe_load(run.config_path.read_text()) or {}))
+        stored = yaml.safe_load(run.config_path.read_text()) or {}
+        kind = project.task(info["task"]).kind.value
+        cfg = from_stored(stored, str(run.config_path), kind)
         state = load_checkpoint(run)  # the same on any number of processes (distributed.py)
         if state is None:
             procs.on_main(lambda: run.metrics_path.unlink(missing_ok=True))
         procs.on_main(lambda: run.write_info(world_size=procs.size))
-        return _execute(project, run, cfg, resume=state, progress=progress, procs=procs)
+        return _execute(
+            project, run, cfg, resume=state, progress=progress, procs=procs, metric=metric
+        )
+
+
+@dataclass
+class _Job:
+    """What every step of a run reads: the run, its settings and what it trains on."""
+
+    project: Project
+    run: Run
+    cfg: TrainConfig
+    info: dict[str, Any]
+    task: Task
+    base: Any  # the resolved base model
+    snap: Any  # the snapshot
+    procs: Processes
+    progress: bool
+    metric: Metric
+
+    def artefact_meta(self) -> dict[str, Any]:
+        return {
+            "task": self.task.name,
+            "task_kind": self.task.kind.value,
+            "base_model": self.base.name,
+            "base_hash": self.base.hash,
+            "run_id": self.run.id,
+            "snapshot_id": self.snap.id,
+        }
 
 
 def _execute(
@@ -231,20 +280,59 @@ def _execute(
     resume: dict[str, Any] | None,
     progress: bool,
     procs: Processes,
+    metric: Metric,
 ) -> TrainResult:
     import torch
 
-    from whetstone import registry, snapshots
-    from whetstone.curate import training_records
     from whetstone.models import base as base_models
-    from whetstone.progress import console
-    from whetstone.train import methods
-    from whetstone.train.data import encode_records, shared_prefix
-    from whetstone.train.loop import Setup, train_loop
 
     t_start = time.perf_counter()
+    job = _open_job(project, run, cfg, procs, progress, metric)
+    train_recs, val_recs = _records(job)
+    set_threads()
+    seed_everything(cfg.seed)
+    model, tok = base_models.load(job.base, dtype=torch.float32, for_training=True)
+    if isinstance(cfg, LoopConfig):
+        p, data = _train_lm(job, cfg, model, tok, train_recs, val_recs, resume)
+    else:
+        p, data = _train_label_head(job, model, tok, train_recs, val_recs)
+    timings = {
+        "train_s": round(p.train_seconds, 2),
+        "eval_s": round(p.eval_seconds, 2),
+        "total_s": round(time.perf_counter() - t_start, 2),
+    }
+    adapter = procs.on_main(lambda: _register(job, p, data, timings))
+    return TrainResult(
+        adapter=adapter,
+        run_id=run.id,
+        run_dir=str(run.dir),
+        method=cfg.method,
+        snapshot_id=job.snap.id,
+        best_metric=p.best_metric,
+        best_step=p.best_step,
+        steps=p.step,
+        stopped_early=p.stopped_early,
+        tokens_per_s=_tokens_per_s(p),
+        timings=timings,
+        data=data,
+        history=run.history(),
+    )
+
+
+def _open_job(
+    project: Project,
+    run: Run,
+    cfg: TrainConfig,
+    procs: Processes,
+    progress: bool,
+    metric: Metric,
+) -> _Job:
+    """The run's task, base model (refused if its weights changed since the run started) and
+    snapshot."""
+    from whetstone import snapshots
+    from whetstone.models import base as base_models
+
     info = run.info()
-    task = project.task(info["task"])
     base = base_models.resolve(info["base_model"])
     if base.hash != info["base_hash"]:
         raise InvalidInput(
@@ -252,134 +340,161 @@ def _execute(
             f"it now resolves to different weights ({base.hash[:12]})"
         )
     snap = snapshots.load(project, info["snapshot_id"])
-    train_recs = upweighted(with_reference(training_records(project, snap, "train")), snap.weights)
-    val_recs = with_reference(training_records(project, snap, "validation"))
-    set_threads()
-    seed_everything(cfg.seed)
-    model, tok = base_models.load(base, dtype=torch.float32, for_training=True)
-    meta = {
-        "task": task.name,
-        "task_kind": task.kind.value,
-        "base_model": base.name,
-        "base_hash": base.hash,
-        "run_id": run.id,
-        "snapshot_id": snap.id,
-    }
+    task = project.task(info["task"])
+    return _Job(project, run, cfg, info, task, base, snap, procs, progress, metric)
 
-    if cfg.method == "head" and task.kind == Kind.classify:
-        from whetstone.train.label_head import train_label_head
 
-        if procs.size > 1:
-            raise InvalidInput(
-                "the classify label head trains in seconds on one process: "
-                "run `whetstone train` without a multi-process launcher"
-            )
-        p, data = train_label_head(
-            model, tok, task, train_recs, val_recs, cfg, run, meta, show=progress
-        )
-    else:
-        train, report = encode_records(
-            tok, task, train_recs, max_length=cfg.max_length, policy=cfg.truncation
-        )
-        val, _ = encode_records(
-            tok, task, val_recs, max_length=cfg.max_length, policy=cfg.truncation
-        )
-        if not train:
-            raise InvalidInput(
-                f"no training example fits max_length={cfg.max_length}: {report.summary()}"
-            )
-        if len(train) < cfg.batch_size:
-            report.notes.append(
-                f"only {len(train)} training examples: one batch of {len(train)} per step, "
-                f"not {cfg.batch_size}"
-            )
-        for note in [report.summary()] * bool(report.too_long) + report.notes:
-            if procs.is_main:
-                console.print(f"[yellow]{note}[/yellow]")
-        model = methods.get(cfg.method).prepare(model, cfg)
-        if info.get("init_from") and resume is None:
-            warm_start(model, project, str(info["init_from"]))
-        eval_recs = val_recs[: cfg.eval_max_records]
-        max_new = min(1024, report.answer_tokens + 16)
-        setup = Setup(
-            cfg=cfg,
-            task=task,
-            model=model,
-            tok=tok,
-            train=train,
-            val_examples=val[: cfg.eval_max_records],
-            val_records=eval_recs,
-            run=run,
-            max_new_tokens=max_new,
-            artefact_meta=meta,
-            train_prefix=shared_prefix(train) if cfg.packing else [],
-            val_prefix=shared_prefix(val) if cfg.packing else [],
-            procs=procs,
-        )
-        if resume is not None:
-            step = resume["progress"]["step"]
-            procs.on_main(lambda: run.keep_history_until(step))
-        p = train_loop(setup, resume=resume, show=progress)
-        data = {
-            **report.__dict__,
-            "train_records": len(train_recs),
-            "validation_records": len(val_recs),
-            "validation_used": len(eval_recs),
-        }
-    tokens_per_s = p.tokens / p.train_seconds if p.train_seconds else 0.0
-    timings = {
-        "train_s": round(p.train_seconds, 2),
-        "eval_s": round(p.eval_seconds, 2),
-        "total_s": round(time.perf_counter() - t_start, 2),
-    }
-    from whetstone import __version__
+def _records(job: _Job) -> tuple[list[Record], list[Record]]:
+    """The snapshot's training records (up-weighted) and validation records, with a reference,
+    in the text the snapshot holds: the text evaluation scores too."""
+    from whetstone import snapshots
 
-    def finish() -> str:
-        run.plot()
-        run.write_info(status="finished", best_metric=p.best_metric, best_step=p.best_step)
-        av = registry.register(
-            project,
-            task.name,
-            run.best_dir,
-            method=cfg.method,
-            base_model=base.name,
-            base_hash=base.hash,
-            snapshot_id=snap.id,
-            run_id=run.id,
-            info={
-                "config": cfg.effective(),
-                "metric": task.main_metric,
-                "best_metric": p.best_metric,
-                "best_step": p.best_step,
-                "steps": p.step,
-                "stopped_early": p.stopped_early,
-                "validation": p.evals,
-                "curve": str(run.curve_path),
-                "metrics": str(run.metrics_path),
-                "whetstone_version": __version__,
-                "init_from": info.get("init_from"),
-                "tokens_per_s": round(tokens_per_s, 1),
-                "timings": timings,
-                "world_size": procs.size,
-                "data": data,
-            },
-        )
-        run.write_info(status="registered", adapter=av.name)
-        return av.name
+    project, snap = job.project, job.snap
+    train_recs = upweighted(with_reference(snapshots.records(project, snap, "train")), snap.weights)
+    val_recs = with_reference(snapshots.records(project, snap, "validation"))
+    return train_recs, val_recs
 
-    adapter = procs.on_main(finish)
-    return TrainResult(
-        adapter=adapter,
-        run_id=run.id,
-        run_dir=str(run.dir),
-        method=cfg.method,
-        snapshot_id=snap.id,
-        best_metric=p.best_metric,
-        best_step=p.best_step,
-        steps=p.step,
-        stopped_early=p.stopped_early,
-        tokens_per_s=tokens_per_s,
-        timings=timings,
-        data=data,
-        history=run.history(),
+
+def _train_label_head(
+    job: _Job,
+    model: PreTrainedModel,
+    tok: Tokenizer,
+    train_recs: list[Record],
+    val_recs: list[Record],
+) -> tuple[Any, dict[str, Any]]:
+    from whetstone.train.label_head import train_label_head
+
+    if job.procs.size > 1:
+        raise InvalidInput(
+            "the classify label head trains in seconds on one process: "
+            "run `whetstone train` without a multi-process launcher"
+        )
+    return train_label_head(
+        model,
+        tok,
+        job.task,
+        train_recs,
+        val_recs,
+        job.cfg,
+        job.run,
+        job.artefact_meta(),
+        metric=job.metric,
+        show=job.progress,
     )
+
+
+def _train_lm(
+    job: _Job,
+    cfg: LoopConfig,
+    model: PreTrainedModel,
+    tok: Tokenizer,
+    train_recs: list[Record],
+    val_recs: list[Record],
+    resume: dict[str, Any] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """Encode the records, prepare the method on the model and run the training loop."""
+    from whetstone.train import methods
+    from whetstone.train.data import shared_prefix
+    from whetstone.train.loop import Setup, train_loop
+
+    train, val, report = _encode(job, cfg, tok, train_recs, val_recs)
+    prepared: CausalLM = methods.get(cfg.method).prepare(model, cfg)
+    if job.info.get("init_from") and resume is None:
+        warm_start(prepared, job.project, str(job.info["init_from"]))
+    eval_recs = val_recs[: cfg.eval_max_records]
+    setup = Setup(
+        cfg=cfg,
+        task=job.task,
+        model=prepared,
+        tok=tok,
+        train=train,
+        val_examples=val[: cfg.eval_max_records],
+        val_records=eval_recs,
+        run=job.run,
+        max_new_tokens=min(1024, report.answer_tokens + 16),
+        artefact_meta=job.artefact_meta(),
+        metric=job.metric,
+        train_prefix=shared_prefix(train) if cfg.packing else [],
+        val_prefix=shared_prefix(val) if cfg.packing else [],
+        procs=job.procs,
+    )
+    if resume is not None:
+        step = resume["progress"]["step"]
+        job.procs.on_main(lambda: job.run.keep_history_until(step))
+    p = train_loop(setup, resume=resume, show=job.progress)
+    return p, {
+        **report.__dict__,
+        "train_records": len(train_recs),
+        "validation_records": len(val_recs),
+        "validation_used": len(eval_recs),
+    }
+
+
+def _encode(
+    job: _Job, cfg: LoopConfig, tok: Tokenizer, train_recs: list[Record], val_recs: list[Record]
+) -> tuple[list[Example], list[Example], DataReport]:
+    """Training and validation examples, and the report of what did not fit (printed)."""
+    from whetstone.progress import console
+    from whetstone.train.data import encode_records
+
+    train, report = encode_records(
+        tok, job.task, train_recs, max_length=cfg.max_length, policy=cfg.truncation
+    )
+    val, _ = encode_records(
+        tok, job.task, val_recs, max_length=cfg.max_length, policy=cfg.truncation
+    )
+    if not train:
+        raise InvalidInput(
+            f"no training example fits max_length={cfg.max_length}: {report.summary()}"
+        )
+    if len(train) < cfg.batch_size:
+        report.notes.append(
+            f"only {len(train)} training examples: one batch of {len(train)} per step, "
+            f"not {cfg.batch_size}"
+        )
+    for note in [report.summary()] * bool(report.too_long) + report.notes:
+        if job.procs.is_main:
+            console.print(f"[yellow]{note}[/yellow]")
+    return train, val, report
+
+
+def _tokens_per_s(p: Any) -> float:
+    return p.tokens / p.train_seconds if p.train_seconds else 0.0
+
+
+def _register(job: _Job, p: Any, data: dict[str, Any], timings: dict[str, float]) -> str:
+    """Main process: plot the curve, register the best checkpoint, mark the run registered."""
+    from whetstone import __version__, registry
+
+    run = job.run
+    run.plot()
+    run.write_info(status="finished", best_metric=p.best_metric, best_step=p.best_step)
+    av = registry.register(
+        job.project,
+        job.task.name,
+        run.best_dir,
+        method=job.cfg.method,
+        base_model=job.base.name,
+        base_hash=job.base.hash,
+        snapshot_id=job.snap.id,
+        run_id=run.id,
+        info={
+            "config": job.cfg.effective(),
+            "metric": job.task.main_metric,
+            "best_metric": p.best_metric,
+            "best_step": p.best_step,
+            "steps": p.step,
+            "stopped_early": p.stopped_early,
+            "validation": p.evals,
+            "curve": str(run.curve_path),
+            "metrics": str(run.metrics_path),
+            "whetstone_version": __version__,
+            "init_from": job.info.get("init_from"),
+            "tokens_per_s": round(_tokens_per_s(p), 1),
+            "timings": timings,
+            "world_size": job.procs.size,
+            "data": data,
+        },
+    )
+    run.write_info(status="registered", adapter=av.name)
+    return av.name

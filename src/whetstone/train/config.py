@@ -1,81 +1,78 @@
-"""The training config: one flat pydantic model whose keys are the YAML keys and, with `-` for
-`_`, the CLI flags (`lora_r` ↔ `--lora-r`). Unknown keys are an error that names the key."""
+"""The training config: `TrainConfig`, the options every method shares, and one subclass per
+method, declared in the method's module under `whetstone.train.methods` (the registry there is
+the one list of methods). Together they form a pydantic union discriminated by `method`.
+
+The keys are the YAML keys and, with `-` for `_`, the CLI flags (`lora_r` ↔ `--lora-r`). An
+unknown key, or an option of another method (`--lora-r` with method full), is a one-line error
+that names the key: a setting is never silently ignored."""
 
 from __future__ import annotations
 
+import operator
+from functools import cache, reduce
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from whetstone.errors import InvalidInput
+from whetstone.errors import InvalidInput, from_validation
+from whetstone.train import methods
 
-METHODS = ("lora", "dora", "full", "head", "topk")
-# Learning rates that learn fast without diverging on the bundled 135M model (measured on the
-# demo address task): adapters tolerate a high rate, full fine-tuning needs a low one.
-DEFAULT_LR = {"lora": 1e-3, "dora": 1e-3, "full": 2e-5, "head": 1e-3, "topk": 1e-4}
-DEFAULT_LR_TOPK_LORA = 1e-3
+COMMAND_LINE = "command line"
 
 
 class TrainConfig(BaseModel):
+    """The options of every method. Build one with `train_config(method=..., ...)` or a
+    method's own class (e.g. `LoraConfig`)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    method: Literal["lora", "dora", "full", "head", "topk"] = "lora"
+    method: str
+    # The method's learning rate when `lr` is not given (measured on the demo address task
+    # with the bundled 135M model: adapters tolerate a high rate, full fine-tuning needs a low one).
+    default_lr: ClassVar[float]
+    # Task kinds the method can train (None: every kind).
+    task_kinds: ClassVar[frozenset[str] | None] = None
+    # Whether `tune` searches the method when not told which methods to search.
+    tuned_by_default: ClassVar[bool] = False
+
     base_model: str | None = Field(None, description="default: the project's base model")
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     lr: float | None = Field(None, gt=0, description="default: by method")
-    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
-    grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16, description="tokens per example, prompt + answer")
-    truncation: Literal["left", "drop"] = Field(
-        "left", description="over-long prompt: cut from the left (keeping the answer) or drop it"
-    )
     seed: int = 0
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = Field(
-        None, description="default: every linear layer of the blocks"
-    )
-    topk_layers: int = Field(4, ge=1, description="topk: how many of the top blocks train")
-    topk_lora: bool = Field(
-        False, description="topk: LoRA on the top blocks instead of all their weights"
-    )
     eval_every: int | None = Field(
         None, ge=1, description="steps between validations; default: 5 per run"
     )
-    eval_max_records: int = Field(64, ge=1)
     patience: int = Field(3, ge=1, description="validations without improvement before stopping")
-    warmup: float = Field(
-        0.05, ge=0, description="fraction of steps (<1) or a number of steps (>=1)"
-    )
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
-    packing: bool = Field(
-        True, description="pack several examples per row (attention kept inside each)"
-    )
-    pack_length: int = Field(
-        1024,
-        ge=16,
-        description="tokens per packed row (at least max_length): longer rows share the instruction more",
-    )
-    save_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
-    init_from: str | None = Field(
-        None,
-        description="lora/dora: start from this adapter's weights (T@N, or 'production' for the "
-        "task's production adapter, if any) instead of from zero: a warm start",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_this_methods_options(cls, data: Any) -> Any:
+        if cls is TrainConfig:
+            raise ValueError(
+                "TrainConfig holds the options every method shares: build a config with "
+                "train_config(method=..., ...) or a method's own class"
+            )
+        if isinstance(data, dict):
+            name = cls.model_fields["method"].default
+            for key in data:
+                problem = option_problem(str(key), name)
+                if problem:
+                    raise ValueError(problem)
+        return data
 
     @property
     def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        if self.method == "topk" and self.topk_lora:
-            return DEFAULT_LR_TOPK_LORA
-        return DEFAULT_LR[self.method]
+        return self.default_lr if self.lr is None else self.lr
+
+    @property
+    def uses_lora(self) -> bool:
+        """Whether the method trains LoRA weights (so `lora_r` shapes it)."""
+        return False
 
     def effective(self) -> dict[str, Any]:
         """Every key with its value as training will use it (lr resolved)."""
@@ -87,38 +84,139 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(self.effective(), sort_keys=False)
 
 
+class LoopConfig(TrainConfig):
+    """The options of the language-model training loop: every method but the label head."""
+
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    truncation: Literal["left", "drop"] = Field(
+        "left", description="over-long prompt: cut from the left (keeping the answer) or drop it"
+    )
+    eval_max_records: int = Field(64, ge=1)
+    warmup: float = Field(
+        0.05, ge=0, description="fraction of steps (<1) or a number of steps (>=1)"
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    packing: bool = Field(
+        True, description="pack several examples per row (attention kept inside each)"
+    )
+    pack_length: int = Field(
+        1024,
+        ge=16,
+        description="tokens per packed row (at least max_length): longer rows share the instruction more",
+    )
+    save_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+
+
 def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def config_class(method: str) -> type[TrainConfig]:
+    return methods.get(method).CONFIG
+
+
+def owners(key: str) -> list[str]:
+    """The methods that have option `key`."""
+    return [name for name in methods.names() if key in config_class(name).model_fields]
+
+
+def owners_text(key: str) -> str:
+    """`lora, dora or topk`."""
+    *others, last = owners(key)
+    return f"{', '.join(others)} or {last}" if others else last
+
+
+@cache
+def all_options() -> dict[str, Any]:
+    """Every option of any method, with its pydantic field (for the CLI's flag parsing)."""
+    out: dict[str, Any] = {}
+    for name in methods.names():
+        out |= config_class(name).model_fields
+    return out
+
+
+def option_problem(key: str, method: str) -> str | None:
+    """Why `key` is not an option of `method`, in one line; None when it is."""
+    if key in config_class(method).model_fields:
+        return None
+    if key not in all_options():
+        return f"unknown training setting {key!r} (known: {', '.join(all_options())})"
+    return f"{key} ({flag(key)}) is an option of {owners_text(key)}, not of method {method}"
+
+
+def options_of(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that are options of `method`: for settings shared by runs of several
+    methods (a `tune` base config), each run takes its own."""
+    return {k: v for k, v in settings.items() if k in config_class(method).model_fields}
+
+
+@cache
+def _union() -> TypeAdapter[Any]:
+    union = reduce(operator.or_, (config_class(name) for name in methods.names()))
+    # The union is built from the registry at run time, which a type checker cannot follow.
+    return TypeAdapter(cast(Any, Annotated[union, Field(discriminator="method")]))
+
+
 def _first_error(e: ValidationError, where: str) -> InvalidInput:
-    err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(config)"
-    if err["type"] == "extra_forbidden":
-        known = ", ".join(TrainConfig.model_fields)
-        return InvalidInput(f"{where}: unknown training setting {key!r} (known: {known})")
-    if key == "method":
-        return InvalidInput(
-            f"{where}: unknown method {err.get('input')!r} (choose from {', '.join(METHODS)})"
+    # Each location starts with the union's tag, the method's name: not a key the user wrote.
+    return from_validation(e, where, skip=methods.names())
+
+
+def _chosen_method(layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """The method the last layer that names one chooses (lora when none does)."""
+    where, method = "", methods.DEFAULT
+    for w, values in layers:
+        if "method" in values:
+            where, method = w, str(values["method"])
+    if method not in methods.names():
+        raise InvalidInput(
+            f"{where}: unknown method {method!r} (choose from {', '.join(methods.names())})"
         )
-    return InvalidInput(f"{where}: {key}: {err['msg']}")
+    return method
 
 
 def build(*layers: tuple[str, dict[str, Any]]) -> TrainConfig:
     """Merge (where, settings) layers, later ones winning, and validate. `where` names the
-    layer in errors, e.g. the YAML file or "command line"."""
-    merged: dict[str, Any] = {}
-    for where, values in layers:
-        unknown = [k for k in values if k not in TrainConfig.model_fields]
-        if unknown:
-            known = ", ".join(TrainConfig.model_fields)
-            raise InvalidInput(f"{where}: unknown training setting {unknown[0]!r} (known: {known})")
-        merged.update({k: v for k, v in values.items() if v is not None})
+    layer in errors, e.g. the YAML file or "command line". Every key must be an option of the
+    method the layers choose."""
+    given = [(w, {k: v for k, v in values.items() if v is not None}) for w, values in layers]
+    method = _chosen_method(given)
+    merged: dict[str, Any] = {"method": method}
+    cfg = None
+    for where, values in given:
+        for key in values:
+            problem = option_problem(key, method)
+            if problem:
+                raise InvalidInput(f"{where}: {problem}")
+        merged |= {**values, "method": method}
         try:
-            TrainConfig.model_validate(merged)
+            cfg = _union().validate_python(merged)
         except ValidationError as e:
             raise _first_error(e, where) from None
-    return TrainConfig.model_validate(merged)
+    return cfg or _union().validate_python(merged)
+
+
+def train_config(**settings: Any) -> TrainConfig:
+    """The Python API's way to a config: `train_config(method="dora", lora_r=8)`."""
+    return build(("train_config", settings))
+
+
+def from_stored(values: dict[str, Any], where: str, task_kind: str) -> TrainConfig:
+    """A run's stored config.yaml. Runs written before configs were per method hold every
+    option of every method (the others' were ignored), and `head` on a classify task then meant
+    the label head: such a config is read as the method it trained. Unknown keys stay errors."""
+    method = str(values.get("method") or methods.DEFAULT)
+    if method in methods.names():
+        own = config_class(method).model_fields
+        if any(k in all_options() and k not in own for k in values):  # the old flat form
+            if method == "head" and task_kind == "classify":
+                method = "label_head"
+            own = config_class(method).model_fields
+            values = {k: v for k, v in values.items() if k in own or k not in all_options()}
+            values["method"] = method
+    return build((where, values))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whetstone.errors import InvalidInput
 from whetstone.models.generate import encode_prompts
 from whetstone.prompts import answer_text, chat
 from whetstone.records import Input, Record, Task
+
+if TYPE_CHECKING:
+    from whetstone.models.types import Tokenizer
 
 IGNORE = -100
 
@@ -66,7 +69,7 @@ def _ids(encoded: Any) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_example(tok: Any, task: Task, record: Record) -> Example:
+def encode_example(tok: Tokenizer, task: Task, record: Record) -> Example:
     """Prompt and answer tokens of one record, the answer ending at the end-of-turn token."""
     if record.reference is None:
         raise InvalidInput(f"record {record.id} has no reference to train on")
@@ -74,7 +77,7 @@ def encode_example(tok: Any, task: Task, record: Record) -> Example:
 
 
 def encode_pair(
-    tok: Any, task: Task, inp: Input, reference: str, *, record_id: int | None = None
+    tok: Tokenizer, task: Task, inp: Input, reference: str, *, record_id: int | None = None
 ) -> Example:
     """`encode_example` for an input and reference that need not be a stored record (curation
     scores its normalised, redacted rows exactly as training will see them)."""
@@ -103,7 +106,7 @@ def encode_pair(
 
 
 def encode_records(
-    tok: Any, task: Task, records: list[Record], *, max_length: int, policy: str
+    tok: Tokenizer, task: Task, records: list[Record], *, max_length: int, policy: str
 ) -> tuple[list[Example], DataReport]:
     """Encode records, applying the over-length policy: "left" cuts the prompt from the left
     (inference cuts long prompts the same way) and keeps the whole answer; "drop" drops the

@@ -41,9 +41,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from whetstone.errors import InvalidInput, WhetstoneError
+
+if TYPE_CHECKING:
+    import torch
+
+    from whetstone.models.types import CausalLM
+    from whetstone.train.data import Batch
 
 T = TypeVar("T")
 
@@ -119,7 +125,7 @@ class Processes:
         broadcast_object_list(box)
         if box[1] is not None:
             raise box[1]
-        return box[0]  # type: ignore[no-any-return]
+        return box[0]
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of values over all processes."""
@@ -138,7 +144,9 @@ class Processes:
 
         return list(gather_object(items))
 
-    def loss_function(self, model: Any, loss: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
+    def loss_function(
+        self, model: CausalLM, loss: Callable[[CausalLM, Batch], torch.Tensor]
+    ) -> Callable[[Batch], torch.Tensor]:
         """`loss(model, batch)` as a function of the batch. Across processes it runs through
         the DDP-wrapped model, whose forward is what lets DDP all-reduce the gradients."""
         if self.accelerator is None:
@@ -150,12 +158,12 @@ class Processes:
                 super().__init__()
                 self.model = model
 
-            def forward(self, batch: Any) -> Any:
+            def forward(self, batch: Batch) -> torch.Tensor:
                 return loss(self.model, batch)
 
-        return self.accelerator.prepare(Loss())  # type: ignore[no-any-return]
+        return self.accelerator.prepare(Loss())
 
-    def backward(self, loss: Any) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate. DDP averages gradients over processes, so each scales its share by
         the number of processes to keep their sum (every micro-batch is all-reduced; with
         gradient accumulation that is correct, only not the fastest)."""

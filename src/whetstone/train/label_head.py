@@ -1,46 +1,33 @@
-"""`head` on a classify task: a linear label head on the frozen model's mean-pooled last hidden
-state (the classic feature-extraction recipe). Features are computed once, so training the
-head takes seconds.
+"""The `label_head` method (classify tasks): a linear label head on the frozen model's
+mean-pooled last hidden state (the classic feature-extraction recipe). Features are computed
+once, so training the head takes seconds.
 
-For inference the head is wrapped in `LabelHeadModel`, whose `answer_greedy` gives what
-`models.generate` gets from greedy decoding (the label's tokens, then end-of-turn), so
-prediction and evaluation use it without knowing it is not a language model. The server
-refuses it (it batches token by token).
+The artefact (`LabelHead`, its save and load, and `LabelHeadModel` for inference) lives in
+`whetstone.models.label_head`.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch  # this module is only imported when a label head is trained or loaded
-
-from whetstone.errors import InvalidInput, WhetstoneError
+from whetstone.errors import InvalidInput
+from whetstone.models.label_head import LabelHead, pooled_features, save_label_head
 from whetstone.records import Record, Task
 from whetstone.train.config import TrainConfig
 from whetstone.train.runs import Run
-from whetstone.util import atomic_dir
 
-FILE = "label_head.safetensors"
-
-
-def pooled_features(model: Any, input_ids: Any, attention_mask: Any) -> Any:
-    """Mean of the last hidden state over the real (non-padding) tokens."""
+if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
 
-    body = getattr(model, model.base_model_prefix)
-    with torch.no_grad():
-        h = body(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-    m = attention_mask.unsqueeze(-1).to(h.dtype)
-    return ((h * m).sum(1) / m.sum(1).clamp(min=1)).float()
+    from whetstone.models.types import Tokenizer
+    from whetstone.train.loop import Metric
 
 
 def record_features(
-    model: Any, tok: Any, task: Task, records: list[Record], max_length: int
-) -> Any:
+    model: PreTrainedModel, tok: Tokenizer, task: Task, records: list[Record], max_length: int
+) -> torch.Tensor:
     import torch
 
     from whetstone.models.generate import encode_prompts
@@ -62,19 +49,9 @@ def record_features(
     return torch.cat(out)
 
 
-class LabelHead:
-    """Standardise the features, then one linear layer to the labels."""
-
-    def __init__(self, weight: Any, bias: Any, mean: Any, std: Any, labels: list[str]):
-        self.weight, self.bias, self.mean, self.std, self.labels = weight, bias, mean, std, labels
-
-    def logits(self, feats: Any) -> Any:
-        return ((feats - self.mean) / self.std) @ self.weight.T + self.bias
-
-
 def train_label_head(
-    model: Any,
-    tok: Any,
+    model: PreTrainedModel,
+    tok: Tokenizer,
     task: Task,
     train: list[Record],
     val: list[Record],
@@ -82,12 +59,12 @@ def train_label_head(
     run: Run,
     meta: dict[str, Any],
     *,
+    metric: Metric,
     show: bool,
 ) -> tuple[Any, dict[str, Any]]:
     import torch
     import torch.nn.functional as F
 
-    from whetstone.evaluate.metrics import main_score
     from whetstone.progress import console
     from whetstone.train.loop import Progress
 
@@ -133,7 +110,7 @@ def train_label_head(
             row["val_loss"] = float(
                 F.cross_entropy(lv, torch.tensor([index.get(r, 0) for r in refs]))
             )
-            row["metric"] = main_score(task, [labels[i] for i in lv.argmax(-1).tolist()], refs)
+            row["metric"] = metric(task, [labels[i] for i in lv.argmax(-1).tolist()], refs)
         run.log(row)
         p.evals.append(row)
         if best is None or row["metric"] is None or row["metric"] > p.best_metric:
@@ -156,72 +133,9 @@ def train_label_head(
         console.print(
             f"label head: {len(train)} examples, features {feature_s:.1f}s, best {p.best_metric}"
         )
-    save(best["head"], tok, run.best_dir, meta)
+    save_label_head(best["head"], tok, run.best_dir, {"method": "label_head", **meta})
     return p, {
         "train_records": len(train),
         "validation_records": len(val),
         "feature_seconds": round(feature_s, 2),
     }
-
-
-def save(head: LabelHead, tok: Any, folder: Path, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    from whetstone.train.artefacts import write_meta
-
-    try:
-        with atomic_dir(folder, replace="owned") as tmp:  # the run's own best/
-            save_file(
-                {
-                    "weight": head.weight.contiguous(),
-                    "bias": head.bias.contiguous(),
-                    "mean": head.mean.contiguous(),
-                    "std": head.std.contiguous(),
-                },
-                str(tmp / FILE),
-            )
-            tok.save_pretrained(tmp)
-            write_meta(tmp, method="head", labels_head=head.labels, **meta)
-    except OSError as e:
-        raise WhetstoneError(f"could not save the label head to {folder}: {e}") from None
-
-
-def load(model: Any, tok: Any, folder: Path) -> Any:
-    from safetensors.torch import load_file
-
-    from whetstone.train.artefacts import read_meta
-
-    t = load_file(str(folder / FILE))
-    labels = list(read_meta(folder)["labels_head"])
-    return LabelHeadModel(
-        model, tok, LabelHead(t["weight"], t["bias"], t["mean"], t["std"], labels)
-    )
-
-
-class LabelHeadModel(torch.nn.Module):
-    """A frozen causal LM plus a label head, answering `generate()` with a label."""
-
-    def __init__(self, model: Any, tok: Any, head: LabelHead):
-        super().__init__()
-        self.lm = model
-        self.head = head
-        eos = tok.eos_token_id
-        self.label_ids = [
-            [*tok.encode(label, add_special_tokens=False), eos] for label in head.labels
-        ]
-
-    def answer_greedy(
-        self, input_ids: Any, attention_mask: Any, max_new_tokens: int
-    ) -> list[tuple[list[int], list[float]]]:
-        """What `models.generate` asks of a model that answers in its own way: per row, the
-        label's tokens (end-of-turn included) and their log-probabilities (the whole label's
-        log-probability spread over its tokens)."""
-        import torch
-
-        feats = pooled_features(self.lm, input_ids, attention_mask)
-        logp = torch.log_softmax(self.head.logits(feats.cpu()), -1)
-        out = []
-        for row, b in enumerate(logp.argmax(-1).tolist()):
-            ids = self.label_ids[b][:max_new_tokens]
-            out.append((list(ids), [float(logp[row, b]) / len(self.label_ids[b])] * len(ids)))
-        return out

@@ -1,4 +1,6 @@
-"""The training loop: one function to read top to bottom (nanoGPT / torchtune style).
+"""The training loop, to read top to bottom (nanoGPT / torchtune style): `train_loop` runs
+epochs, `train_epoch` its steps, each a call to a named step (`train_step`, `log_step`,
+`run_validation`, `save_progress`).
 
 AdamW, warmup then cosine or linear decay, gradient accumulation and clipping. Every
 `eval_every` steps: validation loss plus the task's own metric on greedy generations of
@@ -15,18 +17,24 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whetstone.errors import WhetstoneError
 from whetstone.records import Record, Task
-from whetstone.train.config import TrainConfig
+from whetstone.train.config import LoopConfig
 from whetstone.train.data import IGNORE, Batch, Example, make_batch, plan_epoch
 from whetstone.train.distributed import Processes
 from whetstone.train.methods import causal_lm, load_trainable_state, trainable_state
 from whetstone.train.runs import Run, save_checkpoint, set_rng_state
 from whetstone.util import atomic_dir
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import CausalLM, Tokenizer
 
 
 @dataclass
@@ -47,14 +55,19 @@ class Progress:
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
+# The task's main metric on 0..1 from (task, predictions, references). Evaluation owns the
+# metrics (`whetstone.evaluate.metrics.main_score`); training is given it to pick its best step.
+Metric = Callable[[Task, list[str], list[str]], float]
+
+
 @dataclass
 class Setup:
     """What the loop trains and on what, built by `whetstone.train.api`."""
 
-    cfg: TrainConfig
+    cfg: LoopConfig
     task: Task
-    model: Any
-    tok: Any
+    model: CausalLM
+    tok: Tokenizer
     train: list[Example]
     val_examples: list[Example]
     val_records: list[Record]
@@ -63,6 +76,7 @@ class Setup:
     train_prefix: list[int]  # prompt tokens every training example starts with (see data.py)
     val_prefix: list[int]
     artefact_meta: dict[str, Any]
+    metric: Metric
     procs: Processes = field(default_factory=Processes)
 
 
@@ -76,7 +90,7 @@ def autocast(device: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def attention_mask(lm: Any, batch: Batch, device: str) -> Any:
+def attention_mask(lm: PreTrainedModel, batch: Batch, device: str) -> torch.Tensor:
     """The batch's block-diagonal causal mask in the form the model's attention takes: boolean
     for SDPA/flex, additive float for eager attention."""
     import torch
@@ -90,12 +104,12 @@ def attention_mask(lm: Any, batch: Batch, device: str) -> Any:
     return mask
 
 
-def answer_loss(model: Any, batch: Batch, device: str) -> Any:
+def answer_loss(model: CausalLM, batch: Batch, device: str) -> torch.Tensor:
     """Summed cross-entropy over the answer tokens of a batch."""
     return token_losses(model, batch, device)[0].sum()
 
 
-def token_losses(model: Any, batch: Batch, device: str) -> tuple[Any, Any]:
+def token_losses(model: CausalLM, batch: Batch, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of every answer token of a batch, and the batch row each belongs to.
     The model body runs on every token, but the vocabulary projection only where a loss is
     taken: prompt positions never materialise their (tokens x vocab) logits."""
@@ -128,7 +142,7 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     )
 
 
-def total_steps(cfg: TrainConfig, n_examples: int) -> tuple[int, int]:
+def total_steps(cfg: LoopConfig, n_examples: int) -> tuple[int, int]:
     """(steps per epoch, total optimizer steps)."""
     micro = -(-n_examples // cfg.batch_size)
     per_epoch = -(-micro // cfg.grad_accum)
@@ -141,7 +155,6 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
     its share of the examples and records; the sums and answers are gathered."""
     import torch
 
-    from whetstone.evaluate.metrics import main_score
     from whetstone.models.generate import generate
     from whetstone.prompts import chat, normalise_answer
 
@@ -161,7 +174,7 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
             )
             loss_sum += float(answer_loss(s.model, batch, device))
             n += batch.target_tokens
-    loss_sum, n = s.procs.sum([loss_sum, n])
+    loss_sum, targets = s.procs.sum([loss_sum, n])  # over all processes
     recs = s.procs.share(list(enumerate(s.val_records)))
     gens = (
         generate(
@@ -178,17 +191,26 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
     answers = [(i, normalise_answer(s.task, g.text)) for (i, _), g in zip(recs, gens, strict=True)]
     by_index = dict(s.procs.gather(answers))
     preds = [by_index[i] for i in range(len(s.val_records))]
-    metric = main_score(s.task, preds, [str(r.reference) for r in s.val_records])
+    metric = s.metric(s.task, preds, [str(r.reference) for r in s.val_records])
     s.model.train()
-    return {"val_loss": loss_sum / max(n, 1), "metric": float(metric)}
+    return {"val_loss": loss_sum / max(targets, 1), "metric": float(metric)}
 
 
 def save_best(s: Setup) -> None:
-    from whetstone.train.artefacts import save_artefact
+    from whetstone.models.artefacts import save_artefact
+    from whetstone.train import methods
 
+    save_weights = methods.get(s.cfg.method).save
     try:
         with atomic_dir(s.run.best_dir, replace="owned") as tmp:  # the run's own best/
-            save_artefact(s.model, s.tok, tmp, method=s.cfg.method, **s.artefact_meta)
+            save_artefact(
+                s.model,
+                s.tok,
+                tmp,
+                save_weights=save_weights,
+                method=s.cfg.method,
+                **s.artefact_meta,
+            )
     except OSError as e:
         raise WhetstoneError(f"could not save the best adapter to {s.run.best_dir}: {e}") from None
 
@@ -231,12 +253,29 @@ def live(show: bool, total: int, start: int) -> Iterator[Any]:
         yield update, note
 
 
-def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = True) -> Progress:
+@dataclass
+class Training:
+    """What one run of the loop works with, besides the `Setup` it was given."""
+
+    s: Setup
+    device: str
+    pad_id: int
+    params: list[Any]  # the trainable ones: the optimizer's and gradient clipping's
+    opt: Any
+    sched: Any
+    total: int  # optimizer steps of the whole run
+    eval_every: int
+    loss_of: Callable[[Batch], Any]
+    p: Progress
+
+
+def start(s: Setup, resume: dict[str, Any] | None) -> Training:
+    """Optimizer, schedule and progress: fresh, or restored from a resumable checkpoint."""
     import torch
 
-    cfg, model, run, procs = s.cfg, s.model, s.run, s.procs
     from whetstone.models.base import device as best_device
 
+    cfg, model = s.cfg, s.model
     device = best_device()
     pad_id = s.tok.pad_token_id if s.tok.pad_token_id is not None else s.tok.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
@@ -246,7 +285,6 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda st: lr_factor(st, total, warmup, cfg.scheduler)
     )
-    eval_every = cfg.eval_every or max(1, total // 5)
     p = Progress()
     if resume is not None:
         load_trainable_state(model, resume["trainable"])
@@ -254,121 +292,186 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
         sched.load_state_dict(resume["scheduler"])
         p = Progress(**resume["progress"])
         set_rng_state(resume["rng"])
-    lengths = [len(e) for e in s.train]
     model.train()
-    loss_of = procs.loss_function(model, lambda m, b: answer_loss(m, b, device))
+    return Training(
+        s=s,
+        device=device,
+        pad_id=pad_id,
+        params=params,
+        opt=opt,
+        sched=sched,
+        total=total,
+        eval_every=cfg.eval_every or max(1, total // 5),
+        loss_of=s.procs.loss_function(model, lambda m, b: answer_loss(m, b, device)),
+        p=p,
+    )
 
-    def evaluate_now() -> None:
-        t0 = time.perf_counter()
-        # Without a validation split the latest weights are kept, judged by nothing.
-        row = validate(s, device, pad_id) if s.val_records else {"val_loss": None, "metric": None}
-        p.eval_seconds += time.perf_counter() - t0
-        row = {"kind": "validation", "step": p.step, "epoch": p.epoch, **row}
-        better = (
-            p.best_step is None
-            or row["metric"] is None
-            or row["metric"] > p.best_metric
-            or (row["metric"] == p.best_metric and row["val_loss"] < p.best_val_loss)
+
+def micro_batches(t: Training, micro: list[list[int]]) -> tuple[list[Batch], list[float]]:
+    """This process's batches of one optimizer step, and the weight each counts with.
+
+    Each process takes its share of every micro-batch: together they see the batch one
+    process would. One left without examples still runs one with no weight, since DDP needs
+    every process in every backward pass."""
+    s, cfg = t.s, t.s.cfg
+    shares = [s.procs.share(idx) for idx in micro]
+    group = [
+        make_batch(
+            s.train,
+            mine or idx[:1],
+            packing=cfg.packing,
+            capacity=max(cfg.pack_length, cfg.max_length),
+            pad_id=t.pad_id,
+            prefix=s.train_prefix,
         )
+        for mine, idx in zip(shares, micro, strict=True)
+    ]
+    return group, [1.0 if mine else 0.0 for mine in shares]
+
+
+def train_step(t: Training, micro: list[list[int]]) -> float:
+    """One optimizer step over the micro-batches `micro`; returns the batch's mean loss."""
+    import torch
+
+    procs, p = t.s.procs, t.p
+    group, weights = micro_batches(t, micro)
+    t0 = time.perf_counter()
+    # The mean over the answer tokens of the whole batch, on every process.
+    (n_targets,) = procs.sum(
+        [sum(b.target_tokens * w for b, w in zip(group, weights, strict=True))]
+    )
+    loss_sum, tokens = 0.0, 0
+    for b, w in zip(group, weights, strict=True):
+        loss = t.loss_of(b) * w / n_targets
+        procs.backward(loss)
+        loss_sum += loss.item()
+        tokens += b.tokens if w else 0
+    loss_sum, all_tokens = procs.sum([loss_sum, tokens])  # over all processes
+    torch.nn.utils.clip_grad_norm_(t.params, t.s.cfg.max_grad_norm)
+    t.opt.step()
+    t.sched.step()
+    t.opt.zero_grad(set_to_none=True)
+    p.train_seconds += time.perf_counter() - t0
+    p.step += 1
+    p.micro += len(group)
+    p.tokens += int(all_tokens)
+    return loss_sum
+
+
+def log_step(t: Training, loss: float, update: Callable[..., None]) -> None:
+    """The step's row in metrics.jsonl (main process) and the progress bar's line."""
+    p = t.p
+    tps = p.tokens / max(p.train_seconds, 1e-9)
+    if t.s.procs.is_main:
+        t.s.run.log(
+            {
+                "kind": "train",
+                "step": p.step,
+                "epoch": p.epoch,
+                "loss": loss,
+                "lr": t.sched.get_last_lr()[0],
+                "tokens_per_s": round(tps, 1),
+            }
+        )
+    last = (
+        f" · val {p.evals[-1]['metric']:.3f}"
+        if p.evals and p.evals[-1]["metric"] is not None
+        else ""
+    )
+    update(advance=1, info=f"loss {loss:.4f}{last} · {tps:,.0f} tok/s")
+
+
+def improves(p: Progress, row: dict[str, Any]) -> bool:
+    """Whether a validation beats the best so far: a higher metric, or the same metric at a
+    lower loss. The first one, and any without a metric, always count as the best."""
+    return (
+        p.best_step is None
+        or row["metric"] is None
+        or row["metric"] > p.best_metric
+        or (row["metric"] == p.best_metric and row["val_loss"] < p.best_val_loss)
+    )
+
+
+def run_validation(t: Training) -> None:
+    """Validate now, count it towards early stopping, and (main process) log it and save the
+    weights to `best/` when they are the best yet."""
+    s, p = t.s, t.p
+    t0 = time.perf_counter()
+    # Without a validation split the latest weights are kept, judged by nothing.
+    row = validate(s, t.device, t.pad_id) if s.val_records else {"val_loss": None, "metric": None}
+    p.eval_seconds += time.perf_counter() - t0
+    row = {"kind": "validation", "step": p.step, "epoch": p.epoch, **row}
+    better = improves(p, row)
+    if better:
+        p.best_metric, p.best_val_loss, p.best_step, p.bad_evals = (
+            row["metric"],
+            row["val_loss"],
+            p.step,
+            0,
+        )
+    else:
+        p.bad_evals += 1
+    p.evals.append(row)
+
+    def write() -> None:
+        s.run.log(row)
         if better:
-            p.best_metric, p.best_val_loss, p.best_step, p.bad_evals = (
-                row["metric"],
-                row["val_loss"],
-                p.step,
-                0,
-            )
-        else:
-            p.bad_evals += 1
-        p.evals.append(row)
+            save_best(s)
+        s.run.plot()
 
-        def write() -> None:
-            run.log(row)
-            if better:
-                save_best(s)
-            run.plot()
+    s.procs.on_main(write)
 
-        procs.on_main(write)
 
-    with live(show and procs.is_main, total, p.step) as (update, note):
-        while p.epoch < cfg.epochs and p.step < total and not p.stopped_early:
-            plan = plan_epoch(
-                lengths, cfg.batch_size, seed=cfg.seed, epoch=p.epoch, packing=cfg.packing
-            )
-            while p.micro < len(plan) and p.step < total:
-                micro = plan[p.micro : p.micro + cfg.grad_accum]
-                # Each process takes its share of every micro-batch: together they see the
-                # batch one process would. One left without examples still runs one with no
-                # weight, since DDP needs every process in every backward pass.
-                shares = [procs.share(idx) for idx in micro]
-                group = [
-                    make_batch(
-                        s.train,
-                        mine or idx[:1],
-                        packing=cfg.packing,
-                        capacity=max(cfg.pack_length, cfg.max_length),
-                        pad_id=pad_id,
-                        prefix=s.train_prefix,
-                    )
-                    for mine, idx in zip(shares, micro, strict=True)
-                ]
-                weights = [1.0 if mine else 0.0 for mine in shares]
-                t0 = time.perf_counter()
-                # The mean over the answer tokens of the whole batch, on every process.
-                (n_targets,) = procs.sum(
-                    [sum(b.target_tokens * w for b, w in zip(group, weights, strict=True))]
-                )
-                loss_sum, tokens = 0.0, 0
-                for b, w in zip(group, weights, strict=True):
-                    loss = loss_of(b) * w / n_targets
-                    procs.backward(loss)
-                    loss_sum += loss.item()
-                    tokens += b.tokens if w else 0
-                loss_sum, tokens = procs.sum([loss_sum, tokens])
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                p.train_seconds += time.perf_counter() - t0
-                p.step += 1
-                p.micro += len(group)
-                p.tokens += int(tokens)
-                tps = p.tokens / max(p.train_seconds, 1e-9)
-                if procs.is_main:
-                    run.log(
-                        {
-                            "kind": "train",
-                            "step": p.step,
-                            "epoch": p.epoch,
-                            "loss": loss_sum,
-                            "lr": sched.get_last_lr()[0],
-                            "tokens_per_s": round(tps, 1),
-                        }
-                    )
-                last = (
-                    f" · val {p.evals[-1]['metric']:.3f}"
-                    if p.evals and p.evals[-1]["metric"] is not None
-                    else ""
-                )
-                update(advance=1, info=f"loss {loss_sum:.4f}{last} · {tps:,.0f} tok/s")
-                evaluated = p.step % eval_every == 0 or p.step == total
-                if evaluated:
-                    evaluate_now()
-                    ev = p.evals[-1]
-                    note(
-                        f"step {p.step}/{total} · loss {loss_sum:.4f} · val loss "
-                        f"{ev['val_loss'] if ev['val_loss'] is None else round(ev['val_loss'], 4)} · "
-                        f"val metric {ev['metric']}"
-                    )
-                    if p.bad_evals >= cfg.patience:
-                        p.stopped_early = True
-                if evaluated or p.step % cfg.save_every == 0:
-                    procs.on_main(lambda: checkpoint(s, opt, sched, p))
-                if p.stopped_early:
-                    break
-            if p.micro >= len(plan):
-                p.epoch += 1
-                p.micro = 0
+def validation_line(t: Training, loss: float) -> str:
+    """The line a log file gets for the latest validation."""
+    ev = t.p.evals[-1]
+    val_loss = ev["val_loss"] if ev["val_loss"] is None else round(ev["val_loss"], 4)
+    return (
+        f"step {t.p.step}/{t.total} · loss {loss:.4f} · val loss {val_loss} · "
+        f"val metric {ev['metric']}"
+    )
+
+
+def save_progress(t: Training) -> None:
+    """The resumable checkpoint, written by the main process."""
+    t.s.procs.on_main(lambda: checkpoint(t.s, t.opt, t.sched, t.p))
+
+
+def train_epoch(
+    t: Training, update: Callable[..., None], note: Callable[[str], None], lengths: list[int]
+) -> None:
+    """The optimizer steps of the current epoch that are still to run (all of it, or the rest
+    of a resumed one), validating, checkpointing and stopping early on the way."""
+    cfg, p = t.s.cfg, t.p
+    plan = plan_epoch(lengths, cfg.batch_size, seed=cfg.seed, epoch=p.epoch, packing=cfg.packing)
+    while p.micro < len(plan) and p.step < t.total:
+        loss = train_step(t, plan[p.micro : p.micro + cfg.grad_accum])
+        log_step(t, loss, update)
+        evaluated = p.step % t.eval_every == 0 or p.step == t.total
+        if evaluated:
+            run_validation(t)
+            note(validation_line(t, loss))
+            if p.bad_evals >= cfg.patience:
+                p.stopped_early = True
+        if evaluated or p.step % cfg.save_every == 0:
+            save_progress(t)
+        if p.stopped_early:
+            break
+    if p.micro >= len(plan):
+        p.epoch += 1
+        p.micro = 0
+
+
+def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = True) -> Progress:
+    """Train `s.model` to the end of its epochs or steps, or until validation stops improving;
+    `resume` is a checkpoint (see `whetstone.train.runs`) to carry on from."""
+    t = start(s, resume)
+    p = t.p
+    lengths = [len(e) for e in s.train]
+    with live(show and s.procs.is_main, t.total, p.step) as (update, note):
+        while p.epoch < s.cfg.epochs and p.step < t.total and not p.stopped_early:
+            train_epoch(t, update, note, lengths)
         if p.best_step is None:  # stopped before any validation (e.g. resumed a finished run)
-            evaluate_now()
-            procs.on_main(lambda: checkpoint(s, opt, sched, p))
+            run_validation(t)
+            save_progress(t)
     return p

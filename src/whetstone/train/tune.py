@@ -11,9 +11,13 @@ validation's ordinal (1st, 2nd, ...): validations fall at the same fractions of 
 (`eval_every` defaults to a fifth of the run), so trials of different lengths compare.
 
 Search space (each can be narrowed through `base` or `methods`):
-    method     lora, dora, topk (+ head for classify tasks), or the given list
+    method     the methods whose config says `tuned_by_default` and that train the task's kind
+               (lora, dora, topk; label_head on a classify task), or the given list
     lr         the method's default rate times a log-uniform factor in [0.2, 5]
     lora_r     4, 8, 16 or 32 (alpha = 2r, so the update's scale stays put), LoRA-based only
+
+`base` settings apply to the trials whose method has them (a topk option to topk trials only);
+a key that is no method's option is an error.
     epochs     1 to 4
 
 Registration: `train_task` registers every trial that completes; once the study ends the
@@ -37,15 +41,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whetstone.errors import InvalidInput, WhetstoneError
 from whetstone.project import Project
-from whetstone.records import Kind
+from whetstone.train import methods as training_methods
 from whetstone.train.api import TrainResult
-from whetstone.train.config import METHODS, TrainConfig, build
+from whetstone.train.config import (
+    TrainConfig,
+    all_options,
+    build,
+    config_class,
+    option_problem,
+    options_of,
+    train_config,
+)
 
-DEFAULT_METHODS = ("lora", "dora", "topk")
+if TYPE_CHECKING:
+    from whetstone.train.loop import Metric
+
 LORA_RANKS = (4, 8, 16, 32)
 LR_FACTOR = (0.2, 5.0)
 EPOCHS = (1, 4)
@@ -72,21 +86,36 @@ class TrialCrashed(WhetstoneError):
 # ---------------------------------------------------------------- the search space
 
 
-def lora_based(method: str, base: dict[str, Any]) -> bool:
-    return method in ("lora", "dora") or (method == "topk" and bool(base.get("topk_lora")))
+def default_methods(task_kind: str) -> list[str]:
+    out = []
+    for name in training_methods.names():
+        cls = config_class(name)
+        if cls.tuned_by_default and (cls.task_kinds is None or task_kind in cls.task_kinds):
+            out.append(name)
+    return out
+
+
+def check_base(base: dict[str, Any], methods: Sequence[str]) -> None:
+    """Fail now, not in every trial, on an unknown key or a bad value. `base` is shared by
+    trials of several methods: each trial takes the options of its own method."""
+    for key in base:
+        if key not in all_options():
+            raise InvalidInput(f"tune base config: {option_problem(key, methods[0])}")
+    for method in methods:
+        build(("tune base config", {**options_of(method, base), "method": method}))
 
 
 def suggest(trial: Any, methods: Sequence[str], base: dict[str, Any]) -> dict[str, Any]:
     """The trial's settings: only the keys searched, the rest comes from `base`."""
     method = trial.suggest_categorical("method", list(methods))
     factor = trial.suggest_float("lr_factor", *LR_FACTOR, log=True)
-    default = TrainConfig(**{**base, "method": method, "lr": None}).learning_rate
+    defaults = build(("tune base config", {**options_of(method, base), "method": method}))
     params: dict[str, Any] = {
         "method": method,
-        "lr": float(f"{default * factor:.3g}"),
+        "lr": float(f"{defaults.learning_rate * factor:.3g}"),
         "epochs": trial.suggest_int("epochs", *EPOCHS),
     }
-    if lora_based(method, base):
+    if defaults.uses_lora:
         r = trial.suggest_categorical("lora_r", list(LORA_RANKS))
         params |= {"lora_r": r, "lora_alpha": 2 * r}
     return params
@@ -95,8 +124,7 @@ def suggest(trial: Any, methods: Sequence[str], base: dict[str, Any]) -> dict[st
 def check_methods(methods: Sequence[str]) -> list[str]:
     out = []
     for m in methods:
-        if m not in METHODS:
-            raise InvalidInput(f"unknown method {m!r} (choose from {', '.join(METHODS)})")
+        training_methods.get(m)  # an unknown name is an error that lists the methods
         out.append(m)
     if not out:
         raise InvalidInput("give at least one method to search over")
@@ -107,7 +135,13 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def _trial_worker(
-    root: str, db: str, task: str, settings: dict[str, Any], snapshot_id: str, out: str
+    root: str,
+    db: str,
+    task: str,
+    settings: dict[str, Any],
+    snapshot_id: str,
+    out: str,
+    metric: Metric,
 ) -> None:
     """Child process: train one trial and write its TrainResult (or error) to `out`."""
     import os
@@ -122,7 +156,12 @@ def _trial_worker(
     project = Project(Path(root), db=db)
     try:
         result = train_task(
-            project, task, TrainConfig(**settings), snapshot_id=snapshot_id, progress=False
+            project,
+            task,
+            train_config(**settings),
+            snapshot_id=snapshot_id,
+            progress=False,
+            metric=metric,
         )
         payload: dict[str, Any] = {"result": {**asdict(result), "history": []}}
     except WhetstoneError as e:
@@ -156,63 +195,89 @@ def _validations(run: Any, seen: int) -> list[dict[str, Any]]:
 
 
 def run_trial(
-    project: Project, trial: Any, task: str, cfg: TrainConfig, snapshot_id: str, work: Path
+    project: Project,
+    trial: Any,
+    task: str,
+    cfg: TrainConfig,
+    snapshot_id: str,
+    work: Path,
+    metric: Metric,
 ) -> TrainResult:
     """Train one trial in a child process, reporting each validation to Optuna and killing
     the child when the pruner says so."""
     import multiprocessing as mp
-
-    import optuna
 
     from whetstone.train.runs import runs_dir
 
     known = {d.name for d in runs_dir(project).iterdir()} if runs_dir(project).exists() else set()
     out = work / f"trial-{trial.number}.json"
     out.unlink(missing_ok=True)
-    # spawn, not fork: the parent may hold threads (Optuna's heartbeat, torch's pools).
+    # spawn, not fork: the parent may hold threads (Optuna's heartbeat, torch's pools). The
+    # metric crosses by reference (a module-level function), as pickle sends functions.
     child = mp.get_context("spawn").Process(
         target=_trial_worker,
-        args=(str(project.root), project.db_url, task, cfg.model_dump(), snapshot_id, str(out)),
+        args=(
+            str(project.root),
+            project.db_url,
+            task,
+            cfg.model_dump(),
+            snapshot_id,
+            str(out),
+            metric,
+        ),
         daemon=True,
     )
     child.start()
-    run, reported, config_yaml = None, 0, cfg.to_yaml()
     try:
-        while True:
-            alive = child.is_alive()
-            run = run or _find_run(project, known, config_yaml)
-            if run is not None:
-                trial.set_user_attr("run_id", run.id)
-            for row in _validations(run, reported):
-                reported += 1
-                if row.get("metric") is None:
-                    continue
-                trial.report(float(row["metric"]), reported)
-                # A child that already ended has registered its adapter: too late to prune.
-                if alive and trial.should_prune():
-                    child.kill()
-                    child.join()
-                    run.write_info(status="pruned", pruned_at_validation=reported)
-                    raise optuna.TrialPruned(
-                        f"validation {reported}: {row['metric']:.4f} below the median"
-                    )
-            if not alive:
-                break
-            time.sleep(POLL_S)
+        _follow(trial, child, project, known, cfg.to_yaml())
     finally:
-        if child.is_alive():  # interrupted (Ctrl-C) or an error above: leave no orphan
+        if child.is_alive():  # interrupted (Ctrl-C) or an error below: leave no orphan
             child.kill()
             child.join()
     child.join()
+    return _trial_result(trial.number, child.exitcode, out)
+
+
+def _follow(trial: Any, child: Any, project: Project, known: set[str], config_yaml: str) -> None:
+    """Report each validation of the trial's run to Optuna as the child writes it, until the
+    child ends; kill the child (the trial is pruned) the moment the pruner says so."""
+    import optuna
+
+    run, reported = None, 0
+    while True:
+        alive = child.is_alive()
+        run = run or _find_run(project, known, config_yaml)
+        if run is not None:
+            trial.set_user_attr("run_id", run.id)
+        for row in _validations(run, reported):
+            reported += 1
+            if row.get("metric") is None:
+                continue
+            trial.report(float(row["metric"]), reported)
+            # A child that already ended has registered its adapter: too late to prune.
+            if alive and trial.should_prune():
+                child.kill()
+                child.join()
+                run.write_info(status="pruned", pruned_at_validation=reported)
+                raise optuna.TrialPruned(
+                    f"validation {reported}: {row['metric']:.4f} below the median"
+                )
+        if not alive:
+            return
+        time.sleep(POLL_S)
+
+
+def _trial_result(number: int, exitcode: int | None, out: Path) -> TrainResult:
+    """What the trial's child process handed back in `out`: its TrainResult, or its error
+    raised here (a bad setting as InvalidInput, which ends the study; anything else as
+    TrialCrashed, which fails only the trial)."""
     if not out.exists():
-        raise TrialCrashed(
-            f"trial {trial.number} died (exit code {child.exitcode}) before it finished"
-        )
+        raise TrialCrashed(f"trial {number} died (exit code {exitcode}) before it finished")
     payload = json.loads(out.read_text())
     if "error" in payload:
         if payload["invalid"]:
             raise InvalidInput(payload["error"])
-        raise TrialCrashed(f"trial {trial.number} failed: {payload['error']}")
+        raise TrialCrashed(f"trial {number} failed: {payload['error']}")
     return TrainResult(**payload["result"])
 
 
@@ -321,44 +386,28 @@ def _retire_losers(project: Project, study_name: str, trials: list[Any], best: A
                 )
 
 
-def tune(
-    project: Project,
-    task: str,
-    trials: int,
-    timeout: float | None = None,
-    base: dict[str, Any] | None = None,
-    snapshot_id: str | None = None,
-    progress: bool = True,
-    *,
-    methods: Sequence[str] | None = None,
-    study_name: str | None = None,
-    seed: int = 0,
-    pruner: Any = None,
-) -> TuneResult:
-    """Search `trials` trials (counting those a resumed study already finished), or until
-    `timeout` seconds have passed (checked between trials: a started trial finishes). `base`
-    holds the fixed training settings (max_steps, batch_size, ...). Returns the best trial's
-    registered adapter and the table of trials."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from whetstone import snapshots
-    from whetstone.progress import console
-
-    if trials < 1:
-        raise InvalidInput(f"--trials must be at least 1, not {trials}")
+def checked_methods(
+    project: Project, task: str, base: dict[str, Any], methods: Sequence[str] | None
+) -> list[str]:
+    """The methods to search, after refusing a `base` that sets what tune searches or that
+    no searched method accepts."""
     t = project.task(task)
-    base = dict(base or {})
     searched = SEARCHED & set(base)
     if searched:
         raise InvalidInput(
             f"the base config sets {', '.join(sorted(searched))}, which tune searches: "
             "remove it (use --method to limit the methods)"
         )
-    build(("tune base config", base))  # unknown keys fail now, not in every trial
-    methods = check_methods(
-        methods or (*DEFAULT_METHODS, *(("head",) if t.kind == Kind.classify else ()))
-    )
+    out = check_methods(methods or default_methods(t.kind.value))
+    check_base(base, out)
+    return out
+
+
+def study_snapshot(project: Project, task: str, snapshot_id: str | None) -> Any:
+    """The snapshot every trial trains on (the given one, or one taken now); it must hold
+    validation records with references, since they rank the trials."""
+    from whetstone import snapshots
+
     snap = (
         snapshots.load(project, snapshot_id)
         if snapshot_id
@@ -371,7 +420,23 @@ def tune(
             f"snapshot {snap.id} has no validation records: tune ranks trials by the validation "
             "metric and never looks at the test split"
         )
-    name = study_name or f"{task}-{snap.id[:8]}"
+    return snap
+
+
+def open_study(
+    project: Project,
+    name: str,
+    task: str,
+    snapshot_id: str,
+    methods: list[str],
+    *,
+    seed: int,
+    pruner: Any,
+) -> Any:
+    """The Optuna study `name`, new or resumed; a resumed one must search the same snapshot
+    and methods. Trials a killed `tune` left running are marked failed."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name,
@@ -382,9 +447,9 @@ def tune(
         load_if_exists=True,
     )
     pinned = study.user_attrs.get("snapshot_id")
-    if pinned and pinned != snap.id:
+    if pinned and pinned != snapshot_id:
         raise InvalidInput(
-            f"study {name} was started on snapshot {pinned}, not {snap.id}: pass "
+            f"study {name} was started on snapshot {pinned}, not {snapshot_id}: pass "
             f"--snapshot {pinned} to resume it, or another --study name"
         )
     # Optuna cannot change a categorical's choices within a study.
@@ -395,37 +460,55 @@ def tune(
             "--method choices, or start another --study"
         )
     study.set_user_attr("methods", methods)
-    study.set_user_attr("snapshot_id", snap.id)
+    study.set_user_attr("snapshot_id", snapshot_id)
     study.set_user_attr("task", task)
     _fail_stale(study)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    work = tune_dir(project) / name
-    work.mkdir(parents=True, exist_ok=True)
+    return study
 
-    def objective(trial: Any) -> float:
-        params = suggest(trial, methods, base)
+
+@dataclass
+class Objective:
+    """Optuna's objective: suggest a trial's settings, train it in a child process and return
+    its best validation metric."""
+
+    project: Project
+    task: str
+    snapshot_id: str
+    methods: list[str]
+    base: dict[str, Any]
+    work: Path  # where trials' results are handed back
+    metric: Metric
+    progress: bool
+
+    def __call__(self, trial: Any) -> float:
+        from whetstone.progress import console
+
+        params = suggest(trial, self.methods, self.base)
         trial.set_user_attr("settings", params)
-        cfg = build(("tune base config", base), (f"trial {trial.number}", params))
-        if progress:
+        method_base = options_of(params["method"], self.base)
+        cfg = build(("tune base config", method_base), (f"trial {trial.number}", params))
+        if self.progress:
             shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "lora_alpha")
             console.print(f"trial {trial.number}: {shown}")
-        result = run_trial(project, trial, task, cfg, snap.id, work)
+        result = run_trial(
+            self.project, trial, self.task, cfg, self.snapshot_id, self.work, self.metric
+        )
         trial.set_user_attr("result", {**asdict(result), "history": []})
         if result.best_metric is None:
             raise TrialCrashed(f"trial {trial.number} produced no validation metric")
-        if progress:
+        if self.progress:
             console.print(f"trial {trial.number}: {result.best_metric:.4f} ({result.adapter})")
         return float(result.best_metric)
 
-    remaining = max(0, trials - done)
-    if remaining:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout,
-            catch=(TrialCrashed,),
-            gc_after_trial=True,
-        )
+
+def study_result(project: Project, study: Any, name: str, progress: bool) -> TuneResult:
+    """Write (and show) the table of trials, retire every completed trial's adapter but the
+    best one, and return the best."""
+    from optuna.trial import TrialState
+
+    from whetstone.progress import console
+    from whetstone.train.runs import open_run
+
     all_trials = study.get_trials(deepcopy=False)
     rows = [trial_row(tr) for tr in all_trials]
     complete = [tr for tr in all_trials if tr.state == TrialState.COMPLETE]
@@ -440,8 +523,50 @@ def tune(
         )
     _retire_losers(project, name, complete, best_trial)
     best = TrainResult(**best_trial.user_attrs["result"])
-    from whetstone.train.runs import open_run
-
     with contextlib.suppress(WhetstoneError):
         best.history = open_run(project, best.run_id).history()
     return TuneResult(best=best, trials=rows, study_name=name, table_path=str(path))
+
+
+def tune(
+    project: Project,
+    task: str,
+    trials: int,
+    timeout: float | None = None,
+    base: dict[str, Any] | None = None,
+    snapshot_id: str | None = None,
+    progress: bool = True,
+    *,
+    methods: Sequence[str] | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    pruner: Any = None,
+    metric: Metric,
+) -> TuneResult:
+    """Search `trials` trials (counting those a resumed study already finished), or until
+    `timeout` seconds have passed (checked between trials: a started trial finishes). `base`
+    holds the fixed training settings (max_steps, batch_size, ...). Returns the best trial's
+    registered adapter and the table of trials. `metric` (evaluation's `main_score`, a
+    module-level function: trials run in child processes) ranks validation steps and trials."""
+    from optuna.trial import TrialState
+
+    if trials < 1:
+        raise InvalidInput(f"--trials must be at least 1, not {trials}")
+    base = dict(base or {})
+    chosen = checked_methods(project, task, base, methods)
+    snap = study_snapshot(project, task, snapshot_id)
+    name = study_name or f"{task}-{snap.id[:8]}"
+    study = open_study(project, name, task, snap.id, chosen, seed=seed, pruner=pruner)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    work = tune_dir(project) / name
+    work.mkdir(parents=True, exist_ok=True)
+    remaining = max(0, trials - done)
+    if remaining:
+        study.optimize(
+            Objective(project, task, snap.id, chosen, base, work, metric, progress),
+            n_trials=remaining,
+            timeout=timeout,
+            catch=(TrialCrashed,),
+            gc_after_trial=True,
+        )
+    return study_result(project, study, name, progress)

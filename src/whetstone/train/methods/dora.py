@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from whetstone.train.config import TrainConfig
+from whetstone.models import artefacts
 from whetstone.train.methods import lora
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
-def prepare(model: Any, cfg: TrainConfig) -> Any:
+    from whetstone.models.types import CausalLM
+
+
+class DoraConfig(lora.LoraConfig):
+    """LoRA's options, a warm start included."""
+
+    method: Literal["dora"] = "dora"  # type: ignore[assignment]
+    default_lr: ClassVar[float] = 1e-3
+
+
+CONFIG = DoraConfig
+
+
+def prepare(model: PreTrainedModel, cfg: DoraConfig) -> PeftModel:
     from peft import get_peft_model
 
     return get_peft_model(model, lora.lora_config(model, cfg, dora=True))
 
 
-def save(model: Any, folder: Path) -> None:
-    lora.save(model, folder)
-
-
-def load(model: Any, folder: Path) -> Any:
-    return lora.load(model, folder)
+def save(model: CausalLM, folder: Path) -> None:
+    artefacts.save_peft(model, folder)

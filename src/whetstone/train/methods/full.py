@@ -4,24 +4,30 @@ folder."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from whetstone.train.config import TrainConfig
+from whetstone.models import artefacts
+from whetstone.train.config import LoopConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import CausalLM
 
 
-def prepare(model: Any, cfg: TrainConfig) -> Any:
+class FullConfig(LoopConfig):
+    method: Literal["full"] = "full"
+    default_lr: ClassVar[float] = 2e-5
+
+
+CONFIG = FullConfig
+
+
+def prepare(model: PreTrainedModel, cfg: FullConfig) -> PreTrainedModel:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
-def save(model: Any, folder: Path) -> None:
-    model.save_pretrained(folder)
-
-
-def load(model: Any, folder: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    # The saved folder is a complete model: the freshly loaded base only gives the dtype/device.
-    p = next(model.parameters())
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=p.dtype).to(p.device)
+def save(model: CausalLM, folder: Path) -> None:
+    artefacts.save_full_model(model, folder)

@@ -1,4 +1,5 @@
-"""Output head only (generate/extract tasks): the body stays frozen and only lm_head trains.
+"""Output head only: the body stays frozen and only lm_head trains (on a classify task too:
+the label head on pooled features is the method `label_head`).
 
 Models like SmolLM2 tie lm_head to the input embeddings; training the tied matrix would also
 change every input token's embedding, so the head is untied first and saved on its own."""
@@ -6,46 +7,32 @@ change every input token's embedding, so the head is untied first and saved on i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from whetstone.train.config import TrainConfig
+from whetstone.models import artefacts
+from whetstone.train.config import LoopConfig
 
-FILE = "lm_head.safetensors"
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-
-def untie(model: Any) -> Any:
-    import torch
-
-    head = model.get_output_embeddings()
-    head.weight = torch.nn.Parameter(head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    if hasattr(model.config, "get_text_config"):
-        model.config.get_text_config().tie_word_embeddings = False
-    return model
+    from whetstone.models.types import CausalLM
 
 
-def prepare(model: Any, cfg: TrainConfig) -> Any:
-    untie(model)
+class HeadConfig(LoopConfig):
+    method: Literal["head"] = "head"
+    default_lr: ClassVar[float] = 1e-3
+
+
+CONFIG = HeadConfig
+
+
+def prepare(model: PreTrainedModel, cfg: HeadConfig) -> PreTrainedModel:
+    artefacts.untie(model)
     for p in model.parameters():
         p.requires_grad_(False)
     model.get_output_embeddings().weight.requires_grad_(True)
     return model
 
 
-def save(model: Any, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(
-        {"weight": model.get_output_embeddings().weight.detach().contiguous()}, str(folder / FILE)
-    )
-
-
-def load(model: Any, folder: Path) -> Any:
-    import torch
-    from safetensors.torch import load_file
-
-    untie(model)
-    weight = load_file(str(folder / FILE))["weight"]
-    with torch.no_grad():
-        model.get_output_embeddings().weight.copy_(weight)
-    return model
+def save(model: CausalLM, folder: Path) -> None:
+    artefacts.save_lm_head(model, folder)

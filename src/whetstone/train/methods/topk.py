@@ -9,23 +9,54 @@ the lower blocks keep no activations. That makes this the fastest method per ste
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from whetstone.errors import InvalidInput
-from whetstone.train.config import TrainConfig
+from whetstone.models import artefacts
 from whetstone.train.methods import causal_lm, decoder_layers, lora
 
-FILE = "topk.safetensors"
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from whetstone.models.types import CausalLM
 
 
-def top_indices(model: Any, k: int) -> list[int]:
+class TopkConfig(lora.LoraOptions):
+    """The LoRA options apply with `topk_lora` only."""
+
+    method: Literal["topk"] = "topk"
+    default_lr: ClassVar[float] = 1e-4
+    tuned_by_default: ClassVar[bool] = True
+
+    topk_layers: int = Field(4, ge=1, description="how many of the top blocks train")
+    topk_lora: bool = Field(
+        False, description="LoRA on the top blocks instead of all their weights"
+    )
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is None and self.topk_lora:
+            return lora.LoraConfig.default_lr  # LoRA weights learn at LoRA's rate
+        return super().learning_rate
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.topk_lora
+
+
+CONFIG = TopkConfig
+
+
+def top_indices(model: CausalLM, k: int) -> list[int]:
     n = len(decoder_layers(model))
     if k > n:
         raise InvalidInput(f"topk_layers={k} but the model has only {n} blocks")
     return list(range(n - k, n))
 
 
-def stop_grad_below(model: Any, lowest: int) -> None:
+def stop_grad_below(model: CausalLM, lowest: int) -> None:
     """Run blocks [0, lowest) without autograd; detach what enters block `lowest`."""
     import torch
 
@@ -48,12 +79,13 @@ def stop_grad_below(model: Any, lowest: int) -> None:
         layers[lowest].register_forward_pre_hook(enter_trainable, with_kwargs=True)
 
 
-def prepare(model: Any, cfg: TrainConfig) -> Any:
+def prepare(model: PreTrainedModel, cfg: TopkConfig) -> CausalLM:
     top = top_indices(model, cfg.topk_layers)
+    prepared: CausalLM = model
     if cfg.topk_lora:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora.lora_config(model, cfg, layers=top))
+        prepared = get_peft_model(model, lora.lora_config(model, cfg, layers=top))
     else:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -63,34 +95,12 @@ def prepare(model: Any, cfg: TrainConfig) -> Any:
         body = getattr(causal_lm(model), causal_lm(model).base_model_prefix)
         if hasattr(body, "norm"):
             body.norm.weight.requires_grad_(True)
-    stop_grad_below(model, top[0])
-    return model
+    stop_grad_below(prepared, top[0])
+    return prepared
 
 
-def save(model: Any, folder: Path) -> None:
+def save(model: CausalLM, folder: Path) -> None:
     if hasattr(model, "peft_config"):
-        lora.save(model, folder)
-        return
-    from safetensors.torch import save_file
-
-    state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(state, str(folder / FILE))
-
-
-def load(model: Any, folder: Path) -> Any:
-    if (folder / "adapter_config.json").exists():
-        return lora.load(model, folder)
-    import torch
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / FILE))
-    params = dict(model.named_parameters())
-    unknown = set(state) - set(params)
-    if unknown:
-        raise InvalidInput(
-            f"{folder / FILE} has weights the base model lacks: {sorted(unknown)[:3]}"
-        )
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
-    return model
+        artefacts.save_peft(model, folder)
+    else:
+        artefacts.save_trainable(model, folder)

@@ -1,0 +1,100 @@
+"""The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from whetstone import registry
+from whetstone.records import Input
+from whetstone.serve import openai_api as api
+from whetstone.serve.answer import Answer, Kind, encode, tokens_to_generate
+from whetstone.serve.auth import require_json, require_key
+from whetstone.serve.errors import APIError
+from whetstone.serve.state import Services, Svc
+from whetstone.serve.streaming import Stream
+
+router = APIRouter(dependencies=[Depends(require_key), Depends(require_json)])
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, svc: Svc) -> Response:
+    req = api.parse(api.ChatRequest, await request.body())
+    inp = [m.to_message(i) for i, m in enumerate(req.messages)]
+    return await complete(svc, request, req, inp, raw=False, kind="chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, svc: Svc) -> Response:
+    """A task model sees the prompt as the user's turn of its chat (the way it was trained);
+    `base` continues the raw text."""
+    req = api.parse(api.CompletionRequest, await request.body())
+    raw = req.model == "base" and req.task is None
+    return await complete(svc, request, req, req.text, raw=raw, kind="completion")
+
+
+async def complete(
+    svc: Services, request: Request, req: api.Sampling, inp: Input, *, raw: bool, kind: Kind
+) -> Response:
+    started = time.perf_counter()
+    route = await run_in_threadpool(svc.router.resolve, req.model, req.task)
+    request.state.model = route.model  # for the request counter's label
+    stops = req.stops
+    ids = await run_in_threadpool(encode, svc, route, inp, raw)
+    if not ids:
+        raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
+    n = tokens_to_generate(svc, req, len(ids), "max_tokens")
+    answer = Answer(svc, req, inp, route, ids, kind, started, max_tokens=n, stops=stops)
+    answer.submit()
+    if req.stream:
+        return Stream(answer).response()
+    return await answer.whole()
+
+
+@router.get("/v1/models")
+async def models(svc: Svc) -> dict[str, Any]:
+    return {"object": "list", "data": await run_in_threadpool(_listing, svc)}
+
+
+def _listing(svc: Services) -> list[dict[str, Any]]:
+    """`base`, each task (answered by its production version), and every registry version."""
+    project = svc.project
+    created = int(time.time())
+    data: list[dict[str, Any]] = [
+        {
+            "id": "base",
+            "object": "model",
+            "created": created,
+            "owned_by": "whetstone",
+            "base_model": svc.base.name,
+        }
+    ]
+    for task in project.store.list_tasks():
+        if task.name == "base":
+            continue  # the model `base` is the base model, whatever the task
+        prod = registry.production(project, task.name)
+        data.append(
+            {
+                "id": task.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "whetstone",
+                "production": prod.name if prod else None,
+            }
+        )
+    for av in registry.list_versions(project):
+        data.append(
+            {
+                "id": av.name,
+                "object": "model",
+                "created": int(av.created_at.timestamp()),
+                "owned_by": "whetstone",
+                "stage": av.stage,
+                "method": av.method,
+            }
+        )
+    return data
