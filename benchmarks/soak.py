@@ -84,42 +84,16 @@ def pg(command: str) -> str:
     return out.stdout.strip()
 
 
-def tiny_base(folder: Path) -> Path:
-    """A 2-layer random Llama with the bundled model's tokenizer, as a local HF folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from whetstone.models import base
-
-    tok = base.load_tokenizer(base.resolve(None))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def make_project(tmp: Path, db: str, adapters: int) -> tuple[Path, list[str]]:
     """A project on `db` with `adapters` tasks, each with a random LoRA in production, and a
     task with none (answered by the base model)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import whetstone
-    from serve_helpers import register_lora
+    from serve_helpers import register_lora, tiny_llama
     from whetstone import registry
+    from whetstone.models import base
 
-    base_dir = tiny_base(tmp / "tiny-base")
+    base_dir = tiny_llama(tmp / "tiny-base", base.load_tokenizer(base.resolve(None)))
     home = tmp / "project"
     p = whetstone.init(home, base_model=str(base_dir), db=db)
     tasks = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,31 +48,10 @@ def real_model(real_base: Any) -> tuple[Any, Any]:
 def tiny_base_dir(real_base: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random-weight Llama with the real tokenizer, saved as a local HF folder:
     it loads in milliseconds and can stand in for the base model in mechanics tests."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
+    from serve_helpers import tiny_llama
     from whetstone.models import base
 
-    tok = base.load_tokenizer(real_base)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = AutoModelForCausalLM.from_config(cfg)
-    out = tmp_path_factory.mktemp("tiny-base")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-base"), base.load_tokenizer(real_base))
 
 
 @pytest.fixture
@@ -81,3 +61,34 @@ def project(tmp_path: Path) -> Any:
     p = whetstone.init(tmp_path / "proj")
     yield p
     p.close()
+
+
+# ---- the browser: Debian's Chromium through Playwright, one per test module ------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        reason = (
+            f"Debian's Chromium is not installed at {CHROMIUM} (run scripts/install_browser.sh)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: under CI the browser tests must run")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -1,5 +1,5 @@
-"""Helpers for the server tests: tiny PEFT adapters; the real uvicorn server in a thread is
-`whetstone.serve.background.running`."""
+"""Helpers for the tests and the soak benchmark: a tiny random base model, tiny PEFT adapters;
+the real uvicorn server in a thread is `whetstone.serve.background.running`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,32 @@ from typing import Any
 
 from whetstone.serve.background import free_port, running
 
-__all__ = ["free_port", "make_lora", "register_lora", "running", "wait_for"]
+__all__ = ["free_port", "make_lora", "register_lora", "running", "tiny_llama", "wait_for"]
+
+
+def tiny_llama(out: Path, tok: Any) -> Path:
+    """A 2-layer random-weight Llama with tokenizer `tok`, saved as a local HF folder at `out`:
+    it loads in milliseconds and stands in for the base model where only mechanics matter."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def make_lora(

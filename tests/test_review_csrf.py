@@ -9,7 +9,6 @@ Needs /usr/bin/chromium (scripts/install_browser.sh), as test_review_page.py doe
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +19,6 @@ import pytest
 
 import whetstone
 from serve_helpers import running
-from test_review_page import CHROMIUM, CHROMIUM_ARGS
 from whetstone.project import Project
 from whetstone.records import Status
 from whetstone.serve.app import create_app
@@ -67,21 +65,6 @@ function submitted(id) {
   document.title = "done";
 })();
 </script></body></html>"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        reason = f"Debian's Chromium is not at {CHROMIUM} (run scripts/install_browser.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: under CI the browser tests must run")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def serve_page(html: str) -> ThreadingHTTPServer:

@@ -7,7 +7,6 @@ they are skipped on a workstation and fail under CI, where the browser must be t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -24,17 +23,6 @@ import whetstone
 from whetstone.project import Project
 from whetstone.records import Status
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 KEY = "s3cret-review-key"
 XSS_INPUT = '<script>window.__xss = 1</script><img src="x" onerror="window.__xss = 2">'
 XSS_OUTPUT = '<b onmouseover="window.__xss = 3">bold</b>'
@@ -143,23 +131,6 @@ def serve(tiny_base_dir: Path) -> Iterator[Callable[..., str]]:
 
 
 # ---- the browser --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        reason = (
-            f"Debian's Chromium is not installed at {CHROMIUM} (run scripts/install_browser.sh)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: under CI the browser tests must run")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 860})
