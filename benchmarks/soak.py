@@ -478,7 +478,9 @@ def account(
         lost_reasons[why] += 1
     planned = (kill_at or 0) - 1, (up_at or 0) + 1
     unplanned_down = [t for t in downs if not planned[0] <= t <= planned[1]]
-    poison_files = [str(p) for p in home.rglob("*poison*") if p.is_file()]
+    from whetstone.serve.capture import SPOOL_DIR, poison_files
+
+    poisoned = sorted(map(str, poison_files(home / ".whetstone" / SPOOL_DIR)))
     server_log = (home.parent / "server.log").read_text(errors="replace")
     unexpected = sum(n for why, n in lost_reasons.items() if why.startswith("LOST"))
     return {
@@ -491,7 +493,7 @@ def account(
         "server_down_unplanned_checks": len(unplanned_down),
         "server_down_planned_s": round((up_at or 0) - (kill_at or 0), 1),
         "server_exit_code": exit_code,
-        "poison_files": poison_files,
+        "poison_files": poisoned,
         "server_log_tracebacks": server_log.count("Traceback"),
         "events": events,
         "verdict": "pass"

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 import whetstone
 from serve_helpers import running, wait_for
+from test_serve_capture import FlakyStore
 from whetstone import formats
 from whetstone.errors import InvalidInput
 from whetstone.records import Record
@@ -157,22 +157,13 @@ def test_poison_in_the_spool_and_the_queue_is_moved_aside_and_the_rest_stored(
     p.close()
 
 
-class PickyStore:
+class PickyStore(FlakyStore):
     """Down until told otherwise; refuses (as a data error) any record whose input says so."""
 
-    def __init__(self) -> None:
-        self.down = True
-        self.rows: dict[str, Record] = {}
-        self.lock = threading.Lock()
-
     def write(self, records: Sequence[Record]) -> None:
-        if self.down:
-            raise ConnectionError("store down")
-        if any("refuse" in r.input_text for r in records):
+        if not self.down and any("refuse" in r.input_text for r in records):
             raise ValueError("this record breaks a constraint")
-        with self.lock:
-            for r in records:
-                self.rows.setdefault(str(r.source_key), r)
+        super().write(records)
 
 
 def test_a_refused_record_never_holds_back_the_others(tmp_path: Path) -> None:

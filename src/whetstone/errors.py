@@ -62,3 +62,10 @@ def _field(loc: Sequence[Any], section: str, skip: Collection[str]) -> str:
 def _reason(err: Mapping[str, Any]) -> str:
     # A validator's ValueError reaches pydantic's message with this prefix; the user wrote none.
     return str(err["msg"]).removeprefix("Value error, ")
+
+
+def first_line(e: BaseException) -> str:
+    """One line naming what failed: the driver's own message where a library wrapped it
+    (SQLAlchemy's `.orig`), never a statement or its parameters on the lines after."""
+    msg = str(getattr(e, "orig", None) or e).strip()
+    return msg.splitlines()[0] if msg else type(e).__name__

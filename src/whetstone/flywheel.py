@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from whetstone.project import Project
 from whetstone.records import utcnow
-from whetstone.util import atomic_write_text
+from whetstone.util import atomic_write_text, write_jsonl
 
 
 class FlywheelConfig(BaseModel):
@@ -349,7 +349,7 @@ def _next(c: TurnContext) -> dict[str, Any]:
         }
         for r, s, parts in ranked
     ]
-    atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+    write_jsonl(path, rows)
     return {"path": str(path), "n": len(rows)}
 
 

@@ -56,7 +56,10 @@ def input_for_matching(inp: Input) -> str:
 
 def shingles(text: str) -> frozenset[str]:
     """The character shingles of a text's key text (the whole key when it is shorter)."""
-    t = dedup_key_text(text)
+    return _key_shingles(dedup_key_text(text))
+
+
+def _key_shingles(t: str) -> frozenset[str]:
     if len(t) <= SHINGLE:
         return frozenset({t})
     return frozenset(t[i : i + SHINGLE] for i in range(len(t) - SHINGLE + 1))
@@ -160,7 +163,7 @@ def pairs_within(
     n = len(texts)
     if n < 2 or threshold >= 1:
         return found
-    sh = [shingles(t) for t in texts]
+    sh = [_key_shingles(k) for k in keys]
     if n * (n - 1) // 2 <= ALL_PAIRS_LIMIT:
         candidates: Iterable[tuple[int, int]] = ((i, j) for i in range(n) for j in range(i + 1, n))
     else:
@@ -209,10 +212,11 @@ def best_matches(
     exact duplicate if there is one, else the most similar near duplicate."""
     if not queries or not corpus:
         return []
+    corpus_keys = [dedup_key_text(t) for t in corpus]
     by_key: dict[str, int] = {}
-    for j, text in enumerate(corpus):
-        by_key.setdefault(dedup_key_text(text), j)
-    corpus_sh = [shingles(t) for t in corpus]
+    for j, key in enumerate(corpus_keys):
+        by_key.setdefault(key, j)
+    corpus_sh = [] if threshold >= 1 else [_key_shingles(k) for k in corpus_keys]
     candidates = _candidates(queries, corpus, threshold, query_signatures, corpus_signatures)
     out: list[Match] = []
     for i, text in enumerate(queries):
@@ -220,7 +224,7 @@ def best_matches(
         if key in by_key:
             out.append(Match(i, by_key[key], "exact", 1.0))
             continue
-        sh = shingles(text)
+        sh = _key_shingles(key)
         best: tuple[float, int] | None = None
         for j in candidates(i):
             jac = jaccard(sh, corpus_sh[j])

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from whetstone.errors import InvalidInput, NotFound
+
 # A project is `whetstone.yaml` beside `.whetstone/`; defined here, below `project`, because
 # the replace rule must recognise a project folder and never remove one.
 CONFIG_NAME = "whetstone.yaml"
@@ -74,8 +76,6 @@ def user_target(force: bool) -> Replace:
 def check_target(path: str | os.PathLike[str], *, folder: bool, replace: Replace = "never") -> None:
     """Refuse, with one line naming `path`, to write an artefact where something that
     `replace` does not allow already is. Every writer of a user-chosen path asks this first."""
-    from whetstone.errors import InvalidInput
-
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
@@ -91,8 +91,6 @@ def check_target(path: str | os.PathLike[str], *, folder: bool, replace: Replace
 def _refuse_project(path: Path, replace: Replace) -> None:
     """Never a project, its settings or its store, nor (for a user's path) the current folder
     or one holding it: no flag makes replacing those what someone meant."""
-    from whetstone.errors import InvalidInput
-
     real = path.resolve()
     if path.is_dir() and ((real / CONFIG_NAME).exists() or (real / HOME_NAME).exists()):
         raise InvalidInput(f"{path} holds a Whetstone project; refusing to replace it")
@@ -106,8 +104,6 @@ def _refuse_project(path: Path, replace: Replace) -> None:
 
 
 def _check_folder(path: Path, replace: Replace) -> None:
-    from whetstone.errors import InvalidInput
-
     if path.is_symlink() or not path.is_dir():
         raise InvalidInput(f"{path} exists and is not a folder; name a new or empty folder")
     if replace == "owned" or not any(path.iterdir()):
@@ -180,8 +176,6 @@ def write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Non
 def read_yaml_mapping(path: str | os.PathLike[str], what: str = "settings") -> dict[str, Any]:
     """A YAML file that must hold a mapping; errors name the file and line."""
     import yaml
-
-    from whetstone.errors import InvalidInput, NotFound
 
     path = Path(path)
     if not path.exists():

@@ -7,7 +7,7 @@ record and per snapshot in `curation_decisions`. Every stage reads a snapshot's 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +146,7 @@ def _rewritten(ctx: Run) -> list[Decision]:
 
 
 def _save_decisions(project: Project, snapshot_id: str, decisions: list[Decision]) -> None:
-    rows = [
-        {
-            "record_id": d.record_id,
-            "step": d.step,
-            "action": d.action,
-            "reason": d.reason,
-            "detail": d.detail,
-        }
-        for d in decisions
-    ]
-    stored.replace_decisions(project.store, snapshot_id, rows)
+    stored.replace_decisions(project.store, snapshot_id, [asdict(d) for d in decisions])
 
 
 def decisions_for(project: Project, record_id: int) -> list[dict[str, Any]]:

@@ -327,7 +327,6 @@ def promote(
     av = candidate(project, ref)
     if av.stage == "production":
         raise InvalidInput(f"{av.name} is already the production version of {av.task!r}")
-    actor = actor or registry.default_actor()
     decision = gate(project, av.name, config)
     registry.update_info(project, av.name, gate=decision.to_dict())
     if decision.passed:

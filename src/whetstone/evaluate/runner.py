@@ -293,7 +293,9 @@ def evaluate(
 def _inputs_digest(recs: list[Record]) -> str:
     """Names the input texts an evaluation ran on, to tell when another may be reused."""
     return hashlib.sha256(
-        canonical_json([[r.id, r.model_dump(mode="json")["input"]] for r in recs]).encode()
+        canonical_json(
+            [[r.id, r.model_dump(mode="json", include={"input"})["input"]] for r in recs]
+        ).encode()
     ).hexdigest()[:16]
 
 

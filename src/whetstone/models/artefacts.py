@@ -83,7 +83,7 @@ def load_for_inference(path: Path, base: BaseModel) -> tuple[InferenceModel, Tok
     if meta.get("labels_head"):
         from whetstone.models.label_head import load_label_head
 
-        model = load_label_head(base_model, tok, path)
+        model = load_label_head(base_model, tok, path, list(meta["labels_head"]))
     else:
         model = load_weights(base_model, path)
     model.eval()
@@ -173,17 +173,22 @@ def save_trainable(model: torch.nn.Module, folder: Path) -> None:
 
 
 def load_trainable(model: PreTrainedModel, folder: Path) -> PreTrainedModel:
-    import torch
     from safetensors.torch import load_file
 
-    state = load_file(str(folder / TOPK_FILE))
+    path = folder / TOPK_FILE
+    copy_weights(model, load_file(str(path)), f"{path} has weights the base model lacks")
+    return model
+
+
+def copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], unknown: str) -> None:
+    """Copy `state` into the model's parameters of the same names; a name the model lacks is
+    an error (`unknown`, then the first few names)."""
+    import torch
+
     params = dict(model.named_parameters())
-    unknown = set(state) - set(params)
-    if unknown:
-        raise InvalidInput(
-            f"{folder / TOPK_FILE} has weights the base model lacks: {sorted(unknown)[:3]}"
-        )
+    missing = set(state) - set(params)
+    if missing:
+        raise InvalidInput(f"{unknown}: {sorted(missing)[:3]}")
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
-    return model

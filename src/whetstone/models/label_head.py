@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch  # this module is only imported when a label head is trained or loaded
 
 from whetstone.errors import WhetstoneError
-from whetstone.models.artefacts import read_meta, write_meta
+from whetstone.models.artefacts import write_meta
 from whetstone.util import atomic_dir
 
 if TYPE_CHECKING:
@@ -77,11 +77,14 @@ def save_label_head(head: LabelHead, tok: Tokenizer, folder: Path, meta: dict[st
         raise WhetstoneError(f"could not save the label head to {folder}: {e}") from None
 
 
-def load_label_head(model: PreTrainedModel, tok: Tokenizer, folder: Path) -> LabelHeadModel:
+def load_label_head(
+    model: PreTrainedModel, tok: Tokenizer, folder: Path, labels: list[str]
+) -> LabelHeadModel:
+    """The label head saved in `folder`, over `model`; `labels` come from the folder's meta,
+    which the caller has already read."""
     from safetensors.torch import load_file
 
     t = load_file(str(folder / FILE))
-    labels = list(read_meta(folder)["labels_head"])
     return LabelHeadModel(
         model, tok, LabelHead(t["weight"], t["bias"], t["mean"], t["std"], labels)
     )

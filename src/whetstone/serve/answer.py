@@ -36,7 +36,7 @@ def encode(svc: Services, route: Route, inp: Input, raw: bool) -> list[int]:
         return encode_prompts(svc.tokenizer, [prompts.chat(route.task, inp)])[0]
 
 
-def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int, param: str) -> int:
+def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int) -> int:
     """The tokens to generate: as asked (within the server's limit), else as many as fit."""
     settings = svc.settings
     n = req.max_tokens or getattr(req, "max_completion_tokens", None)
@@ -45,7 +45,7 @@ def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int, param:
             400,
             f"max_tokens is {n}; this server allows at most {settings.max_tokens_limit}",
             code="invalid_value",
-            param=param,
+            param="max_tokens",
         )
     ctx = svc.engine.context_length
     if n is None:
@@ -56,7 +56,7 @@ def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int, param:
             f"this model's maximum context length is {ctx} tokens; the prompt has "
             f"{prompt_len} and {n} more were asked for",
             code="context_length_exceeded",
-            param="messages" if param != "prompt" else param,
+            param="messages",
         )
     return n
 

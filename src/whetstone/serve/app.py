@@ -12,7 +12,6 @@ captured as a `production` record (`answer`, `streaming`).
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -99,7 +98,6 @@ def load_services(project: Project, settings: Settings, base_model: str | None) 
         capture=capture,
         router=Router(project, settings.route_ttl_s),
         metrics=metrics,
-        csrf_secret=secrets.token_bytes(32),
     )
     operations.add_gauges(svc)
     return svc

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from whetstone.errors import StoreError
+from whetstone.errors import StoreError, first_line
 from whetstone.records import Record
 from whetstone.serve.metrics import Metrics
 from whetstone.util import atomic_write_text
@@ -49,8 +49,7 @@ class Outage(Exception):
     def __init__(self, left: list[Record], cause: Exception):
         # The error's class and first line only: the log names the failure, not the SQL
         # statement and its rows (record contents stay out of logs).
-        first = (str(cause).strip().splitlines() or [""])[0]
-        super().__init__(f"{type(cause).__name__}: {first}")
+        super().__init__(f"{type(cause).__name__}: {first_line(cause)}")
         self.left = left
 
 
@@ -254,7 +253,7 @@ class CaptureQueue:
 
     def _poison(self, rec: Record, e: Exception) -> None:
         """Move a record the store refuses aside, with the reason, for a person to look at."""
-        error = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        error = first_line(e)
         log.error(
             "capture: the store refuses record %s, moved to %s: %s",
             rec.source_key,

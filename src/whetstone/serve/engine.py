@@ -102,6 +102,17 @@ class Job:
     def key(self) -> str:
         return self.adapter.name if self.adapter else "__base__"
 
+    def done(self, text: str, finish_reason: str) -> Done:
+        """The job's end event with `text`, counting the tokens decoded so far."""
+        n = len(self.tokens)
+        return Done(
+            text=text,
+            finish_reason=finish_reason,
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=n,
+            confidence=self.logprob_sum / n if n else 0.0,
+        )
+
 
 def _pad_left(t: Any, n: int, dim: int) -> Any:
     """`t` with `n` zero columns prepended along `dim` (negative, counted from the end)."""
@@ -519,15 +530,6 @@ class Engine:
             job.sent = len(safe)
         if finish is not None:
             job.finished = True
-            n = len(job.tokens)
-            job.emit(
-                Done(
-                    text=text,
-                    finish_reason=finish,
-                    prompt_tokens=len(job.prompt_ids),
-                    completion_tokens=n,
-                    confidence=job.logprob_sum / n if n else 0.0,
-                )
-            )
+            job.emit(job.done(text, finish))
             return True
         return False

@@ -47,7 +47,7 @@ async def complete(
     ids = await run_in_threadpool(encode, svc, route, inp, raw)
     if not ids:
         raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
-    n = tokens_to_generate(svc, req, len(ids), "max_tokens")
+    n = tokens_to_generate(svc, req, len(ids))
     answer = Answer(svc, req, inp, route, ids, kind, started, max_tokens=n, stops=stops)
     answer.submit()
     if req.stream:
@@ -73,17 +73,18 @@ def _listing(svc: Services) -> list[dict[str, Any]]:
             "base_model": svc.base.name,
         }
     ]
+    production = registry.production_versions(project)  # one query, not one per task
     for task in project.store.list_tasks():
         if task.name == "base":
             continue  # the model `base` is the base model, whatever the task
-        prod = registry.production(project, task.name)
+        version = production.get(task.name)
         data.append(
             {
                 "id": task.name,
                 "object": "model",
                 "created": created,
                 "owned_by": "whetstone",
-                "production": prod.name if prod else None,
+                "production": None if version is None else f"{task.name}@{version}",
             }
         )
     for av in registry.list_versions(project):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
@@ -36,7 +37,8 @@ class Services:
     router: Router
     metrics: Metrics
     key_throttle: KeyThrottle = field(default_factory=KeyThrottle)
-    csrf_secret: bytes = b""
+    # Signs the review page's CSRF tokens; new each start (an open page reloads after one).
+    csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     # Fast tokenizers are not safe to call from several threads at once.
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 

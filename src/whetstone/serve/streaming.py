@@ -101,12 +101,5 @@ class Stream:
         job.cancelled = True  # a client that went away stops its row at once
         if self.ended is None:
             return
-        n = len(job.tokens)  # read across threads: at worst one token off, once cancelled
-        cut_short = Done(
-            text=self.streamed,
-            finish_reason=self.ended,
-            prompt_tokens=len(self.answer.ids),
-            completion_tokens=n,
-            confidence=job.logprob_sum / n if n else 0.0,  # as the engine's Done has it
-        )
-        self.answer.finish(cut_short, incomplete=True)
+        # Read across threads: at worst one token off, once cancelled.
+        self.answer.finish(job.done(self.streamed, self.ended), incomplete=True)

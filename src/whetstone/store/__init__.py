@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from whetstone.errors import InvalidInput, NotFound, StoreError, from_validation
+from whetstone.errors import InvalidInput, NotFound, StoreError, first_line, from_validation
 from whetstone.records import (
     Correction,
     Input,
@@ -129,7 +129,7 @@ class Store:
             migrate(self.engine)
         except sa.exc.DBAPIError as e:  # cannot connect, or not a database at all
             raise StoreError(
-                f"cannot open the store at {self.display_url}: {_first_line(e)}"
+                f"cannot open the store at {self.display_url}: {first_line(e)}"
             ) from None
         self.dialect = self.engine.dialect.name
         # Record ids are INTEGER: 32-bit on PostgreSQL, 64-bit on SQLite.
@@ -170,7 +170,7 @@ class Store:
                 yield conn
 
     def _unreachable(self, e: sa.exc.DBAPIError) -> StoreError:
-        return StoreError(f"cannot reach the store at {self.display_url}: {_first_line(e)}")
+        return StoreError(f"cannot reach the store at {self.display_url}: {first_line(e)}")
 
     # ---- tasks -------------------------------------------------------------------------
     def create_task(self, task: Task) -> Task:
@@ -233,9 +233,7 @@ class Store:
     def _insert(self, c: sa.Connection, rec: Record) -> int | None:
         # Refused here, as one line naming the field, rather than as a driver traceback (and
         # alike on SQLite, which would take a NUL, so that a store can move to PostgreSQL).
-        bad = rec.unstorable()
-        if bad is not None:
-            raise InvalidInput(f"cannot store a record of task {rec.task!r}: {bad}")
+        _check_record(f"cannot store a record of task {rec.task!r}", rec)
         if rec.source_key is None:
             rid = _inserted_id(c.execute(_INSERT_RECORD, _row(rec)))
         else:
@@ -294,9 +292,7 @@ class Store:
             )
         except ValueError as e:  # pydantic's ValidationError, or an unknown source
             raise from_validation(e, f"cannot capture for task {task!r}") from None
-        bad = rec.unstorable()
-        if bad is not None:
-            raise InvalidInput(f"cannot capture for task {task!r}: {bad}")
+        _check_record(f"cannot capture for task {task!r}", rec)
         # One transaction per capture, task lookup included: this is the serving hot path.
         with self.begin() as c:
             t = self._task(c, task)
@@ -569,6 +565,12 @@ def _check_storable(what: str, fields: dict[str, Any]) -> None:
         raise InvalidInput(f"{what}: {bad}")
 
 
+def _check_record(what: str, rec: Record) -> None:
+    bad = rec.unstorable()
+    if bad is not None:
+        raise InvalidInput(f"{what}: {bad}")
+
+
 def row_by_prefix(c: sa.Connection, table: sa.Table, prefix: str, what: str) -> Any:
     """The one row whose id is `prefix` or starts with it (content-hash ids are long; users
     type the first few characters, as with git)."""
@@ -582,11 +584,6 @@ def row_by_prefix(c: sa.Connection, table: sa.Table, prefix: str, what: str) -> 
     if len(rows) > 1:
         raise InvalidInput(f"{what} prefix {prefix!r} is ambiguous")
     return rows[0]
-
-
-def _first_line(e: BaseException) -> str:
-    msg = str(getattr(e, "orig", None) or e)
-    return msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
 
 
 def _task(row: Any) -> Task:

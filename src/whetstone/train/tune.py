@@ -389,8 +389,8 @@ def _retire_losers(project: Project, study_name: str, trials: list[Any], best: A
 def checked_methods(
     project: Project, task: str, base: dict[str, Any], methods: Sequence[str] | None
 ) -> list[str]:
-    """The methods to search, after refusing a `base` that sets what tune searches or that
-    no searched method accepts."""
+    """The methods to search, after refusing a `base` that sets what tune searches or a key
+    that no method has (each trial takes the keys of its own method)."""
     t = project.task(task)
     searched = SEARCHED & set(base)
     if searched:

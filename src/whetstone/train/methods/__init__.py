@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
 from whetstone.errors import InvalidInput
+from whetstone.models import artefacts
 
 if TYPE_CHECKING:
     import torch
@@ -89,12 +90,4 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = set(state) - set(params)
-    if missing:
-        raise InvalidInput(f"checkpoint has weights this model lacks: {sorted(missing)[:3]}")
-    import torch
-
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t)
+    artefacts.copy_weights(model, state, "checkpoint has weights this model lacks")
