@@ -108,7 +108,7 @@ def make_project(tmp: Path, db: str, adapters: int) -> tuple[Path, list[str]]:
     p.close()
     # Spill to disk soon after the store goes away, so the outages exercise the spool.
     with open(home / "whetstone.yaml", "a") as f:
-        f.write("serve:\n  spool_after_s: 2.0\n  route_ttl_s: 2.0\n")
+        f.write("serve:\n  spool_after_s: 2.0\n")
     return home, tasks
 
 

@@ -114,6 +114,7 @@ def _store(p: Any, model: str, right: Any, latency_ms: float = 1.0) -> None:
         "test",
         p.snap.id,
         resamples=200,
+        max_new_tokens=FAST.max_new_tokens,  # the gate reuses evaluations with its settings
         predictor=Answers(model, p, right, latency_ms),
     )
 
@@ -231,6 +232,7 @@ def test_near_duplicate_of_a_training_record_is_leakage(tiny: Any, tmp_path: Pat
     assert (pair["eval_id"], pair["train_id"]) == (test_rec.id, dup.id)
     assert 0.8 <= pair["jaccard"] < 1
     assert f"record {test_rec.id}~{dup.id} (near" in rule.message
+    assert "run `whetstone curate --task qa` and train again" in rule.message
 
 
 def test_find_leaks_exact_near_and_lsh_path(monkeypatch: Any) -> None:
@@ -409,7 +411,7 @@ def test_cli_promote_refusal_exits_3_and_history_adapters_rollback(
         res = run(app, ["promote", v1, "--max-new-tokens", "3"])
         assert res.exit_code == 0, res.output
         assert "beats-baseline" in res.stdout and "Promoted qa@1" in res.stdout
-        res = run(app, ["promote", v2, "--min-slice-size", "5"])
+        res = run(app, ["promote", v2, "--min-slice-size", "5", "--max-new-tokens", "3"])
         # main.run turns the error into exit status 3 and one line on stderr.
         assert isinstance(res.exception, GateRefused) and res.exception.exit_code == 3
         assert "gate refused qa@2: beats-baseline, slices failed" in str(res.exception)

@@ -18,7 +18,8 @@ from whetstone.evaluate.runner import evaluate
 from whetstone.models.generate import Generation
 from whetstone.records import Task
 
-FAST = GateConfig(max_new_tokens=3, resamples=200)
+# The task's own decode budget, as the stored evaluations: the gate reuses those.
+FAST = GateConfig(resamples=200)
 LABELS = ["positive", "negative", "neutral"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +76,15 @@ def _store(p: Any, snap: Any, model: str, answer: Callable[[int, Any], str]) -> 
 
     name = f"base:{base.resolve(p.base_model).name}" if model == "base" else model
     recs = snapshots.records(p, snap, "test")
-    evaluate(p, "t", model, "test", snap.id, resamples=200, predictor=Answers(name, recs, answer))
+    evaluate(
+        p,
+        "t",
+        model,
+        "test",
+        snap.id,
+        resamples=200,
+        predictor=Answers(name, recs, answer),
+    )
 
 
 CURVE = [

@@ -33,7 +33,7 @@ def served(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any
     registry.set_stage(p, avs[0].name, "production", action="promote")
     sent = register_lora(p, "sentiment", tiny_base_dir, 4, tmp)
     registry.set_stage(p, sent.name, "production", action="promote")
-    app = create_app(p, Settings(max_wait_ms=150, route_ttl_s=0.1, max_adapters=8))
+    app = create_app(p, Settings(max_wait_ms=150, max_adapters=8))  # routes polled each 1 s
     with running(app) as url:
         yield p, url, app
     p.close()
@@ -188,17 +188,48 @@ def test_bad_input_gives_openai_errors_and_the_server_keeps_serving(served: Any)
 
 
 def test_promotion_is_picked_up_without_restart(served: Any) -> None:
-    p, url, _ = served
+    """With no traffic at all after a promotion (a request a minute), the server learns of it
+    by itself: the very next single request is answered by the new production adapter."""
+    p, url, app = served
+    router = app.state.services.router
     fallback = chat(url, "fresh")  # a task with no production adapter: the base answers
     assert fallback.headers["x-whetstone-fallback"] == "base"
     assert fallback.headers["x-whetstone-model"] == "base"
     assert chat(url, "support").headers["x-whetstone-model"] == "support@1"
     registry.set_stage(p, "support@2", "production", action="promote")
     try:
-        wait_for(lambda: chat(url, "support").headers["x-whetstone-model"] == "support@2")
+        # No request in between: only the server's own watcher can read the registry.
+        wait_for(lambda: router.generation == registry.generation(p), timeout=10)
+        assert chat(url, "support").headers["x-whetstone-model"] == "support@2"
     finally:
         registry.set_stage(p, "support@1", "production", action="rollback")
-    wait_for(lambda: chat(url, "support").headers["x-whetstone-model"] == "support@1")
+    wait_for(lambda: router.generation == registry.generation(p), timeout=10)
+    assert chat(url, "support").headers["x-whetstone-model"] == "support@1"
+
+
+def test_base_answers_without_a_task_and_creates_none(served: Any) -> None:
+    """`base` alone is the base model with no task instruction: it belongs to no task, so it is
+    not captured (and says so); with a `task` it is captured under that task."""
+    p, url, _ = served
+    tasks = [t.name for t in p.store.list_tasks()]
+    raw = chat(url, "base")
+    assert raw.headers["x-whetstone-captured"] == "false"
+    assert "x-whetstone-record" not in raw.headers
+    assert raw.parse().model == "base" and raw.parse().whetstone["record"] is None
+    streamed = list(
+        client(url).chat.completions.create(model="base", messages=HELLO, max_tokens=4, stream=True)
+    )
+    assert streamed and client(url).completions.create(model="base", prompt="hi", max_tokens=4)
+    assert [t.name for t in p.store.list_tasks()] == tasks
+    assert "base" in {m.id for m in client(url).models.list()}
+    hinted = chat(url, "base", extra_body={"task": "support"})
+    assert hinted.headers["x-whetstone-captured"] == "true"
+    rec = p.record(wait_for(lambda: p.store.find_source_key(hinted.headers["x-whetstone-record"])))
+    assert rec.task == "support" and rec.model.startswith("base:")
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(url, "base", extra_body={"task": "nope"})
+    assert e.value.body["code"] == "task_not_found"
+    assert [t.name for t in p.store.list_tasks()] == tasks
 
 
 def test_promoted_adapter_with_deleted_files_is_a_clear_error(

@@ -180,7 +180,7 @@ def test_tune_cli_json(cities: Any, tiny_base_dir: Path, tmp_path: Path) -> None
     args = ["--project", str(cities.root), "tune", "--task", "cities", "--trials", "1"]
     res = CliRunner().invoke(main.app, [*args, "--method", "lora", "--config", str(cfg), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)  # progress lines go to stderr
     assert out["best"] == "cities@1" and out["trials"][0]["state"] == "complete"
     assert out["trials"][0]["steps"] == 2
     bad = CliRunner().invoke(main.app, [*args, "--method", "lora,qlora", "--config", str(cfg)])

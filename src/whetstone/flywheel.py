@@ -39,7 +39,9 @@ class FlywheelConfig(BaseModel):
     gate: dict[str, Any] = Field(default_factory=dict, description="promotion gate settings")
     split: str = Field("test", description="held-out split the gate and report use")
     eval_batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(256, ge=1, description="answer length cap when evaluating")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="answer length cap when evaluating; default: from the references"
+    )
     next_n: int = Field(50, ge=0, description="records to queue for labelling after the turn")
     min_new_records: int = Field(0, ge=0, description="skip the turn when fewer new labels arrived")
     report: bool = True
@@ -285,22 +287,20 @@ def _train(c: TurnContext) -> dict[str, Any]:
 
 def _evaluate(c: TurnContext) -> dict[str, Any]:
     """Evaluate candidate and incumbent on the same held-out records (reusing stored ones)."""
-    from whetstone.evaluate.runner import evaluate, latest_evaluation
+    from whetstone.evaluate.runner import evaluate
 
     inc = incumbent(c.project, c.task)
     out: dict[str, Any] = {"incumbent": inc}
     for role, model in (("before", inc), ("after", c.candidate)):
-        ev = latest_evaluation(c.project, c.task, model, c.snapshot, c.cfg.split)
-        if ev is None:
-            ev = evaluate(
-                c.project,
-                c.task,
-                model,
-                c.cfg.split,
-                c.snapshot,
-                batch_size=c.cfg.eval_batch_size,
-                max_new_tokens=c.cfg.max_new_tokens,
-            )
+        ev = evaluate(  # a stored evaluation with the same settings is reused
+            c.project,
+            c.task,
+            model,
+            c.cfg.split,
+            c.snapshot,
+            batch_size=c.cfg.eval_batch_size,
+            max_new_tokens=c.cfg.max_new_tokens,
+        )
         out[role] = {"evaluation": ev.id, "model": model, "n": ev.n, "metrics": ev.metrics}
     return out
 

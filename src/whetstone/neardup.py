@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from whetstone.progress import track
 from whetstone.records import Input
 
 SHINGLE = 5  # characters per shingle
@@ -103,7 +104,7 @@ def signature_values(texts: Iterable[str]) -> list[bytes]:
 
     template = _template()
     out = []
-    for text in texts:
+    for text in track(texts, "minhash"):
         m = MinHash(
             seed=1,
             scheme="affine32",
@@ -165,19 +166,55 @@ def pairs_within(
         return found
     sh = [_key_shingles(k) for k in keys]
     if n * (n - 1) // 2 <= ALL_PAIRS_LIMIT:
-        candidates: Iterable[tuple[int, int]] = ((i, j) for i in range(n) for j in range(i + 1, n))
+        later: Callable[[int], Iterable[int]] = lambda i: range(i + 1, n)  # noqa: E731
     else:
         sigs = _signatures(texts, signatures)
         lsh = _lsh(threshold)
         for i, m in enumerate(sigs):
             lsh.insert(i, m)
-        candidates = ((i, j) for i, m in enumerate(sigs) for j in sorted(lsh.query(m)) if j > i)
-    for i, j in candidates:
-        if keys[i] != keys[j]:
-            jac = jaccard(sh[i], sh[j])
-            if jac >= threshold:
-                found.append(Match(i, j, "near", round(jac, 4)))
+        later = lambda i: (j for j in sorted(lsh.query(sigs[i])) if j > i)  # noqa: E731
+    # Row by row, so a large corpus shows a bar (templated text makes many candidates).
+    for i in track(range(n), "near-duplicates"):
+        for j in later(i):
+            if keys[i] != keys[j]:
+                jac = jaccard(sh[i], sh[j])
+                if jac >= threshold:
+                    found.append(Match(i, j, "near", round(jac, 4)))
     return found
+
+
+class Clusters:
+    """Union-find over positions: duplicate pairs joined into groups (each group's root is
+    its lowest position, so the groups come out in a stable order)."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            out.setdefault(self.find(i), []).append(i)
+        return list(out.values())
+
+
+def groups(texts: Sequence[str], threshold: float = THRESHOLD) -> list[list[int]]:
+    """The texts' positions in groups joined by exact or near duplicate pairs (chains join
+    too): what a split keeps on one side."""
+    uf = Clusters(len(texts))
+    for m in pairs_within(texts, threshold):
+        uf.union(m.i, m.j)
+    return uf.groups()
 
 
 def _candidates(
@@ -219,7 +256,7 @@ def best_matches(
     corpus_sh = [] if threshold >= 1 else [_key_shingles(k) for k in corpus_keys]
     candidates = _candidates(queries, corpus, threshold, query_signatures, corpus_signatures)
     out: list[Match] = []
-    for i, text in enumerate(queries):
+    for i, text in enumerate(track(queries, "near-duplicates")):
         key = dedup_key_text(text)
         if key in by_key:
             out.append(Match(i, by_key[key], "exact", 1.0))

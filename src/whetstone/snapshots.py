@@ -11,20 +11,24 @@ the content hash. Training, validation and evaluation all read it through `recor
 from the store or from `curate`, so a model is scored on the very text it was taught with.
 The store keeps every record's original.
 
-The test split is stable across snapshots: a record's split is decided by a hash of its
-normalised input text, so the same input always lands in the same split and numbers stay
-comparable from one flywheel turn to the next.
+The default split (`snapshot_task`, what `whetstone train` takes without `curate`) is
+leakage-free by the gate's own definition: exact and near duplicates (`whetstone.neardup` at
+its `THRESHOLD`) are grouped and each group lands on one side, and no training or validation
+record near-duplicates a test record of any snapshot of the task. It is stable across
+snapshots: a group's split is decided by a hash of its members' normalised input text, test
+records stay test, so numbers stay comparable from one flywheel turn to the next.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from whetstone import neardup
 from whetstone.errors import InvalidInput, NotFound
-from whetstone.neardup import dedup_key_text
 from whetstone.project import Project
 from whetstone.records import Input, Message, Record, Source, Status, canonical_json, utcnow
 from whetstone.store import snapshots as stored
@@ -57,7 +61,7 @@ class Snapshot:
 
 def split_bucket(text: str) -> float:
     """A number in [0, 1) fixed by the normalised text: the record's place in the split."""
-    h = hashlib.sha256(dedup_key_text(text).encode()).digest()
+    h = hashlib.sha256(neardup.dedup_key_text(text).encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 
@@ -74,22 +78,50 @@ def trainable(rec: Record) -> bool:
     return not (rec.source == Source.production and rec.status == Status.unreviewed)
 
 
+def group_bucket(buckets: Iterable[float]) -> float:
+    """A near-duplicate group's place in the split, from its members' `split_bucket`s: the
+    lowest of k distinct buckets mapped back onto [0, 1) (1 - (1 - min)^k), so a group of any
+    size lands in test with the test fraction (the bare minimum would favour test for large
+    groups) and a group of one keeps its record's own bucket. Exact copies share a bucket."""
+    distinct = set(buckets)
+    return 1 - (1 - min(distinct)) ** len(distinct)
+
+
 def default_assignment(
-    records: list[Record], *, validation: float = 0.1, test: float = 0.2
+    records: list[Record],
+    *,
+    validation: float = 0.1,
+    test: float = 0.2,
+    pinned: Collection[int] = (),
+    trained: Collection[int] = (),
 ) -> dict[int, str]:
-    """Hash split: test first (stable), then validation, the rest train."""
+    """Hash split by near-duplicate group (`neardup.groups`): every group on one side, placed
+    by its `group_bucket` (test first, then validation, the rest train).
+
+    A group holding a held-out record or one of `pinned` (test in an earlier snapshot) keeps
+    those in test and leaves its other members out of the result: they near-duplicate a test
+    record, so they may not be trained on, and joining test would change the test set (as in
+    curation's split). A group holding one of `trained` (trained on by an earlier snapshot)
+    never joins test: that snapshot's model would be scored on what it learnt."""
     if not 0 <= validation < 1 or not 0 <= test < 1 or validation + test >= 1:
         raise InvalidInput("split fractions must be in [0, 1) and leave room for training")
     out: dict[int, str] = {}
-    for r in records:
-        assert r.id is not None
-        b = split_bucket(r.input_text)
-        if b < test or is_held_out(r):
-            out[r.id] = "test"
+    texts = [neardup.input_for_matching(r.input) for r in records]
+    for members in neardup.groups(texts):
+        group = [records[i] for i in members]
+        ids = [int(r.id or 0) for r in group]
+        tests = [int(r.id or 0) for r in group if r.id in pinned or is_held_out(r)]
+        if tests:
+            out.update((rid, "test") for rid in tests)
+            continue
+        b = group_bucket(split_bucket(r.input_text) for r in group)
+        if b < test:
+            split = "train" if any(rid in trained for rid in ids) else "test"
         elif b < test + validation:
-            out[r.id] = "validation"
+            split = "validation"
         else:
-            out[r.id] = "train"
+            split = "train"
+        out.update((rid, split) for rid in ids)
     return out
 
 
@@ -202,6 +234,33 @@ def test_ids_in_use(project: Project, task: str) -> set[int]:
     return {rid for rid, _ in stored.record_splits(project.store, task, "test")}
 
 
+def held_out_ids(project: Project, task: str) -> set[int]:
+    """The records nothing may be trained on or near-duplicate in training: every earlier test
+    record of the task and every held-out record."""
+    ids = test_ids_in_use(project, task)
+    for tag in HELD_OUT_TAGS:
+        ids |= {r.id for r in project.store.iter_records(task, tag=tag) if r.id is not None}
+    return ids
+
+
+def _near_tests_elsewhere(
+    project: Project, task: str, recs: list[Record], assignment: dict[int, str]
+) -> set[int]:
+    """The training/validation records of `assignment` that duplicate a test or held-out
+    record outside `recs` (one no longer trainable, or an earlier snapshot's): what the gate's
+    leakage rule would flag, found by its own definition (`neardup.best_matches`)."""
+    outside = held_out_ids(project, task) - {r.id for r in recs}
+    if not outside:
+        return set()
+    tests = project.store.iter_records(task, ids=sorted(outside))
+    others = [r for r in recs if assignment.get(int(r.id or 0)) in ("train", "validation")]
+    found = neardup.best_matches(
+        [neardup.input_for_matching(r.input) for r in others],
+        [neardup.input_for_matching(r.input) for r in tests],
+    )
+    return {int(others[m.i].id or 0) for m in found}
+
+
 def snapshot_task(
     project: Project,
     task: str,
@@ -210,17 +269,33 @@ def snapshot_task(
     test: float = 0.2,
     info: dict[str, Any] | None = None,
 ) -> Snapshot:
-    """The default snapshot, without curation: every trainable record, hash-split, with the
-    test records of earlier snapshots kept in test."""
+    """The default snapshot, without curation: every trainable record, split by near-duplicate
+    group (`default_assignment`), with the test records of earlier snapshots kept in test.
+    Records that near-duplicate a test record are left out and counted
+    (`info["left_out_near_test"]`): `whetstone curate` can clean such data more carefully."""
     recs = [r for r in project.store.iter_records(task, has_reference=True) if trainable(r)]
     if not recs:
         raise InvalidInput(f"task {task!r} has no records with a reference to train or evaluate on")
-    assignment = default_assignment(recs, validation=validation, test=test)
-    for rid in test_ids_in_use(project, task) & set(assignment):
-        assignment[rid] = "test"
+    earlier = stored.record_splits(project.store, task)
+    assignment = default_assignment(
+        recs,
+        validation=validation,
+        test=test,
+        pinned={rid for rid, s in earlier if s == "test"},
+        trained={rid for rid, s in earlier if s != "test"},
+    )
+    for rid in _near_tests_elsewhere(project, task, recs, assignment):
+        del assignment[rid]
     return freeze(
         project,
         task,
         assignment,
-        info={"method": "default-split", "validation": validation, "test": test, **(info or {})},
+        info={
+            "method": "default-split",
+            "validation": validation,
+            "test": test,
+            "near_duplicate": neardup.THRESHOLD,
+            "left_out_near_test": len(recs) - len(assignment),
+            **(info or {}),
+        },
     )

@@ -21,7 +21,17 @@ BaseModel = Annotated[
     str | None, typer.Option("--base-model", help="Override the project's base model.")
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size")]
-MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens")]
+MaxNewTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens",
+        help="Answer length cap (default: from the task's references, p99 x 1.5).",
+    ),
+]
+Rerun = Annotated[
+    bool,
+    typer.Option("--rerun", help="Run the model again instead of reusing a stored evaluation."),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
@@ -42,7 +52,7 @@ def eval_cmd(
         int | None, typer.Option("--limit", "-n", help="Only the first N records.")
     ] = None,
     batch_size: BatchSize = 16,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: MaxNewTokens = None,
     base_model: BaseModel = None,
     metric: Annotated[
         str | None, typer.Option("--metric", help="A custom per-record metric, module:function.")
@@ -60,6 +70,7 @@ def eval_cmd(
         bool,
         typer.Option("--queue-failures", help="Queue each failed held-out input for review."),
     ] = False,
+    rerun: Rerun = False,
     as_json: AsJson = False,
 ) -> None:
     """Run a model over a snapshot split and store its metrics with 95% intervals (Wilson for
@@ -81,6 +92,7 @@ def eval_cmd(
         metric=metric,
         judge=judge,
         rubric=rubric,
+        reuse=not rerun,
     )
     queued = queue(p, ev) if queue_failures else None
     if as_json:
@@ -97,14 +109,9 @@ def compare_cmd(
     b: Annotated[str, typer.Argument(help="Model B: base, a task name or T@N.")],
     split: Split = "test",
     snapshot: Snapshot = None,
-    rerun: Annotated[
-        bool,
-        typer.Option(
-            "--rerun", help="Run both models again instead of reusing stored evaluations."
-        ),
-    ] = False,
+    rerun: Rerun = False,
     batch_size: BatchSize = 16,
-    max_new_tokens: MaxNewTokens = 256,
+    max_new_tokens: MaxNewTokens = None,
     base_model: BaseModel = None,
     as_json: AsJson = False,
 ) -> None:
@@ -151,10 +158,18 @@ def _print_eval(ev: Evaluation) -> None:
         table.add_row(label, _fmt(v["value"]), f"{_fmt(v['low'])} – {_fmt(v['high'])}")
     common.out.print(table)
     lat = ev.info.get("latency_ms", {})
+    budget = ev.info.get("max_new_tokens")
+    hit = ev.info.get("hit_budget")
     common.out.print(
         f"latency p50 {_fmt(lat.get('p50'), 1)} ms · p95 {_fmt(lat.get('p95'), 1)} ms · "
-        f"{_fmt(ev.info.get('output_tokens_mean'), 1)} output tokens per request"
+        f"{_fmt(ev.info.get('output_tokens_mean'), 1)} output tokens per request · "
+        f"budget {budget} tokens" + ("" if hit is None else f", {hit} answer(s) reached it")
     )
+    if ev.reused:
+        common.out.print(
+            f"[dim]stored evaluation {ev.id} of {ev.created_at:%Y-%m-%d %H:%M} reused: same "
+            "model, records and settings (--rerun runs it again)[/dim]"
+        )
     conf = ev.info.get("confusion")
     if conf:
         _print_confusion(conf)
@@ -237,6 +252,7 @@ def _eval_json(ev: Evaluation, queued: int | None) -> dict[str, Any]:
         "main_metric": ev.main_metric,
         "metrics": ev.metrics,
         "info": ev.info,
+        "reused": ev.reused,
         "queued_failures": queued,
     }
 

@@ -65,6 +65,14 @@ def main(
         ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show other libraries' warnings, log lines and progress bars (hidden by default).",
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -72,6 +80,9 @@ def main(
     common.state.project = project
     common.state.db = db
     common.state.debug = debug
+    common.state.verbose = verbose
+    if not verbose:
+        common.quiet_third_party()
 
 
 for _name in COMMAND_MODULES:

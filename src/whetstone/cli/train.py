@@ -173,5 +173,6 @@ def _report(result: Any, as_json: bool) -> None:
     )
     common.out.print(
         f"run {result.run_id} · snapshot {result.snapshot_id} · {result.tokens_per_s:,.0f} tokens/s · "
-        f"train {result.timings['train_s']:.0f}s, validation {result.timings['eval_s']:.0f}s · {result.run_dir}"
+        f"train {result.timings['train_s']:.0f}s, validation {result.timings['eval_s']:.0f}s "
+        f"({result.timings['validation_share']:.0%}) · {result.run_dir}"
     )

@@ -31,30 +31,6 @@ def minhashes(ctx: Run, ids: list[int], texts: list[str]) -> list[Any]:
     return neardup.signatures_from_values(values)
 
 
-class Clusters:
-    """Union-find over row positions."""
-
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> list[list[int]]:
-        out: dict[int, list[int]] = {}
-        for i in range(len(self.parent)):
-            out.setdefault(self.find(i), []).append(i)
-        return list(out.values())
-
-
 def duplicate_pairs(ctx: Run, rows: list[Row], threshold: float) -> list[neardup.Match]:
     """Exact and near duplicate pairs among the rows (positions i < j)."""
     return neardup.pairs_within(
@@ -115,7 +91,7 @@ def rank(row: Row) -> tuple[int, int, Any, int]:
 def run(ctx: Run) -> None:
     cfg = ctx.config
     rows = ctx.rows
-    uf = Clusters(len(rows))
+    uf = neardup.Clusters(len(rows))
     found = duplicate_pairs(ctx, rows, cfg.jaccard)
     exact = [(m.i, m.j) for m in found if m.kind == "exact"]
     near = [(m.i, m.j) for m in found if m.kind == "near"]

@@ -120,8 +120,10 @@ def _act(ctx: Run, row: Row, reason: str, **detail: Any) -> None:
 
 def _grounding(ctx: Run, suspects: list[dict[str, Any]]) -> set[int]:
     """Flag extract rows whose reference values are not in their input; their ids."""
+    from whetstone.progress import track
+
     found = set()
-    for row in ctx.rows:
+    for row in track(ctx.rows, "noise: grounded values"):
         keys = ungrounded_keys(row.text, row.reference)
         if not keys:
             continue
@@ -221,10 +223,14 @@ def run(ctx: Run) -> None:
                 p_given=round(p, 4),
             )
     else:
+        from whetstone.progress import status
+
         found: set[int] = set()
         if ctx.task.kind == Kind.extract and ctx.config.grounded_values:
             found = _grounding(ctx, suspects)
         if ctx.task.kind == Kind.extract and ctx.config.misfiled_p > 0:
-            found |= _misfiled(ctx, suspects, skip=found)
+            # One cross-validated classifier fit: no count to show, only that it is running.
+            with status("noise: misfiled values (cross-validated classifier)"):
+                found |= _misfiled(ctx, suspects, skip=found)
         _loss_rule(ctx, suspects, skip=found)
     ctx.card["suspects"] = suspects

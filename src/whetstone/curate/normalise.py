@@ -37,8 +37,10 @@ def _label(row: Row, labels: list[str]) -> str | None:
 
 
 def run(ctx: Run) -> None:
+    from whetstone.progress import track
+
     task = ctx.task
-    for row in ctx.rows:
+    for row in track(ctx.rows, "validate"):
         new_input = row.map_input(clean_record_text)
         if task.kind == Kind.classify and task.labels:
             new_ref = _label(row, task.labels)

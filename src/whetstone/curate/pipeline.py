@@ -92,7 +92,8 @@ def curate(
         for r in recs
     ]
     ctx = Run(project, t, cfg, rows, scorer)
-    reports = [ctx.run_step(name, _step_fn(name)) for name in STEPS if cfg.runs(name)]
+    names = [name for name in STEPS if cfg.runs(name)]
+    reports = [_run_step(ctx, f"{i}/{len(names)}", name) for i, name in enumerate(names, 1)]
     if not ctx.rows:
         raise InvalidInput(f"curation left no records of task {task!r}: see the step reasons")
     rewritten = _rewritten(ctx)
@@ -124,6 +125,20 @@ def curate(
 
         card_path = card.write(ctx, snap, reports)
     return CurationResult(snapshot=snap, steps=reports, card_path=card_path)
+
+
+def _run_step(ctx: Run, place: str, name: str) -> StepReport:
+    """A step, with a line on stderr as it starts and ends: a curation of a large task takes
+    minutes, and its slow loops (embedding, loss scoring, near-duplicate search) show bars."""
+    from whetstone.progress import clock, console
+
+    console.print(f"[dim]curate {place}: {name}[/dim]", highlight=False)
+    report = ctx.run_step(name, _step_fn(name))
+    console.print(
+        f"[dim]curate {place}: {name} done in {clock(report.seconds)} · {report.after} rows[/dim]",
+        highlight=False,
+    )
+    return report
 
 
 def _rewritten(ctx: Run) -> list[Decision]:

@@ -22,7 +22,7 @@ from whetstone.curate.normalise import clean_record_text
 from whetstone.curate.state import Row, Run
 from whetstone.project import Project
 from whetstone.records import Kind
-from whetstone.snapshots import HELD_OUT_TAGS, is_held_out, split_bucket, test_ids_in_use
+from whetstone.snapshots import held_out_ids, is_held_out, split_bucket
 from whetstone.store import snapshots as stored_snapshots
 
 _PRIORITY = {"test": 3, "validation": 2, "train": 1}
@@ -39,7 +39,7 @@ def prior_splits(project: Project, task: str) -> dict[int, str]:
 
 def _groups(ctx: Run, rows: list[Row]) -> list[list[int]]:
     cfg = ctx.config
-    uf = dedup.Clusters(len(rows))
+    uf = neardup.Clusters(len(rows))
     pairs = [
         *((m.i, m.j) for m in dedup.duplicate_pairs(ctx, rows, cfg.group_jaccard)),
         *dedup.semantic_pairs(
@@ -99,13 +99,7 @@ def assign(ctx: Run) -> None:
 
 def _held_out_rows(ctx: Run) -> list[Row]:
     """Test rows of every snapshot of the task (and held-out records) not in this run."""
-    here = {r.id for r in ctx.rows}
-    ids = set(test_ids_in_use(ctx.project, ctx.task.name))
-    for tag in HELD_OUT_TAGS:
-        ids |= {
-            r.id for r in ctx.project.store.iter_records(ctx.task.name, tag=tag) if r.id is not None
-        }
-    ids -= here
+    ids = held_out_ids(ctx.project, ctx.task.name) - {r.id for r in ctx.rows}
     if not ids:
         return []
     recs = ctx.project.store.iter_records(ctx.task.name, ids=sorted(ids))

@@ -8,7 +8,7 @@ from typing import Any
 
 from whetstone.errors import InvalidInput
 from whetstone.evaluate import metrics as m
-from whetstone.evaluate.runner import Evaluation, choose_snapshot, evaluate, latest_evaluation
+from whetstone.evaluate.runner import Evaluation, choose_snapshot, evaluate
 from whetstone.evaluate.stats import (
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,
@@ -60,34 +60,33 @@ def compare(
     *,
     reuse: bool = True,
     batch_size: int = 16,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     base_model: str | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> Comparison:
     """Compare model `a` with model `b` ("base", "T" or "T@N") on one snapshot split.
     The snapshot is the one given, else the first adapter's own, else the task's latest.
-    With `reuse`, a stored complete evaluation of the same model, snapshot and split is used
-    instead of running the model again."""
+    With `reuse`, a stored evaluation of the same model on the same records with the same
+    settings is used instead of running the model again."""
     t = project.task(task)
     first_adapter = next((x for x in (a, b) if x != "base"), "base")
     snap = choose_snapshot(project, task, first_adapter, snapshot_id)
     evs = []
     for model in (a, b):
-        ev = latest_evaluation(project, task, model, snap.id, split) if reuse else None
-        if ev is None:
-            ev = evaluate(
-                project,
-                task,
-                model,
-                split,
-                snap.id,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                base_model=base_model,
-                resamples=resamples,
-                seed=seed,
-            )
+        ev = evaluate(
+            project,
+            task,
+            model,
+            split,
+            snap.id,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            base_model=base_model,
+            resamples=resamples,
+            seed=seed,
+            reuse=reuse,
+        )
         evs.append(ev)
     return compare_evaluations(project, t, evs[0], evs[1], resamples=resamples, seed=seed)
 

@@ -52,7 +52,7 @@ class GateConfig(BaseModel):
     split: str = "test"
     snapshot: str | None = None
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)  # default: the task's decode budget
     resamples: int = Field(DEFAULT_RESAMPLES, ge=100)
     seed: int = DEFAULT_SEED
 
@@ -118,22 +118,20 @@ def baseline_for(project: Project, av: AdapterVersion) -> str:
 
 
 def stored_or_run(
-    project: Project, av: AdapterVersion, model: str, snapshot_id: str, cfg: GateConfig
+    project: Project,
+    av: AdapterVersion,
+    model: str,
+    snapshot_id: str,
+    cfg: GateConfig,
+    *,
+    run: bool = True,
 ) -> Evaluation:
-    """The newest complete stored evaluation of `model` on this snapshot split, else a new
-    one. The base model is the one `av` was trained on, not whatever the project names now."""
-    from whetstone.evaluate.runner import evaluate, latest_evaluation
+    """A stored evaluation of `model` on this snapshot split with the gate's settings, else a
+    new one (`run`; else `NoStoredEvaluation`). The base model is the one `av` was trained on,
+    not whatever the project names now."""
+    from whetstone.evaluate.runner import evaluate
 
-    base_model = None
-    name = model
-    if model == "base":
-        from whetstone.models import base as base_models
-
-        base_model = av.base_model
-        name = f"base:{base_models.resolve(av.base_model).name}"
-    ev = latest_evaluation(project, av.task, name, snapshot_id, cfg.split)
-    if ev is not None:
-        return ev
+    base_model = av.base_model if model == "base" else None
     return evaluate(
         project,
         av.task,
@@ -145,19 +143,21 @@ def stored_or_run(
         base_model=base_model,
         resamples=cfg.resamples,
         seed=cfg.seed,
+        stored_only=not run,
     )
 
 
 def paired_comparison(
-    project: Project, av: AdapterVersion, baseline: str, cfg: GateConfig
+    project: Project, av: AdapterVersion, baseline: str, cfg: GateConfig, *, run: bool = True
 ) -> Comparison:
-    """Candidate (a) against baseline (b) on the same records of one snapshot split."""
+    """Candidate (a) against baseline (b) on the same records of one snapshot split; without
+    `run`, only from stored evaluations (else `NoStoredEvaluation`)."""
     from whetstone.evaluate.compare import compare_evaluations
     from whetstone.evaluate.runner import choose_snapshot
 
     snap = choose_snapshot(project, av.task, av.name, cfg.snapshot)
-    ev_a = stored_or_run(project, av, av.name, snap.id, cfg)
-    ev_b = stored_or_run(project, av, baseline, snap.id, cfg)
+    ev_a = stored_or_run(project, av, av.name, snap.id, cfg, run=run)
+    ev_b = stored_or_run(project, av, baseline, snap.id, cfg, run=run)
     return compare_evaluations(
         project, project.task(av.task), ev_a, ev_b, resamples=cfg.resamples, seed=cfg.seed
     )
@@ -186,6 +186,12 @@ def rule_beats_baseline(c: Comparison, cfg: GateConfig) -> RuleResult:
         f"with 95% CI [{m['low']:+.3f}, {m['high']:+.3f}] on {len(c.record_ids)} records; "
         f"lower bound {m['low']:+.3f} {verdict} min-delta {cfg.min_delta:+.3f}"
     )
+    if not passed:
+        msg += (
+            f"; train longer or on more labelled records (`whetstone train --task {c.a.task} "
+            f"--epochs 3`), or label the records it fails on (`whetstone curate next --task "
+            f"{c.a.task}`)"
+        )
     return RuleResult("beats-baseline", passed, msg, numbers)
 
 
@@ -241,13 +247,15 @@ def rule_latency(c: Comparison, cfg: GateConfig) -> RuleResult:
 
 
 def rule_leakage(
-    project: Project, av: AdapterVersion, c: Comparison, cfg: GateConfig
+    project: Project, av: AdapterVersion, record_ids: list[int], snapshot_id: str, cfg: GateConfig
 ) -> RuleResult:
+    """`record_ids` (evaluated) against the training records of `av`'s snapshot (else of
+    `snapshot_id`, the evaluated one)."""
     from whetstone import snapshots
     from whetstone.evaluate.leakage import find_leaks
 
-    eval_recs = list(project.store.iter_records(av.task, ids=c.record_ids))
-    train_snap = snapshots.load(project, av.snapshot_id or str(c.a.snapshot_id))
+    eval_recs = list(project.store.iter_records(av.task, ids=record_ids))
+    train_snap = snapshots.load(project, av.snapshot_id or snapshot_id)
     train_recs = snapshots.records(project, train_snap, "train")
     rep = find_leaks(eval_recs, train_recs, threshold=cfg.near_duplicate)
     numbers = {**rep.to_dict(), "train_snapshot": train_snap.id}
@@ -258,7 +266,9 @@ def rule_leakage(
         msg = (
             f"{len(rep.leaked_eval_ids)} of {rep.eval_records} evaluation record(s) duplicate "
             f"a training record ({rep.exact} exact, {rep.near} near at Jaccard >= "
-            f"{cfg.near_duplicate:.2f}), e.g. {ex}"
+            f"{cfg.near_duplicate:.2f}), e.g. {ex}; run `whetstone curate --task {av.task}` "
+            "and train again (curation's split keeps near-duplicates on one side and no "
+            "training record near a test record)"
         )
         return RuleResult("leakage", False, msg, numbers)
     msg = (
@@ -278,17 +288,40 @@ def candidate(project: Project, ref: str) -> AdapterVersion:
     return registry.get(project, ref)
 
 
-def gate(project: Project, ref: str, config: GateConfig | None = None) -> GateDecision:
-    """Run every rule for adapter `T@N` against the production model (or the base model)."""
+def gate(
+    project: Project, ref: str, config: GateConfig | None = None, *, run: bool = True
+) -> GateDecision:
+    """Run every rule for adapter `T@N` against the production model (or the base model).
+    Without `run` (a forced promotion) no model runs: the rules are judged on stored
+    evaluations when there are some, else only the leakage rule is, for the record."""
+    from whetstone.evaluate.runner import NoStoredEvaluation, choose_snapshot
+
     cfg = config or gate_config(project)
     av = candidate(project, ref)
     baseline = baseline_for(project, av)
-    c = paired_comparison(project, av, baseline, cfg)
+    try:
+        c = paired_comparison(project, av, baseline, cfg, run=run)
+    except NoStoredEvaluation as e:
+        snap = choose_snapshot(project, av.task, av.name, cfg.snapshot)
+        return GateDecision(
+            task=av.task,
+            candidate=av.name,
+            baseline=baseline,
+            snapshot_id=snap.id,
+            split=cfg.split,
+            main_metric=project.task(av.task).main_metric,
+            rules=[
+                RuleResult("beats-baseline", False, f"not evaluated: {e}"),
+                rule_leakage(project, av, snap.ids(cfg.split), snap.id, cfg),
+            ],
+            evaluations={},
+            config=cfg.model_dump(),
+        )
     rules = [
         rule_beats_baseline(c, cfg),
         rule_slices(c, cfg),
         rule_latency(c, cfg),
-        rule_leakage(project, av, c, cfg),
+        rule_leakage(project, av, c.record_ids, str(c.a.snapshot_id), cfg),
     ]
     return GateDecision(
         task=av.task,
@@ -327,7 +360,8 @@ def promote(
     av = candidate(project, ref)
     if av.stage == "production":
         raise InvalidInput(f"{av.name} is already the production version of {av.task!r}")
-    decision = gate(project, av.name, config)
+    # Overruled anyway: the gate's evaluations run only when stored ones exist to judge by.
+    decision = gate(project, av.name, config, run=not force)
     registry.update_info(project, av.name, gate=decision.to_dict())
     if decision.passed:
         reason = reason or f"gate passed against {decision.baseline}"

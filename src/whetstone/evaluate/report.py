@@ -139,8 +139,15 @@ def plot_curves(rows: list[dict[str, Any]], metric: str) -> bytes | None:
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train" and "loss" in r]
     val = [r for r in rows if r.get("kind") == "validation"]
     vloss = [(r["step"], r["val_loss"]) for r in val if r.get("val_loss") is not None]
-    vmetric = [(r["step"], r["metric"]) for r in val if r.get("metric") is not None]
-    if not (train or vloss or vmetric):
+    # A language-model run validates by token accuracy and scores the task metric once, at
+    # the checkpoint choice; the label head validates by the metric itself.
+    vacc = [(r["step"], r["token_accuracy"]) for r in val if r.get("token_accuracy") is not None]
+    vmetric = [
+        (r["step"], r["metric"])
+        for r in rows
+        if r.get("kind") in ("validation", "checkpoint_choice") and r.get("metric") is not None
+    ]
+    if not (train or vloss or vmetric or vacc):
         return None
 
     def draw(fig: Any) -> None:
@@ -152,12 +159,16 @@ def plot_curves(rows: list[dict[str, Any]], metric: str) -> bytes | None:
         ax1.set(xlabel="step", ylabel="loss", title="loss")
         ax1.legend()
         ax1.grid(alpha=0.3)
+        if vacc:
+            ax2.plot(*zip(*vacc, strict=True), "o-", color="tab:purple", label="token accuracy")
         if vmetric:
-            ax2.plot(*zip(*vmetric, strict=True), "s-", color="tab:green")
+            ax2.plot(*zip(*vmetric, strict=True), "s", color="tab:green", label=metric)
+        if vacc or vmetric:
             ax2.set_ylim(-0.02, 1.02)
+            ax2.legend()
         else:
             ax2.text(0.5, 0.5, "no validation metric logged", ha="center", va="center")
-        ax2.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+        ax2.set(xlabel="step", ylabel="score", title=f"validation ({metric} at the end)")
         ax2.grid(alpha=0.3)
 
     return _figure_png(draw, (10, 3.8))

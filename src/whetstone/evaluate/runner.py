@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from whetstone.errors import InvalidInput
+from whetstone.errors import InvalidInput, WhetstoneError
 from whetstone.evaluate import metrics as m
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, intervals, percentile
 from whetstone.project import Project
 from whetstone.records import Kind, Record, Source, Task, canonical_json, content_key, utcnow
 from whetstone.store import evaluations as stored
+
+
+class NoStoredEvaluation(WhetstoneError):
+    """`evaluate(stored_only=True)` found nothing to reuse."""
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Evaluation:
     predictions: list[Prediction]
     info: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=utcnow)
+    reused: bool = False  # a stored evaluation returned instead of a new run (not stored)
 
     @property
     def n(self) -> int:
@@ -202,7 +207,7 @@ def evaluate(
     *,
     limit: int | None = None,
     batch_size: int = 16,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     base_model: str | None = None,
     metric: str | None = None,
     judge: str | None = None,
@@ -210,50 +215,53 @@ def evaluate(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     predictor: Any = None,
+    reuse: bool = True,
+    stored_only: bool = False,
 ) -> Evaluation:
     """Run `model` ("base", "T" or "T@N") over a snapshot split and store the evaluation.
+    `max_new_tokens` defaults to the task's decode budget (`decode_budget`). With `reuse`, a
+    stored evaluation of the same model on the same records with the same settings is
+    returned instead of running the model again (`Evaluation.reused`); a judged one never is.
+    With `stored_only` nothing runs: no such stored evaluation raises `NoStoredEvaluation`.
     `predictor` lets a caller that already holds the loaded model reuse it."""
-    from whetstone import snapshots
 
     t = project.task(task)
     snap = choose_snapshot(project, task, model, snapshot_id)
-    recs = snapshots.records(project, snap, split)
-    if limit is not None:
-        if limit < 1:
-            raise InvalidInput("--limit must be at least 1")
-        recs = recs[:limit]
-    recs = [r for r in recs if r.reference is not None]
-    if not recs:
-        raise InvalidInput(
-            f"the {split} split of snapshot {snap.id} (task {task!r}) has no records to evaluate on"
+    recs = _records_to_score(project, snap, split, limit)
+    if metric:
+        from whetstone.evaluate.custom import load_metric
+
+        load_metric(metric)  # a bad entry point fails before the model runs, not after
+    if predictor is None:
+        check_base(project, model, base_model)
+    # A caller's predictor may be any callable (tests, a remote model): its tokenizer if it
+    # has one, else the base model's.
+    tok = getattr(predictor, "tokenizer", None) or _tokenizer(project, model, base_model)
+    budget = max_new_tokens or decode_budget(project, t, snap, tok)
+    # What decides the answers and their scores (the bootstrap's resamples only change the
+    # intervals printed, and a comparison or the gate recomputes its own).
+    settings = {"limit": limit, "max_new_tokens": budget, "metric": metric}
+    name = predictor.name if predictor else model_name(project, task, model, base_model)
+    if reuse and not judge:
+        found = reusable_evaluation(project, task, name, snap.id, split, recs, settings)
+        if found is not None:
+            return found
+    if stored_only:
+        raise NoStoredEvaluation(
+            f"no stored evaluation of {name} on the {split} split of snapshot {snap.id} with "
+            f"max_new_tokens {budget}"
         )
     judge_client = None
     if judge:
         from whetstone.evaluate.judge import Judge
 
         judge_client = Judge.from_spec(judge, rubric)
-    if metric:
-        from whetstone.evaluate.custom import load_metric
-
-        load_metric(metric)  # a bad entry point fails before the model runs, not after
     if predictor is None:
         from whetstone.predict import load_predictor
 
-        check_base(project, model, base_model)
         predictor = load_predictor(project, task, model, base_model=base_model)
-
-    from whetstone.progress import progress
-
-    with progress() as bar:
-        tid = bar.add_task(f"eval {predictor.name}", total=len(recs), info="")
-        gens = predictor(
-            [r.input for r in recs],
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            on_batch=lambda k: bar.advance(tid, k),
-        )
-    texts = [g.text for g in gens]
-    scores = score(t, recs, texts, metric=metric, judge=judge_client)
+    gens = _generate(predictor, recs, batch_size, budget)
+    scores = score(t, recs, [g.text for g in gens], metric=metric, judge=judge_client)
     preds = [
         Prediction(
             record_id=int(r.id or 0),
@@ -268,7 +276,9 @@ def evaluate(
     intervals, main, info = summarise(t, preds, resamples=resamples, seed=seed)
     info.update(
         limit=limit,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=budget,
+        # Answers cut off by the budget: many mean the budget is too small for the task.
+        hit_budget=sum(1 for g in gens if g.output_tokens >= budget),
         metric=metric,
         judge=judge_client.describe() if judge_client else None,
         inputs=_inputs_digest(recs),
@@ -288,6 +298,63 @@ def evaluate(
     )
     store_evaluation(project, ev)
     return ev
+
+
+def _records_to_score(project: Project, snap: Any, split: str, limit: int | None) -> list[Record]:
+    from whetstone import snapshots
+
+    recs = snapshots.records(project, snap, split)
+    if limit is not None:
+        if limit < 1:
+            raise InvalidInput("--limit must be at least 1")
+        recs = recs[:limit]
+    recs = [r for r in recs if r.reference is not None]
+    if not recs:
+        raise InvalidInput(
+            f"the {split} split of snapshot {snap.id} (task {snap.task!r}) has no records to "
+            "evaluate on"
+        )
+    return recs
+
+
+def _tokenizer(project: Project, model: str, base_model: str | None) -> Any:
+    """The tokenizer `model` answers with (its base model's), without loading any weights."""
+    from whetstone.models import base as base_models
+
+    if model != "base" and base_model is None:
+        from whetstone.registry import get
+
+        base_model = get(project, model).base_model
+    return base_models.load_tokenizer(base_models.resolve(base_model or project.base_model))
+
+
+def decode_budget(project: Project, task: Task, snap: Any, tok: Any) -> int:
+    """The task's default `max_new_tokens` (`models.decoding.answer_budget`), from the
+    references a model learns from: the snapshot's training and validation records (its
+    test records only when it has no others)."""
+    from whetstone import snapshots
+    from whetstone.models.decoding import answer_budget
+
+    def known(split: str) -> list[Record]:
+        return [r for r in snapshots.records(project, snap, split) if r.reference is not None]
+
+    recs = known("train") + known("validation") or known("test")
+    return answer_budget(tok, task, [(r.input, str(r.reference)) for r in recs])
+
+
+def _generate(predictor: Any, recs: list[Record], batch_size: int, budget: int) -> list[Any]:
+    from whetstone.progress import progress
+
+    with progress() as bar:
+        tid = bar.add_task(f"eval {predictor.name}", total=len(recs), info="")
+        return list(
+            predictor(
+                [r.input for r in recs],
+                batch_size=batch_size,
+                max_new_tokens=budget,
+                on_batch=lambda k: bar.advance(tid, k),
+            )
+        )
 
 
 def _inputs_digest(recs: list[Record]) -> str:
@@ -333,8 +400,8 @@ def store_evaluation(project: Project, ev: Evaluation) -> None:
     stored.add_evaluation(project.store, row, predictions)
 
 
-def load_evaluation(project: Project, eval_id: str) -> Evaluation:
-    """A stored evaluation by id or unique id prefix."""
+def load_evaluation(project: Project, eval_id: str, *, reused: bool = False) -> Evaluation:
+    """A stored evaluation by id or unique id prefix (`reused`: returned in place of a run)."""
     row, prow = stored.evaluation_row(project.store, eval_id)
     info = dict(row["info"])
     refs: dict[str, str] = info.pop("references", {})
@@ -360,6 +427,7 @@ def load_evaluation(project: Project, eval_id: str) -> Evaluation:
         ],
         info=info,
         created_at=datetime.fromisoformat(row["created_at"]),
+        reused=reused,
     )
 
 
@@ -385,29 +453,39 @@ def latest_evaluation(
         if not complete or info.get("limit") is None:
             return load_evaluation(project, eid)
     if snapshot_id and complete:
-        return _same_records_evaluation(project, task, name, snapshot_id, split)
+        from whetstone import snapshots
+
+        snap = snapshots.load(project, snapshot_id)
+        recs = [r for r in snapshots.records(project, snap, split) if r.reference is not None]
+        return reusable_evaluation(project, task, name, snapshot_id, split, recs, {"limit": None})
     return None
 
 
-def _same_records_evaluation(
-    project: Project, task: str, name: str, snapshot_id: str, split: str
+def reusable_evaluation(
+    project: Project,
+    task: str,
+    name: str,
+    snapshot_id: str,
+    split: str,
+    recs: list[Record],
+    settings: dict[str, Any] | None,
 ) -> Evaluation | None:
-    """An evaluation of the same model on another snapshot whose split holds exactly the same
-    records with the same texts (inputs and references: curation may hold other texts for
-    them). The flywheel keeps the test split fixed across snapshots, so the incumbent's numbers
-    from the last turn are reused, not recomputed."""
-    from whetstone import snapshots
-
-    snap = snapshots.load(project, snapshot_id)
-    recs = [r for r in snapshots.records(project, snap, split) if r.reference is not None]
+    """The newest stored evaluation of model `name` on exactly `recs` with the same texts
+    (inputs and references) and, when given, the same `settings` (stored info keys): one on
+    this snapshot first, else one on another snapshot whose split holds the same records (the
+    flywheel keeps the test split fixed across snapshots, so the incumbent's numbers from the
+    last turn are reused, not recomputed)."""
     wanted = {r.id: r.reference for r in recs}
     if not wanted:
         return None
     inputs = _inputs_digest(recs)
-    for eid, info in stored.evaluation_infos(project.store, task, name, split):
-        frozen = {int(k): v for k, v in info.get("references", {}).items()}
-        if info.get("limit") is None and frozen == wanted and info.get("inputs") == inputs:
-            return load_evaluation(project, eid)
+    for snapshot in (snapshot_id, None):
+        for eid, info in stored.evaluation_infos(project.store, task, name, split, snapshot):
+            frozen = {int(k): v for k, v in info.get("references", {}).items()}
+            if info.get("inputs") != inputs or frozen != wanted:
+                continue
+            if settings is None or all(info.get(k) == v for k, v in settings.items()):
+                return load_evaluation(project, eid, reused=True)
     return None
 
 

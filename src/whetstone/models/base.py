@@ -187,10 +187,8 @@ def load(
 ) -> tuple[PreTrainedModel, Tokenizer]:
     """Load (model, tokenizer) on the best device. Models for inference are put in eval mode."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    # Our own progress goes to stderr already; transformers' per-load bars are noise.
-    hf_logging.disable_progress_bar()
+    # transformers' per-load bars are silenced at CLI start (`--verbose` keeps them).
     if not isinstance(base, BaseModel):
         base = resolve(base)
     tok = load_tokenizer(base)

@@ -15,9 +15,13 @@ stop string. Whitespace is left as decoded: an answer is compared and stored aft
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
+
+from whetstone.prompts import answer_text
+from whetstone.records import Input, Task
 
 if TYPE_CHECKING:
     from whetstone.models.types import InferenceModel, Tokenizer
@@ -64,3 +68,24 @@ class Decoder:
         if tokens and tokens[-1] in self.stop_ids:
             return True
         return bool(stop) and self.answer(tokens, stop).stopped
+
+
+# The decode budget a task's answers get when nobody sets one: long enough for the longest
+# usual answer with room to spare, short enough that a rambling model (an untrained base model
+# on an extract task) stops early instead of writing 256 tokens per record.
+BUDGET_QUANTILE = 0.99
+BUDGET_FACTOR = 1.5
+BUDGET_FLOOR = 16
+BUDGET_CAP = 1024
+
+
+def answer_budget(tok: Tokenizer, task: Task, examples: Sequence[tuple[Input, str]]) -> int:
+    """`max_new_tokens` from a task's references: the p99 of their answers' token lengths
+    (the answer text a model is taught, plus its end token) times 1.5, at least 16 and at most
+    1024. `examples` are (input, reference) pairs; none gives the floor."""
+    if not examples:
+        return BUDGET_FLOOR
+    answers = [answer_text(task, inp, ref) for inp, ref in examples]
+    lengths = sorted(len(ids) + 1 for ids in tok(answers, add_special_tokens=False)["input_ids"])
+    at = min(len(lengths) - 1, math.ceil(BUDGET_QUANTILE * len(lengths)) - 1)
+    return max(BUDGET_FLOOR, min(BUDGET_CAP, math.ceil(lengths[at] * BUDGET_FACTOR)))

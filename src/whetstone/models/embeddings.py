@@ -50,14 +50,25 @@ def embed(texts: list[str], spec: str | None = None, batch_size: int = 128) -> A
     """L2-normalised float32 embeddings, one row per text (so a dot product is the cosine)."""
     import numpy as np
 
+    from whetstone.progress import progress
+
     model = load(spec)
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
-    vecs = model.encode(
-        texts,
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return vecs.astype(np.float32)
+    # In chunks of a few batches, so a corpus of 50k texts shows a bar with an ETA.
+    chunk = batch_size * 4
+    parts = []
+    with progress() as bar:
+        tid = bar.add_task("embed", total=len(texts), info="")
+        for at in range(0, len(texts), chunk):
+            part = texts[at : at + chunk]
+            vecs = model.encode(
+                part,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            parts.append(vecs.astype(np.float32))
+            bar.advance(tid, len(part))
+    return np.concatenate(parts)

@@ -161,6 +161,11 @@ def production_versions(project: Project) -> dict[str, int]:
     return stored.production_versions(project.store)
 
 
+def generation(project: Project) -> int:
+    """Changes whenever the registry does: a cheap check before re-reading production versions."""
+    return stored.generation(project.store)
+
+
 def list_versions(project: Project, task: str | None = None) -> list[AdapterVersion]:
     return [_row(project, r) for r in stored.version_rows(project.store, task)]
 

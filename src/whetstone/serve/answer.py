@@ -1,6 +1,7 @@
 """One completion request from its prompt to its answer: encoded, checked against the context
 length, submitted to the engine, returned whole (or streamed, see `streaming`), and captured as
-a `production` record however it ends.
+a `production` record however it ends, unless it belongs to no task (`base` without a
+`task` field), which `X-Whetstone-Captured: false` says.
 
 The record's reference (`X-Whetstone-Record`, and the completion id `chatcmpl-<ref>`) is
 assigned before the store is touched.
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from whetstone import prompts
 from whetstone.models.generate import encode_prompts
-from whetstone.records import Input, Record, Source
+from whetstone.records import Input, Record, Source, Task, to_messages
 from whetstone.serve import openai_api as api
 from whetstone.serve.capture import new_ref
 from whetstone.serve.engine import Done, Event, Failed, Job
@@ -29,11 +30,13 @@ Kind = Literal["chat", "completion"]
 
 
 def encode(svc: Services, route: Route, inp: Input, raw: bool) -> list[int]:
-    """The prompt's token ids: `raw` text as it is, anything else through the chat template."""
+    """The prompt's token ids: `raw` text as it is, anything else through the chat template
+    (with the task's instruction, if the route has a task)."""
+    messages = to_messages(inp) if route.task is None else prompts.chat(route.task, inp)
     with svc.tokenizer_lock:
         if raw:
             return list(svc.tokenizer(inp, add_special_tokens=False)["input_ids"])
-        return encode_prompts(svc.tokenizer, [prompts.chat(route.task, inp)])[0]
+        return encode_prompts(svc.tokenizer, [messages])[0]
 
 
 def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int) -> int:
@@ -82,7 +85,13 @@ class Answer:
         self.ref = new_ref()
         self.cid = ("chatcmpl-" if kind == "chat" else "cmpl-") + self.ref
         self.endpoint = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-        self.headers = {"X-Whetstone-Record": self.ref, "X-Whetstone-Model": route.model}
+        self.captured = route.task is not None  # a record belongs to a task
+        self.headers = {
+            "X-Whetstone-Model": route.model,
+            "X-Whetstone-Captured": "true" if self.captured else "false",
+        }
+        if self.captured:
+            self.headers["X-Whetstone-Record"] = self.ref
         if route.fallback:
             self.headers["X-Whetstone-Fallback"] = "base"
         self.events: asyncio.Queue[Event] = asyncio.Queue()
@@ -108,10 +117,12 @@ class Answer:
         metrics.latency.labels(self.endpoint, route.model).observe(latency / 1000)
         metrics.prompt_tokens.labels(route.model).inc(done.prompt_tokens)
         metrics.completion_tokens.labels(route.model).inc(done.completion_tokens)
-        self.svc.capture.submit(self._record(done, latency, incomplete))
+        if route.task is None:
+            return {"record": None, "model": route.model, "confidence": done.confidence}
+        self.svc.capture.submit(self._record(route.task, done, latency, incomplete))
         return {"record": self.ref, "model": route.model, "confidence": done.confidence}
 
-    def _record(self, done: Done, latency_ms: float, incomplete: bool) -> Record:
+    def _record(self, task: Task, done: Done, latency_ms: float, incomplete: bool) -> Record:
         route, req = self.route, self.req
         meta: dict[str, Any] = {
             "request_id": self.ref,
@@ -126,9 +137,9 @@ class Answer:
         if req.temperature:
             meta["sampling"] = {"temperature": req.temperature, "top_p": req.top_p}
         return Record(
-            task=route.task.name,
+            task=task.name,
             input=self.inp,
-            output=prompts.normalise_answer(route.task, done.text),
+            output=prompts.normalise_answer(task, done.text),
             model=route.model if route.adapter else f"base:{self.svc.base.name}",
             confidence=done.confidence,
             source=Source.production,

@@ -5,8 +5,9 @@ Endpoints, one router per concern: the OpenAI-compatible API (`openai_routes`:
 `/admin/adapters[/load|/unload]` (`admin`), `/healthz` (no key), `/metrics` and
 `/openapi.json` (`operations`), and the review page (`review`, with its JSON API in
 `review_api` and `review_records`). What they share (project, engine, router, capture,
-metrics, settings) is one `Services` object on `app.state.services` (`state`). Every answer is
-captured as a `production` record (`answer`, `streaming`).
+metrics, settings) is one `Services` object on `app.state.services` (`state`). Every answer of
+a task is captured as a `production` record (`answer`, `streaming`); `base` without a task is
+not (`routes`).
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc.engine.start()
         svc.capture.start()
+        svc.router.start()
         try:
             yield
         finally:
+            svc.router.stop()
             svc.engine.stop()
             svc.capture.stop()
 
@@ -96,7 +99,7 @@ def load_services(project: Project, settings: Settings, base_model: str | None) 
         tokenizer=tok,
         engine=Engine(model, tok, base.hash, settings, metrics),
         capture=capture,
-        router=Router(project, settings.route_ttl_s),
+        router=Router(project, settings.route_poll_s),
         metrics=metrics,
     )
     operations.add_gauges(svc)

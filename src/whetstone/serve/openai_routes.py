@@ -15,6 +15,7 @@ from whetstone.serve import openai_api as api
 from whetstone.serve.answer import Answer, Kind, encode, tokens_to_generate
 from whetstone.serve.auth import require_json, require_key
 from whetstone.serve.errors import APIError
+from whetstone.serve.routes import BASE
 from whetstone.serve.state import Services, Svc
 from whetstone.serve.streaming import Stream
 
@@ -33,7 +34,7 @@ async def completions(request: Request, svc: Svc) -> Response:
     """A task model sees the prompt as the user's turn of its chat (the way it was trained);
     `base` continues the raw text."""
     req = api.parse(api.CompletionRequest, await request.body())
-    raw = req.model == "base" and req.task is None
+    raw = req.model == BASE and req.task is None
     return await complete(svc, request, req, req.text, raw=raw, kind="completion")
 
 
@@ -66,7 +67,7 @@ def _listing(svc: Services) -> list[dict[str, Any]]:
     created = int(time.time())
     data: list[dict[str, Any]] = [
         {
-            "id": "base",
+            "id": BASE,
             "object": "model",
             "created": created,
             "owned_by": "whetstone",
@@ -75,7 +76,7 @@ def _listing(svc: Services) -> list[dict[str, Any]]:
     ]
     production = registry.production_versions(project)  # one query, not one per task
     for task in project.store.list_tasks():
-        if task.name == "base":
+        if task.name == BASE:
             continue  # the model `base` is the base model, whatever the task
         version = production.get(task.name)
         data.append(

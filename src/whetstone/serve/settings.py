@@ -21,9 +21,9 @@ class Settings:
     max_body_bytes: int = 1_000_000
     max_tokens_limit: int = 2048
     default_max_tokens: int = 256
-    # How long a task's production version is trusted before the registry is read again;
-    # a promotion is served at most this long after it happens, with no restart.
-    route_ttl_s: float = 2.0
+    # How often the server checks the registry for a change (one cheap query); a promotion
+    # is served within about this long of it, with no restart.
+    route_poll_s: float = 1.0
     # Capture: how long the store may fail before pending records spill to disk, and how
     # much disk the spill may take before records are dropped (and counted).
     spool_after_s: float = 5.0
@@ -77,6 +77,8 @@ class Settings:
             raise InvalidInput(
                 f"serve setting request_timeout_s must be > 0, not {self.request_timeout_s}"
             )
+        if not isinstance(self.route_poll_s, int | float) or self.route_poll_s <= 0:
+            raise InvalidInput(f"serve setting route_poll_s must be > 0, not {self.route_poll_s!r}")
         if self.max_wait_ms < 0:
             raise InvalidInput(f"serve setting max_wait_ms must be >= 0, not {self.max_wait_ms}")
         if self.api_key is not None and not self.api_key.strip():

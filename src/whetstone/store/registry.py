@@ -84,6 +84,14 @@ def production_versions(store: Store) -> dict[str, int]:
         return {r[0]: r[1] for r in c.execute(q)}
 
 
+def generation(store: Store) -> int:
+    """A number that changes whenever the registry does (any stage change adds an event):
+    serving polls it to learn of promotions. The count, not the newest id: on PostgreSQL ids
+    can commit out of order, and events are never deleted, so every commit raises the count."""
+    with store.read() as c:
+        return int(c.execute(sa.select(sa.func.count()).select_from(_EV)).scalar() or 0)
+
+
 def set_stage(
     store: Store,
     task: str,

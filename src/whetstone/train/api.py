@@ -299,6 +299,9 @@ def _execute(
     timings = {
         "train_s": round(p.train_seconds, 2),
         "eval_s": round(p.eval_seconds, 2),
+        # Validation's share of the time spent training and validating (the issue a user
+        # meets first when validation is costly: report it with every run).
+        "validation_share": round(p.eval_seconds / max(p.train_seconds + p.eval_seconds, 1e-9), 3),
         "total_s": round(time.perf_counter() - t_start, 2),
     }
     adapter = procs.on_main(lambda: _register(job, p, data, timings))
@@ -393,6 +396,7 @@ def _train_lm(
     resume: dict[str, Any] | None,
 ) -> tuple[Any, dict[str, Any]]:
     """Encode the records, prepare the method on the model and run the training loop."""
+    from whetstone.models.decoding import answer_budget
     from whetstone.train import methods
     from whetstone.train.data import shared_prefix
     from whetstone.train.loop import Setup, train_loop
@@ -401,17 +405,19 @@ def _train_lm(
     prepared: CausalLM = methods.get(cfg.method).prepare(model, cfg)
     if job.info.get("init_from") and resume is None:
         warm_start(prepared, job.project, str(job.info["init_from"]))
-    eval_recs = val_recs[: cfg.eval_max_records]
+    sample = validation_sample(val, cfg)
+    eval_recs = val_recs[:sample]
     setup = Setup(
         cfg=cfg,
         task=job.task,
         model=prepared,
         tok=tok,
         train=train,
-        val_examples=val[: cfg.eval_max_records],
+        val_examples=val[:sample],
         val_records=eval_recs,
         run=job.run,
-        max_new_tokens=min(1024, report.answer_tokens + 16),
+        max_new_tokens=cfg.max_new_tokens
+        or answer_budget(tok, job.task, [(r.input, str(r.reference)) for r in train_recs]),
         artefact_meta=job.artefact_meta(),
         metric=job.metric,
         train_prefix=shared_prefix(train) if cfg.packing else [],
@@ -428,6 +434,18 @@ def _train_lm(
         "validation_records": len(val_recs),
         "validation_used": len(eval_recs),
     }
+
+
+def validation_sample(val: list[Example], cfg: LoopConfig) -> int:
+    """How many validation examples (and records) a run validates on: the first ones, up to
+    `eval_max_records` and `eval_max_tokens`, so a large validation split costs no more than a
+    small one (always at least one)."""
+    tokens = 0
+    for n, example in enumerate(val[: cfg.eval_max_records]):
+        tokens += len(example)
+        if tokens > cfg.eval_max_tokens:
+            return max(1, n)
+    return min(len(val), cfg.eval_max_records)
 
 
 def _encode(

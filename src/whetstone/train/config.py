@@ -44,7 +44,10 @@ class TrainConfig(BaseModel):
     max_length: int = Field(512, ge=16, description="tokens per example, prompt + answer")
     seed: int = 0
     eval_every: int | None = Field(
-        None, ge=1, description="steps between validations; default: 5 per run"
+        None,
+        ge=1,
+        description="steps between validations; default: up to 4 a run, fewer when one "
+        "would cost over a tenth of the training between two",
     )
     patience: int = Field(3, ge=1, description="validations without improvement before stopping")
     weight_decay: float = Field(0.0, ge=0)
@@ -92,7 +95,17 @@ class LoopConfig(TrainConfig):
     truncation: Literal["left", "drop"] = Field(
         "left", description="over-long prompt: cut from the left (keeping the answer) or drop it"
     )
-    eval_max_records: int = Field(64, ge=1)
+    eval_max_records: int = Field(
+        32, ge=1, description="validation sample: at most this many records"
+    )
+    eval_max_tokens: int = Field(
+        3072, ge=16, description="validation sample: at most this many tokens (prompt + answer)"
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="answer budget of the end-of-run generations; default: from the references",
+    )
     warmup: float = Field(
         0.05, ge=0, description="fraction of steps (<1) or a number of steps (>=1)"
     )

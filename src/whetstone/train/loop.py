@@ -3,10 +3,13 @@ epochs, `train_epoch` its steps, each a call to a named step (`train_step`, `log
 `run_validation`, `save_progress`).
 
 AdamW, warmup then cosine or linear decay, gradient accumulation and clipping. Every
-`eval_every` steps: validation loss plus the task's own metric on greedy generations of
-validation records; the best by metric (ties: lower loss) is saved to `best/`, and
-`patience` validations without improvement stop the run. A resumable checkpoint is written
-every `save_every` steps and at each validation.
+`eval_every` steps a cheap validation (one forward pass over a bounded validation sample:
+loss and teacher-forced token accuracy); the best by token accuracy (ties: lower loss) is
+saved to `best/`, and `patience` validations without improvement stop the run. Generating
+answers costs many forward passes per record, so the task's own metric on greedy generations
+is computed once, at the end, to choose between the best validation's weights and the final
+ones (`choose_checkpoint`). A resumable checkpoint is written every `save_every` steps and at
+each validation.
 
 The same loop runs on several processes (see `whetstone.train.distributed`): each takes its
 share of every batch and of validation, and only the main process writes the run folder.
@@ -48,6 +51,7 @@ class Progress:
     best_val_loss: float | None = None
     best_step: int | None = None
     bad_evals: int = 0
+    best_score: float | None = None  # the cheap validation's token accuracy at best_step
     stopped_early: bool = False
     tokens: int = 0
     train_seconds: float = 0.0
@@ -110,11 +114,19 @@ def answer_loss(model: CausalLM, batch: Batch, device: str) -> torch.Tensor:
 
 
 def token_losses(model: CausalLM, batch: Batch, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every answer token of a batch, and the batch row each belongs to.
-    The model body runs on every token, but the vocabulary projection only where a loss is
-    taken: prompt positions never materialise their (tokens x vocab) logits."""
+    """Cross-entropy of every answer token of a batch, and the batch row each belongs to."""
     import torch.nn.functional as F
 
+    logits, targets, rows = answer_logits(model, batch, device)
+    return F.cross_entropy(logits.float(), targets, reduction="none"), rows
+
+
+def answer_logits(
+    model: CausalLM, batch: Batch, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits at every answer token of a batch, its target token, and the batch row it
+    belongs to. The model body runs on every token, but the vocabulary projection only where a
+    loss is taken: prompt positions never materialise their (tokens x vocab) logits."""
     lm = causal_lm(model)
     body = getattr(lm, lm.base_model_prefix)
     targets = batch.targets.to(device)
@@ -127,8 +139,7 @@ def token_losses(model: CausalLM, batch: Batch, device: str) -> tuple[torch.Tens
         ).last_hidden_state
         where = targets != IGNORE
         logits = lm.get_output_embeddings()(hidden[where])
-    losses = F.cross_entropy(logits.float(), targets[where], reduction="none")
-    return losses, where.nonzero()[:, 0]
+    return logits, targets[where], where.nonzero()[:, 0]
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
@@ -151,15 +162,15 @@ def total_steps(cfg: LoopConfig, n_examples: int) -> tuple[int, int]:
 
 
 def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
-    """Validation loss and the task's main metric on greedy generations. Each process takes
-    its share of the examples and records; the sums and answers are gathered."""
+    """The cheap validation run every `eval_every` steps: loss and teacher-forced token
+    accuracy (the share of answer tokens the model would predict next) on the validation
+    sample, one forward pass and no generation. Each process takes its share of the examples;
+    the sums are gathered."""
     import torch
-
-    from whetstone.models.generate import generate
-    from whetstone.prompts import chat, normalise_answer
+    import torch.nn.functional as F
 
     s.model.eval()
-    loss_sum, n = 0.0, 0
+    loss_sum, correct, n = 0.0, 0, 0
     mine = s.procs.share(list(range(len(s.val_examples))))
     with torch.no_grad():
         for start in range(0, len(mine), s.cfg.batch_size):
@@ -172,9 +183,26 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
                 pad_id=pad_id,
                 prefix=s.val_prefix,
             )
-            loss_sum += float(answer_loss(s.model, batch, device))
+            logits, targets, _ = answer_logits(s.model, batch, device)
+            loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
             n += batch.target_tokens
-    loss_sum, targets = s.procs.sum([loss_sum, n])  # over all processes
+    total_loss, hits, targets_n = s.procs.sum([loss_sum, correct, n])  # over all processes
+    s.model.train()
+    return {
+        "val_loss": total_loss / max(targets_n, 1),
+        "token_accuracy": hits / max(targets_n, 1),
+        "metric": None,
+    }
+
+
+def generation_metric(s: Setup) -> float:
+    """The task's own metric on greedy generations of the validation sample: what the
+    checkpoint choice at the end of a run is made by. Each process generates its share."""
+    from whetstone.models.generate import generate
+    from whetstone.prompts import chat, normalise_answer
+
+    s.model.eval()
     recs = s.procs.share(list(enumerate(s.val_records)))
     gens = (
         generate(
@@ -191,9 +219,8 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
     answers = [(i, normalise_answer(s.task, g.text)) for (i, _), g in zip(recs, gens, strict=True)]
     by_index = dict(s.procs.gather(answers))
     preds = [by_index[i] for i in range(len(s.val_records))]
-    metric = s.metric(s.task, preds, [str(r.reference) for r in s.val_records])
     s.model.train()
-    return {"val_loss": loss_sum / max(targets, 1), "metric": float(metric)}
+    return float(s.metric(s.task, preds, [str(r.reference) for r in s.val_records]))
 
 
 def save_best(s: Setup) -> None:
@@ -215,7 +242,7 @@ def save_best(s: Setup) -> None:
         raise WhetstoneError(f"could not save the best adapter to {s.run.best_dir}: {e}") from None
 
 
-def checkpoint(s: Setup, opt: Any, sched: Any, p: Progress) -> None:
+def checkpoint(s: Setup, opt: Any, sched: Any, p: Progress, best: dict[str, Any] | None) -> None:
     try:
         save_checkpoint(
             s.run,
@@ -223,6 +250,9 @@ def checkpoint(s: Setup, opt: Any, sched: Any, p: Progress) -> None:
                 "trainable": trainable_state(s.model),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
+                # The best validation's weights, when they are not the current ones: a resumed
+                # run makes the same choice at its end as one never stopped.
+                "best": best if p.best_step != p.step else None,
             },
             p.__dict__,
         )
@@ -267,6 +297,27 @@ class Training:
     eval_every: int
     loss_of: Callable[[Batch], Any]
     p: Progress
+    best_state: dict[str, Any] | None = None  # the trainable weights at p.best_step
+
+
+# Validation's share of the compute at default settings: cheap validations take at most about
+# this fraction of the training compute (a forward pass costs about a third of a training
+# step's forward and backward per token), at most `MAX_VALIDATIONS` of them.
+VALIDATION_SHARE = 0.1
+MAX_VALIDATIONS = 4
+
+
+def default_eval_every(s: Setup, total: int) -> int:
+    """Steps between validations when the config leaves it open: up to `MAX_VALIDATIONS` a
+    run, fewer when the validation sample is large beside the training a run does (a run of
+    ten steps validates once, at its end). Counted in tokens, so the schedule is the same on
+    any machine."""
+    val_tokens = sum(len(e) for e in s.val_examples)
+    if not val_tokens or not s.train:
+        return total
+    step_tokens = sum(len(e) for e in s.train) / len(s.train) * s.cfg.batch_size * s.cfg.grad_accum
+    affordable = int(VALIDATION_SHARE * 3 * total * step_tokens / val_tokens)
+    return math.ceil(total / max(1, min(MAX_VALIDATIONS, affordable)))
 
 
 def start(s: Setup, resume: dict[str, Any] | None) -> Training:
@@ -286,12 +337,16 @@ def start(s: Setup, resume: dict[str, Any] | None) -> Training:
         opt, lambda st: lr_factor(st, total, warmup, cfg.scheduler)
     )
     p = Progress()
+    best = None
     if resume is not None:
         load_trainable_state(model, resume["trainable"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         p = Progress(**resume["progress"])
         set_rng_state(resume["rng"])
+        best = resume.get("best")
+        if best is None and p.best_step == p.step:
+            best = resume["trainable"]
     model.train()
     return Training(
         s=s,
@@ -301,9 +356,10 @@ def start(s: Setup, resume: dict[str, Any] | None) -> Training:
         opt=opt,
         sched=sched,
         total=total,
-        eval_every=cfg.eval_every or max(1, total // 5),
+        eval_every=cfg.eval_every or default_eval_every(s, total),
         loss_of=s.procs.loss_function(model, lambda m, b: answer_loss(m, b, device)),
         p=p,
+        best_state=best,
     )
 
 
@@ -373,22 +429,21 @@ def log_step(t: Training, loss: float, update: Callable[..., None]) -> None:
                 "tokens_per_s": round(tps, 1),
             }
         )
-    last = (
-        f" · val {p.evals[-1]['metric']:.3f}"
-        if p.evals and p.evals[-1]["metric"] is not None
-        else ""
-    )
+    score = p.evals[-1].get("token_accuracy") if p.evals else None
+    last = f" · val acc {score:.3f}" if score is not None else ""
     update(advance=1, info=f"loss {loss:.4f}{last} · {tps:,.0f} tok/s")
 
 
 def improves(p: Progress, row: dict[str, Any]) -> bool:
-    """Whether a validation beats the best so far: a higher metric, or the same metric at a
-    lower loss. The first one, and any without a metric, always count as the best."""
+    """Whether a validation beats the best so far: a higher token accuracy, or the same at a
+    lower loss. The first one, and any without a score (no validation split), count as best."""
+    score = row.get("token_accuracy")
     return (
         p.best_step is None
-        or row["metric"] is None
-        or row["metric"] > p.best_metric
-        or (row["metric"] == p.best_metric and row["val_loss"] < p.best_val_loss)
+        or score is None
+        or p.best_score is None
+        or score > p.best_score
+        or (score == p.best_score and row["val_loss"] < p.best_val_loss)
     )
 
 
@@ -403,12 +458,14 @@ def run_validation(t: Training) -> None:
     row = {"kind": "validation", "step": p.step, "epoch": p.epoch, **row}
     better = improves(p, row)
     if better:
-        p.best_metric, p.best_val_loss, p.best_step, p.bad_evals = (
-            row["metric"],
+        p.best_score, p.best_val_loss, p.best_step, p.bad_evals = (
+            row.get("token_accuracy"),
             row["val_loss"],
             p.step,
             0,
         )
+        # Kept (and checkpointed) for the choice at the end, `choose_checkpoint`.
+        t.best_state = trainable_state(s.model) if s.val_records else None
     else:
         p.bad_evals += 1
     p.evals.append(row)
@@ -422,19 +479,57 @@ def run_validation(t: Training) -> None:
     s.procs.on_main(write)
 
 
+def choose_checkpoint(t: Training) -> None:
+    """The one generation pass of a run: the task's metric on the validation sample for the
+    weights the cheap validations chose (best/) and, when they differ, for the final weights;
+    the better of the two ends in best/ and gives the run its `best_metric`."""
+    s, p = t.s, t.p
+    if not s.val_records:
+        return
+    t0 = time.perf_counter()
+    scores = {p.step: generation_metric(s)}
+    if p.best_step is not None and p.best_step != p.step and t.best_state is not None:
+        latest = trainable_state(s.model)
+        load_trainable_state(s.model, t.best_state)
+        scores[p.best_step] = generation_metric(s)
+        load_trainable_state(s.model, latest)
+    # Only a checkpoint from before this version lacks the best weights: best/ stands then.
+    known_best = p.best_step in scores
+    chosen = max(scores, key=lambda step: (scores[step], step == p.best_step))
+    if known_best and chosen != p.best_step:  # the final weights: the last validation's row
+        last = p.evals[-1]
+        p.best_step, p.best_score, p.best_val_loss = (
+            chosen,
+            last["token_accuracy"],
+            last["val_loss"],
+        )
+        s.procs.on_main(lambda: save_best(s))
+    p.best_metric = scores[chosen] if known_best else None
+    p.eval_seconds += time.perf_counter() - t0
+    row = {
+        "kind": "checkpoint_choice",
+        "step": p.step,
+        "metric_by_step": {str(k): v for k, v in scores.items()},
+        "chosen_step": p.best_step,
+        "metric": p.best_metric,
+    }
+    p.evals.append(row)
+    s.procs.on_main(lambda: s.run.log(row))
+
+
 def validation_line(t: Training, loss: float) -> str:
     """The line a log file gets for the latest validation."""
     ev = t.p.evals[-1]
     val_loss = ev["val_loss"] if ev["val_loss"] is None else round(ev["val_loss"], 4)
     return (
         f"step {t.p.step}/{t.total} · loss {loss:.4f} · val loss {val_loss} · "
-        f"val metric {ev['metric']}"
+        f"val token accuracy {ev.get('token_accuracy')}"
     )
 
 
 def save_progress(t: Training) -> None:
     """The resumable checkpoint, written by the main process."""
-    t.s.procs.on_main(lambda: checkpoint(t.s, t.opt, t.sched, t.p))
+    t.s.procs.on_main(lambda: checkpoint(t.s, t.opt, t.sched, t.p, t.best_state))
 
 
 def train_epoch(
@@ -474,4 +569,6 @@ def train_loop(s: Setup, *, resume: dict[str, Any] | None = None, show: bool = T
         if p.best_step is None:  # stopped before any validation (e.g. resumed a finished run)
             run_validation(t)
             save_progress(t)
+        note("choosing the checkpoint by the task's metric on generations")
+        choose_checkpoint(t)
     return p

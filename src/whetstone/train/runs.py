@@ -116,11 +116,16 @@ class Run:
             )
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        if val and any(r.get("metric") is not None for r in val):
+        # A language-model run validates by token accuracy, the label head by its metric.
+        pts = [
+            (r["step"], score)
+            for r in val
+            if (score := r.get("token_accuracy", r.get("metric"))) is not None
+        ]
+        if pts:
             ax2 = ax.twinx()
-            pts = [(r["step"], r["metric"]) for r in val if r.get("metric") is not None]
-            ax2.plot(*zip(*pts, strict=True), "s-", color="tab:green", label="validation metric")
-            ax2.set_ylabel("validation metric")
+            ax2.plot(*zip(*pts, strict=True), "s-", color="tab:green", label="validation score")
+            ax2.set_ylabel("validation token accuracy / metric")
             ax2.set_ylim(0, 1)
             ax2.legend(loc="upper right")
         ax.legend(loc="upper left")

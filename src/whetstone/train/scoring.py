@@ -30,12 +30,15 @@ def reference_losses(
     row) as training does, and the loss taken as training takes it (`token_losses`)."""
     import torch
 
+    from whetstone.progress import progress
+
     examples = [encode_pair(tok, task, inp, ref) for inp, ref in pairs]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     dev = str(next(model.parameters()).device)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     out = [0.0] * len(examples)
-    with torch.inference_mode():
+    with torch.inference_mode(), progress() as bar:
+        tid = bar.add_task("score losses", total=len(order), info="")
         for at in range(0, len(order), batch_size):
             idx = order[at : at + batch_size]
             losses, row_of = token_losses(model, collate([[examples[i]] for i in idx], pad_id), dev)
@@ -43,4 +46,5 @@ def reference_losses(
             counts = torch.bincount(row_of.cpu(), minlength=len(idx))
             for b, i in enumerate(idx):
                 out[i] = float(sums[b] / counts[b])
+            bar.advance(tid, len(idx))
     return out

@@ -251,17 +251,18 @@ def _follow(trial: Any, child: Any, project: Project, known: set[str], config_ya
             trial.set_user_attr("run_id", run.id)
         for row in _validations(run, reported):
             reported += 1
-            if row.get("metric") is None:
+            # A language-model run's validations score by token accuracy (its task metric on
+            # generations comes once, at the end); the label head's by its metric.
+            score = row.get("token_accuracy", row.get("metric"))
+            if score is None:
                 continue
-            trial.report(float(row["metric"]), reported)
+            trial.report(float(score), reported)
             # A child that already ended has registered its adapter: too late to prune.
             if alive and trial.should_prune():
                 child.kill()
                 child.join()
                 run.write_info(status="pruned", pruned_at_validation=reported)
-                raise optuna.TrialPruned(
-                    f"validation {reported}: {row['metric']:.4f} below the median"
-                )
+                raise optuna.TrialPruned(f"validation {reported}: {score:.4f} below the median")
         if not alive:
             return
         time.sleep(POLL_S)
