@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from whetstone.errors import InvalidInput
+from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import Kind, Record, Source, Status, canonical_json, content_key
 
@@ -45,7 +46,7 @@ class DemoPlan:
     serve: bool = False
     minutes: float | None = None  # stop starting new turns once this budget would be passed
     train: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRAIN))
-    eval_batch_size: int = 64  # the fastest batch for greedy decoding on 2 CPU cores
+    eval_batch_size: int = GENERATE_BATCH
     max_new_tokens: int = 160  # the longest demo answer is ~110 tokens
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import utcnow
 from whetstone.util import atomic_write_text, write_jsonl
@@ -38,7 +39,7 @@ class FlywheelConfig(BaseModel):
     tune_timeout: float | None = Field(None, gt=0, description="seconds for the search")
     gate: dict[str, Any] = Field(default_factory=dict, description="promotion gate settings")
     split: str = Field("test", description="held-out split the gate and report use")
-    eval_batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(GENERATE_BATCH, ge=1)
     max_new_tokens: int | None = Field(
         None, ge=1, description="answer length cap when evaluating; default: from the references"
     )

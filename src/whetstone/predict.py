@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from whetstone.errors import InvalidInput
-from whetstone.models.generate import Generation, generate
+from whetstone.models.generate import GENERATE_BATCH, Generation, generate
 from whetstone.project import Project
 from whetstone.prompts import chat, normalise_answer
 from whetstone.records import Input, Record, Task
@@ -29,7 +29,7 @@ class Predictor:
         self,
         inputs: list[Input],
         *,
-        batch_size: int = 16,
+        batch_size: int = GENERATE_BATCH,
         max_new_tokens: int = 256,
         on_batch: Callable[[int], None] | None = None,
     ) -> list[Generation]:
@@ -69,7 +69,7 @@ def predict_records(
     predictor: Predictor,
     records: list[Record],
     *,
-    batch_size: int = 16,
+    batch_size: int = GENERATE_BATCH,
     max_new_tokens: int = 256,
 ) -> list[tuple[Record, Generation]]:
     """Answer records that have no output yet and store output, model and confidence."""

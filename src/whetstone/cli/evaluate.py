@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from whetstone.cli import common
+from whetstone.models.generate import GENERATE_BATCH
 
 if TYPE_CHECKING:
     from whetstone.evaluate.compare import Comparison
@@ -51,7 +52,7 @@ def eval_cmd(
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="Only the first N records.")
     ] = None,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = GENERATE_BATCH,
     max_new_tokens: MaxNewTokens = None,
     base_model: BaseModel = None,
     metric: Annotated[
@@ -110,7 +111,7 @@ def compare_cmd(
     split: Split = "test",
     snapshot: Snapshot = None,
     rerun: Rerun = False,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = GENERATE_BATCH,
     max_new_tokens: MaxNewTokens = None,
     base_model: BaseModel = None,
     as_json: AsJson = False,

@@ -16,6 +16,7 @@ from whetstone.evaluate.stats import (
     paired_bootstrap,
     percentile,
 )
+from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import Kind, Task
 
@@ -59,7 +60,7 @@ def compare(
     snapshot_id: str | None = None,
     *,
     reuse: bool = True,
-    batch_size: int = 16,
+    batch_size: int = GENERATE_BATCH,
     max_new_tokens: int | None = None,
     base_model: str | None = None,
     resamples: int = DEFAULT_RESAMPLES,

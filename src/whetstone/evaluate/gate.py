@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from whetstone import neardup, registry
 from whetstone.errors import InvalidInput, WhetstoneError, from_validation
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import utcnow
 
@@ -51,7 +52,7 @@ class GateConfig(BaseModel):
     near_duplicate: float = Field(neardup.THRESHOLD, gt=0, le=1)
     split: str = "test"
     snapshot: str | None = None
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(GENERATE_BATCH, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)  # default: the task's decode budget
     resamples: int = Field(DEFAULT_RESAMPLES, ge=100)
     seed: int = DEFAULT_SEED

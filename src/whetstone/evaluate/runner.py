@@ -15,6 +15,7 @@ from typing import Any
 from whetstone.errors import InvalidInput, WhetstoneError
 from whetstone.evaluate import metrics as m
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, intervals, percentile
+from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import Kind, Record, Source, Task, canonical_json, content_key, utcnow
 from whetstone.store import evaluations as stored
@@ -206,7 +207,7 @@ def evaluate(
     snapshot_id: str | None = None,
     *,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = GENERATE_BATCH,
     max_new_tokens: int | None = None,
     base_model: str | None = None,
     metric: str | None = None,

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from whetstone.models.types import InferenceModel, Tokenizer
 
 
+# The default batch of greedy decoding: a decode step's cost is mostly per-step overhead until
+# the batch is large (bundled 135M model on 2 CPU cores: 46 ms a step at 1 row, 127 ms at 16,
+# 149 ms at 32; 128 address records evaluated in 95 s at 64 against 174 s at 16). Answers do
+# not depend on the batch: padding is masked, positions are those of an unpadded prompt.
+GENERATE_BATCH = 64
+
+
 @dataclass
 class Generation:
     text: str
@@ -117,7 +124,7 @@ def generate(
     chats: list[list[dict[str, str]]],
     *,
     max_new_tokens: int = 256,
-    batch_size: int = 16,
+    batch_size: int = GENERATE_BATCH,
     max_prompt_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     share_prefix: bool = True,

@@ -210,7 +210,6 @@ def generation_metric(s: Setup) -> float:
             s.tok,
             [chat(s.task, r.input) for _, r in recs],
             max_new_tokens=s.max_new_tokens,
-            batch_size=16,
             max_prompt_tokens=s.cfg.max_length,
         )
         if recs

@@ -7,8 +7,11 @@ median of earlier ones at the same point. A child also gives its memory back whe
 so a long study does not grow, and a crashed trial does not end the study.
 
 Sampler: TPE with a fixed seed. Pruner: MedianPruner. The step a value is reported at is the
-validation's ordinal (1st, 2nd, ...): validations fall at the same fractions of every trial
-(`eval_every` defaults to a fifth of the run), so trials of different lengths compare.
+validation's ordinal (1st, 2nd, ...), its value the validation's token accuracy: validations
+fall at the same fractions of every trial (`eval_every` defaults to a quarter of the run, or
+the whole run when validating would cost more than a tenth of training), so trials of
+different lengths compare. A trial's value is its run's `best_metric`, the task's metric on
+generations at the end of the run.
 
 Search space (each can be narrowed through `base` or `methods`):
     method     the methods whose config says `tuned_by_default` and that train the task's kind
