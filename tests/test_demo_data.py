@@ -185,3 +185,90 @@ def test_cli_demo_data(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "Added 0 demo addresses" in again.output
     bad = runner.invoke(app, ["--project", str(tmp_path), "demo-data", "--limit", "-1"])
     assert isinstance(bad.exception, InvalidInput)
+
+
+# What scripts/convert_intents.py makes of bigbench 1.0.0's intent_recognition task.json.
+INTENT_COUNTS = {
+    "add_to_playlist": 122,
+    "book_restaurant": 92,
+    "get_weather": 103,
+    "play_music": 86,
+    "rate_book": 80,
+    "search_creative_work": 104,
+    "search_screening_event": 106,
+}
+
+
+def test_committed_intents_have_the_expected_labels_and_counts() -> None:
+    rows = [json.loads(line) for line in (DATA / "intents.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(INTENT_COUNTS.values()) == 693
+    assert Counter(r["reference"] for r in rows) == INTENT_COUNTS
+    assert all(set(r) == {"id", "input", "reference"} for r in rows)
+    assert len({r["id"] for r in rows}) == len({r["input"] for r in rows}) == len(rows)
+    # Short prompts for a small model: one sentence each, no BIG-bench prefix left.
+    assert max(len(r["input"]) for r in rows) < 200
+    assert not any(r["input"].startswith("Utterance:") for r in rows)
+    assert demo_data.intent_labels() == tuple(sorted(INTENT_COUNTS))
+    assert all(label in demo_data.intents_instruction() for label in INTENT_COUNTS)
+    notice = (DATA / "NOTICE-intents.txt").read_text()
+    assert "Apache License" in notice and "canary GUID" in notice
+
+
+def test_intents_converter_on_a_tiny_sdist(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("conv", ROOT / "scripts" / "convert_intents.py")
+    assert spec is not None and spec.loader is not None
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    task = {
+        "canary": "canary GUID x",
+        "examples": [
+            {"input": "Utterance: play jazz", "target_scores": {"play_music": 1, "rate_book": 0}},
+            {"input": "Utterance: play jazz", "target_scores": {"play_music": 1, "rate_book": 0}},
+            {"input": "Utterance: 5 stars", "target_scores": {"play_music": 0, "rate_book": 1}},
+        ],
+    }
+    data = json.dumps(task).encode()
+    sdist = tmp_path / "bigbench-1.0.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        info = tarfile.TarInfo(f"bigbench-1.0.0/{conv.TASK_JSON}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    rows = conv.convert(conv.find_task_json(tmp_path))
+    assert rows == [
+        {"id": "intents-001", "input": "play jazz", "reference": "play_music"},
+        {"id": "intents-003", "input": "5 stars", "reference": "rate_book"},
+    ]
+    task["examples"][0]["target_scores"]["rate_book"] = 1
+    with pytest.raises(SystemExit, match="example 1 has 2 correct intents"):
+        conv.convert(task)
+
+
+def test_load_demo_classify(tmp_path: Path) -> None:
+    p = whetstone.init(tmp_path)
+    task, added = demo_data.load_demo_classify(p, limit=30)
+    assert (task.kind, added) == (Kind.classify, 30)
+    assert task.labels == sorted(INTENT_COUNTS) and task.instruction
+    assert demo_data.load_demo_classify(p, limit=30)[1] == 0
+    rec = p.store.list_records("intents")[0]
+    assert (rec.input, rec.reference) == demo_data.intent_rows(1)[0]
+    assert (rec.status, rec.source, rec.tags) == (Status.accepted, Source.imported, ["demo"])
+    p.create_task("two", "classify", labels=["play_music", "rate_book"])
+    with pytest.raises(InvalidInput, match="demo row intents-001: label 'add_to_playlist'"):
+        demo_data.load_demo_classify(p, "two")
+    with pytest.raises(InvalidInput, match="is a generate task"):
+        p.create_task("gen", "generate")
+        demo_data.load_demo_classify(p, "gen")
+
+
+def test_cli_demo_data_intents(tmp_path: Path) -> None:
+    whetstone.init(tmp_path)
+    runner = CliRunner()
+    args = ["--project", str(tmp_path), "demo-data", "--dataset", "intents", "--limit", "5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Added 5 demo requests to task intents (classify, metric accuracy)" in result.output
+    assert f'whetstone predict --task intents "{demo_data.INTENTS_TRY_IT}"' in result.output
+    bad = runner.invoke(app, ["--project", str(tmp_path), "demo-data", "--dataset", "nope"])
+    assert isinstance(bad.exception, InvalidInput) and "choose from addresses, intents" in str(
+        bad.exception
+    )

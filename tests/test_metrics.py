@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
+from whetstone.errors import InvalidInput
 from whetstone.evaluate import metrics as m
 from whetstone.evaluate.stats import bootstrap, intervals, mcnemar, paired_bootstrap, wilson
 from whetstone.records import Task
@@ -167,3 +170,63 @@ def test_mcnemar_known_values() -> None:
     # 30 vs 10 discordant: chi2 = (20 - 1)^2 / 40 = 9.025, p = 0.002663 (scipy.stats.chi2.sf)
     big = mcnemar([1] * 30 + [0] * 10, [0] * 30 + [1] * 10)
     assert big["method"] == "chi2" and big["p_value"] == pytest.approx(0.0026636, rel=1e-3)
+
+
+# ---- calibration -------------------------------------------------------------------------
+def test_ece_of_calibrated_answers_is_zero() -> None:
+    # 20 answers at probability 0.75 of which 15 are right, 20 at 0.35 of which 7 are right.
+    conf = [math.log(0.75)] * 20 + [math.log(0.35)] * 20
+    correct = [1.0] * 15 + [0.0] * 5 + [1.0] * 7 + [0.0] * 13
+    cal = m.calibration(conf, correct)
+    assert cal["ece"] == pytest.approx(0.0, abs=1e-9) and cal["n"] == 40
+    assert [b["n"] for b in cal["bins"]] == [0, 0, 0, 20, 0, 0, 0, 20, 0, 0]
+    assert cal["bins"][7]["accuracy"] == pytest.approx(0.75)
+    assert cal["bins"][7]["confidence"] == pytest.approx(0.75)
+    assert cal["bins"][0]["confidence"] is None and cal["bins"][0]["accuracy"] is None
+
+
+def test_ece_of_overconfident_answers() -> None:
+    # Certain (log-prob 0, in the top bin) and right half the time: ECE 0.5.
+    assert m.calibration([0.0] * 4, [1.0, 0.0, 1.0, 0.0])["ece"] == pytest.approx(0.5)
+    # 10 at 0.93 (6 right), 10 at 0.97 (all right): one bin of mean 0.95 and accuracy 0.8 at
+    # 10 bins; at 20 bins two: |0.6 - 0.93| / 2 + |1.0 - 0.97| / 2.
+    conf = [math.log(0.93)] * 10 + [math.log(0.97)] * 10
+    correct = [1.0] * 6 + [0.0] * 4 + [1.0] * 10
+    cal = m.calibration(conf, correct)
+    assert cal["ece"] == pytest.approx(0.15) and cal["bins"][-1]["n"] == 20
+    assert m.calibration(conf, correct, bins=20)["ece"] == pytest.approx(0.18)
+
+
+def test_ece_leaves_out_answers_without_confidence() -> None:
+    cal = m.calibration([None, None, math.log(0.55), math.log(0.55)], [0.0, 0.0, 1.0, 0.0])
+    assert cal["n"] == 2 and cal["ece"] == pytest.approx(0.05)
+    assert m.calibration([None], [1.0])["ece"] is None
+    with pytest.raises(InvalidInput, match="at least one bin"):
+        m.calibration([0.0], [1.0], bins=0)
+
+
+ITEMS = Task(name="items", kind="generate", metric="item_f1")
+
+
+def test_item_f1_on_list_answers() -> None:
+    # JSON arrays and comma / newline lists name the same normalised items, in any order.
+    assert m.item_f1('["Paris", "Rome"]', "rome, paris") == 1.0
+    assert m.item_f1("- Paris\n- The Rome.\n", '["paris","rome"]') == 1.0
+    # 1 shared item of 2 predicted and 3 wanted: 2*1 / (2+3).
+    assert m.item_f1("Paris, Oslo", "Paris\nRome\nMadrid") == pytest.approx(0.4)
+    assert m.item_f1("Oslo", "Paris") == 0.0
+    assert m.item_f1("", "[]") == 1.0 and m.item_f1("", "Paris") == 0.0
+    # Repeats count once: it is a set F1.
+    assert m.item_f1("Paris, paris, Rome", "Paris, Rome") == 1.0
+    assert m.answer_items('[1, 2.5, "x, y"]') == {"1", "25", "x y"}  # an element stays whole
+
+
+def test_item_f1_is_the_main_metric_only_where_chosen() -> None:
+    preds, refs = ["Paris, Rome", "Oslo"], ["rome, paris", "Oslo, Bern"]
+    assert m.main_score(ITEMS, preds, refs) == pytest.approx((1.0 + 2 / 3) / 2)
+    assert m.columns(ITEMS, preds, refs).main == "item_f1"
+    assert "item_f1" not in m.aggregate(GEN, preds, refs)
+    assert m.main_score(GEN, preds, refs) == 0.0  # exact match: neither answer is verbatim
+    bad = Task(name="c", kind="classify", labels=["a"], metric="item_f1")
+    with pytest.raises(InvalidInput, match="metric 'item_f1' is not one of"):
+        m.main_score(bad, ["a"], ["a"])

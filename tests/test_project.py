@@ -187,8 +187,6 @@ def test_python_door_errors(project: Project) -> None:
         project.create_task("t", "regress")
     with pytest.raises(InvalidInput, match="task name: task names use letters"):
         project.create_task("bad name!", "generate")
-    with pytest.raises(InvalidInput, match="a classify task needs --labels"):
-        project.create_task("c", "classify")
     with pytest.raises(InvalidInput, match="not a valid JSON Schema"):
         project.create_task("e", "extract", schema={"type": "no-such-type"})
     with pytest.raises(NotFound, match="unknown task 'nope'"):

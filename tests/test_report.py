@@ -32,8 +32,17 @@ class Answers:
         self.answers = {r.input: answer(i, r) for i, r in enumerate(records)}
 
     def __call__(self, inputs: list[Any], **kw: Any) -> list[Generation]:
+        # A classify answer comes as label-likelihood scoring gives it (with label
+        # probabilities), so the report's gate settings reuse these evaluations.
+        probs = {label: 1.0 for label in kw.get("labels") or []} or None
         return [
-            Generation(text=self.answers[i], confidence=0.0, output_tokens=1, latency_ms=2.0)
+            Generation(
+                text=self.answers[i],
+                confidence=0.0,
+                output_tokens=1,
+                latency_ms=2.0,
+                label_probs=probs,
+            )
             for i in inputs
         ]
 
@@ -154,11 +163,20 @@ def test_report_is_self_contained_with_sections_escaped_text_and_pngs(classify: 
         assert f"<h3>{group} " in page
     assert "3 of 30 records failed" in page
     pngs = sorted(x.name for x in path.parent.glob("*.png"))
-    assert pngs == ["t-1-confusion.png", "t-1-curves.png", "t-1-slices.png"]
+    assert pngs == [
+        "t-1-confusion.png",
+        "t-1-curves.png",
+        "t-1-reliability.png",
+        "t-1-slices.png",
+    ]
     for name in pngs:
         data = (path.parent / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 2000
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
+    # Every answer was certain (confidence 0): the candidate's calibration error is its error
+    # rate; no training split here, so no embedding baseline, and the page says why.
+    assert "Calibration and the embedding baseline" in page and "0.100" in page
+    assert "No embedding baseline: snapshot" in page and "no labelled training records" in page
 
 
 def test_report_output_path_and_missing_curves(classify: Any, tmp_path: Path) -> None:

@@ -368,6 +368,37 @@ def test_a_store_with_an_integer_version_keeps_its_migrations(store_url: str) ->
     s.close()
 
 
+def test_m004_adds_prediction_confidence_to_a_store_of_the_old_schema(store_url: str) -> None:
+    # A store as m003 left it, holding an evaluation with a prediction (no confidence column).
+    engine = sa.create_engine(normalise_url(store_url))
+    migrate(engine, upto="m003_curation")
+    with engine.begin() as c:
+        cols = {col["name"] for col in sa.inspect(c).get_columns("predictions")}
+        assert "confidence" not in cols
+        for sql in (
+            "INSERT INTO tasks (name, kind, created_at) VALUES ('t', 'classify', 'now')",
+            "INSERT INTO records (id, task, input, input_text, status, source, tags, meta, "
+            "created_at, updated_at) VALUES (1, 't', '\"x\"', 'x', 'unreviewed', 'import', "
+            "'[]', '{}', 'now', 'now')",
+            "INSERT INTO evaluations (id, task, model, split, metrics, info, created_at) "
+            "VALUES ('e1', 't', 'base:m', 'test', '{}', '{}', 'now')",
+            "INSERT INTO predictions (evaluation_id, record_id, prediction, scores) "
+            "VALUES ('e1', 1, 'yes', '{}')",
+        ):
+            c.execute(sa.text(sql))
+    engine.dispose()
+    s = Store(store_url)  # migrates m004 (and any later ones)
+    with s.engine.connect() as c:
+        assert "m004_prediction_confidence" in [r[0] for r in c.execute(sa.select(APPLIED.c.name))]
+        old = c.execute(sa.select(schema.predictions)).mappings().one()
+    assert old["prediction"] == "yes" and old["confidence"] is None
+    with s.begin() as c:
+        c.execute(schema.predictions.update().values(confidence=-0.25))
+    with s.engine.connect() as c:
+        assert c.execute(sa.select(schema.predictions.c.confidence)).scalar_one() == -0.25
+    s.close()
+
+
 def test_a_store_with_a_newer_integer_version_is_refused(store_url: str) -> None:
     engine = sa.create_engine(normalise_url(store_url))
     with engine.begin() as c:

@@ -1,8 +1,12 @@
-"""The bundled demo task: 1,488 hand-labelled US addresses to extract the parts of.
+"""The bundled demo tasks: 1,488 hand-labelled US addresses to extract the parts of, and
+693 voice-assistant requests to classify by intent.
 
-The data is the `usaddress` project's training set (MIT licence, see data/NOTICE-usaddress.txt),
-converted by scripts/convert_usaddress.py into `data/addresses.jsonl` (one
-`{"id", "input", "reference"}` per line) and `data/addresses.schema.json`.
+The addresses are the `usaddress` project's training set (MIT licence, see
+data/NOTICE-usaddress.txt), converted by scripts/convert_usaddress.py into
+`data/addresses.jsonl` (one `{"id", "input", "reference"}` per line) and
+`data/addresses.schema.json`. The intents are the SNIPS utterances of BIG-bench's
+intent_recognition task (Apache 2.0, see data/NOTICE-intents.txt), converted by
+scripts/convert_intents.py into `data/intents.jsonl` (same row shape, the reference a label).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ if TYPE_CHECKING:
     from whetstone.project import Project
 
 DEMO_TAG = "demo"
+DATASETS = ("addresses", "intents")
 DATA_FILE = "addresses.jsonl"
+INTENTS_FILE = "intents.jsonl"
 SCHEMA_FILE = "addresses.schema.json"
 TRY_IT = "123 Main St, Springfield IL 62704"
 
@@ -36,8 +42,8 @@ def demo_schema() -> dict[str, Any]:
 
 
 @cache
-def _rows() -> tuple[tuple[str, str, dict[str, Any]], ...]:
-    rows = (json.loads(line) for line in _data(DATA_FILE).splitlines())
+def _rows(name: str = DATA_FILE) -> tuple[tuple[str, str, Any], ...]:
+    rows = (json.loads(line) for line in _data(name).splitlines())
     return tuple((r["id"], r["input"], r["reference"]) for r in rows)
 
 
@@ -119,5 +125,72 @@ def _demo_task(project: Project, name: str) -> Task:
         raise InvalidInput(
             f"task {name!r} exists and is a {t.kind.value} task; the demo addresses need an "
             "extract task (pass another --task name)"
+        )
+    return t
+
+
+INTENTS_TRY_IT = "Play something by Nina Simone on Spotify"
+
+
+def intent_rows(limit: int | None = None) -> list[tuple[str, str]]:
+    """(utterance, intent label) pairs in file order, the first `limit` of them."""
+    return [(text, ref) for _, text, ref in _rows(INTENTS_FILE)[:limit]]
+
+
+@cache
+def intent_labels() -> tuple[str, ...]:
+    """The intents the bundled utterances use, sorted."""
+    return tuple(sorted({ref for _, _, ref in _rows(INTENTS_FILE)}))
+
+
+def intents_instruction() -> str:
+    # The labels are named in the prompt: a classify task's answer must be one of them, and
+    # the base model cannot guess snake_case names it has never seen.
+    return (
+        "Classify the request to a voice assistant by its intent. Answer with exactly one of "
+        f"these labels: {', '.join(intent_labels())}."
+    )
+
+
+def load_demo_classify(
+    project: Project, task: str = "intents", limit: int | None = None
+) -> tuple[Task, int]:
+    """Create the `classify` task `task` (with the intent labels and an instruction) if it is
+    missing and import the bundled utterances into it as accepted records. Returns the task
+    and how many records were added; re-running adds nothing."""
+    if limit is not None and limit < 0:
+        raise InvalidInput(f"--limit must be 0 or more, not {limit}")
+    t = _intents_task(project, task)
+    records = []
+    for row_id, text, ref in _rows(INTENTS_FILE)[:limit]:
+        # The task may predate this data, with other labels: name the row that does not fit.
+        label = t.check_reference(ref, where=f"demo row {row_id}")
+        records.append(
+            Record(
+                task=task,
+                input=text,
+                reference=label,
+                status=Status.accepted,
+                source=Source.imported,
+                tags=[DEMO_TAG],
+                meta={"demo_id": row_id},
+                source_key=content_key("demo:intents", text, label),
+            )
+        )
+    added = project.store.add_records(records)
+    return t, sum(rid is not None for rid in added)
+
+
+def _intents_task(project: Project, name: str) -> Task:
+    try:
+        t = project.task(name)
+    except NotFound:
+        return project.create_task(
+            name, Kind.classify, instruction=intents_instruction(), labels=list(intent_labels())
+        )
+    if t.kind != Kind.classify:
+        raise InvalidInput(
+            f"task {name!r} exists and is a {t.kind.value} task; the demo intents need a "
+            "classify task (pass another --task name)"
         )
     return t

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from whetstone.errors import InvalidInput
 from whetstone.models.generate import GENERATE_BATCH, Generation, generate
 from whetstone.project import Project
 from whetstone.prompts import chat, normalise_answer
-from whetstone.records import Input, Record, Task
+from whetstone.records import Input, Kind, Record, Task
 
 if TYPE_CHECKING:
-    from whetstone.models.types import InferenceModel, Tokenizer
+    from whetstone.models.types import CausalLM, InferenceModel, Tokenizer
 
 
 @dataclass
@@ -32,8 +32,16 @@ class Predictor:
         batch_size: int = GENERATE_BATCH,
         max_new_tokens: int = 256,
         on_batch: Callable[[int], None] | None = None,
+        labels: list[str] | None = None,
     ) -> list[Generation]:
+        """The model's answer to each input. A classify task with labels (`labels`, else the
+        task's) is answered by label likelihood (`models.label_scoring`), not generation,
+        unless the model is a label head, which answers with its own labels."""
         chats = [chat(self.task, i) for i in inputs]
+        choices = labels if labels is not None else self.task.labels
+        if self.answers_by_likelihood(choices):
+            assert choices
+            return self._score_labels(chats, choices, batch_size, on_batch)
         gens = generate(
             self.model,
             self.tokenizer,
@@ -45,6 +53,36 @@ class Predictor:
         for g in gens:
             g.text = normalise_answer(self.task, g.text)
         return gens
+
+    def answers_by_likelihood(self, labels: list[str] | None) -> bool:
+        """Whether a call with these labels scores them rather than generating."""
+        label_head = getattr(self.model, "answer_greedy", None) is not None
+        return self.task.kind == Kind.classify and bool(labels) and not label_head
+
+    def _score_labels(
+        self,
+        chats: list[list[dict[str, str]]],
+        labels: list[str],
+        batch_size: int,
+        on_batch: Callable[[int], None] | None,
+    ) -> list[Generation]:
+        from whetstone.models.label_scoring import score_labels
+
+        # answers_by_likelihood ruled out a label head: this is a causal LM.
+        lm = cast("CausalLM", self.model)
+        scored = score_labels(
+            lm, self.tokenizer, chats, labels, batch_size=batch_size, on_batch=on_batch
+        )
+        return [
+            Generation(
+                text=s.label,
+                confidence=s.confidence,
+                output_tokens=s.tokens,
+                latency_ms=s.latency_ms,
+                label_probs=s.probs,
+            )
+            for s in scored
+        ]
 
 
 def load_predictor(

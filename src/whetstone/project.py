@@ -157,8 +157,8 @@ class Project:
             )
         except pydantic.ValidationError as e:
             raise InvalidInput(f"task {from_validation(e)}") from None
-        if task.kind == Kind.classify and not labels:
-            raise InvalidInput("a classify task needs --labels")
+        # A classify task may start without labels: the first import takes them from its
+        # references (formats.read_file), the way users bring labelled files.
         if schema is not None:
             import jsonschema
 

@@ -43,7 +43,17 @@ def import_(
     reference_col: Annotated[
         str | None,
         typer.Option(
-            "--reference-col", help="Reference column (csv/parquet/hf; default reference)."
+            "--reference-col",
+            "--label-col",
+            help="Reference (label) column (csv/parquet/hf; default reference).",
+        ),
+    ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            "--label-map",
+            help="LABEL=VALUE,...: the label each raw value of the reference column becomes, "
+            "e.g. fresh=1,rotten=0; rows with other values are skipped and counted.",
         ),
     ] = None,
     source: Annotated[
@@ -75,13 +85,19 @@ def import_(
         reference_col=reference_col,
         source=source,
         status=status,
+        label_map=formats.parse_label_map(label_map),
+    )
+    skipped = (
+        f", {report.skipped} skipped (value not in --label-map)" if label_map is not None else ""
     )
     common.out.print(
         f"Imported {file} ({report.format}) into task {task}: {report.added} added, "
-        f"{report.duplicates} duplicate(s), {report.rejected} rejected",
+        f"{report.duplicates} duplicate(s), {report.rejected} rejected{skipped}",
         markup=False,
         highlight=False,
     )
+    for note in report.notes:
+        common.out.print(f"note: {note}", markup=False, highlight=False)
     if report.rejected_path is not None:
         common.out.print(
             f"Rejected rows, with reasons: {report.rejected_path}", markup=False, highlight=False

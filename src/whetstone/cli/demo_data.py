@@ -1,4 +1,4 @@
-"""`whetstone demo-data`: load the bundled address data into a project."""
+"""`whetstone demo-data`: load a bundled dataset (addresses or intents) into a project."""
 
 from __future__ import annotations
 
@@ -15,19 +15,41 @@ def register(app: typer.Typer) -> None:
 
 def demo_data(
     task: Annotated[
-        str, typer.Option("--task", "-t", help="Name of the extract task to load them into.")
-    ] = "addresses",
-    limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="Only the first N addresses.")
+        str | None,
+        typer.Option("--task", "-t", help="Task to load them into (default: the dataset's name)."),
     ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="Only the first N rows.")
+    ] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="addresses: 1,488 US addresses to extract the parts of (usaddress, MIT); "
+            "intents: 693 voice-assistant requests to classify into 7 intents (SNIPS via "
+            "BIG-bench, Apache 2.0).",
+        ),
+    ] = "addresses",
 ) -> None:
-    """Load 1,488 hand-labelled US addresses (from usaddress, MIT) as an extract task to try
-    the whole loop on. Running it again adds nothing."""
-    from whetstone.demo_data import TRY_IT, load_demo_data
+    """Load a bundled, hand-labelled dataset as a task to try the whole loop on: US addresses
+    (an extract task) or voice-assistant intents (a classify task). Running it again adds
+    nothing."""
+    from whetstone import demo_data as demo
+    from whetstone.errors import InvalidInput
 
-    t, added = load_demo_data(common.project(), task, limit=limit)
+    if dataset not in demo.DATASETS:
+        raise InvalidInput(
+            f"unknown --dataset {dataset!r} (choose from {', '.join(demo.DATASETS)})"
+        )
+    if dataset == "intents":
+        t, added = demo.load_demo_classify(common.project(), task or dataset, limit=limit)
+        what, try_it = "demo requests", demo.INTENTS_TRY_IT
+    else:
+        t, added = demo.load_demo_data(common.project(), task or dataset, limit=limit)
+        what, try_it = "demo addresses", demo.TRY_IT
     common.out.print(
-        f"Added {added} demo addresses to task {t.name} ({t.kind.value}, metric {t.main_metric})."
+        f"Added {added} {what} to task {t.name} ({t.kind.value}, metric {t.main_metric})."
     )
     common.out.print("Try the base model on one:", highlight=False)
-    common.out.print(f'  whetstone predict --task {t.name} "{TRY_IT}"', markup=False)
+    common.out.print(f'  whetstone predict --task {t.name} "{try_it}"', markup=False)

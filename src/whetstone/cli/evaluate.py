@@ -174,6 +174,12 @@ def _print_eval(ev: Evaluation) -> None:
     conf = ev.info.get("confusion")
     if conf:
         _print_confusion(conf)
+    cal = ev.info.get("calibration")
+    if cal and cal.get("ece") is not None:
+        common.out.print(
+            f"calibration: expected calibration error {cal['ece']:.3f} over {cal['n']} answers "
+            f"({len(cal['bins'])} equal-width bins of exp(confidence); 0 = calibrated)"
+        )
     common.out.print(f"stored as evaluation {ev.id}")
 
 

@@ -32,7 +32,10 @@ def create(
     ] = None,
     metric: Annotated[
         str | None,
-        typer.Option("--metric", help="Main metric (default per kind), or module:function."),
+        typer.Option(
+            "--metric",
+            help="Main metric (default per kind; item_f1 for list answers), or module:function.",
+        ),
     ] = None,
 ) -> None:
     """Create a task."""
@@ -51,6 +54,8 @@ def create(
         name, kind, instruction=instruction, labels=label_list, schema=schema_obj, metric=metric
     )
     common.out.print(f"Created task {t.name} ({t.kind.value}, metric {t.main_metric})")
+    if t.kind.value == "classify" and not t.labels:
+        common.out.print("It has no labels yet: the first import takes them from its references.")
 
 
 @task_app.command("list")

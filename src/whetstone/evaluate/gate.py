@@ -10,14 +10,18 @@ same held-out records, with every rule's numbers kept so a refusal can be explai
   more than `slice_tolerance`, so an average gain cannot hide a broken sub-population;
 - `latency`: the candidate's p95 latency is within `latency_budget_ms`, when one is set;
 - `leakage`: no evaluation record is an exact or near duplicate of a training record of
-  the candidate's snapshot, since such a test measures memory rather than skill.
+  the candidate's snapshot, since such a test measures memory rather than skill;
+- `beats-embedding-baseline` (classify tasks): the candidate's lower 95% bound of the main
+  metric is above the point estimate of a logistic regression on sentence embeddings
+  (`evaluate.baseline`); with `embedding_baseline: warn` (the default) a miss is only
+  reported, with `require` it refuses, with `off` the baseline is not fitted.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,6 +60,9 @@ class GateConfig(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)  # default: the task's decode budget
     resamples: int = Field(DEFAULT_RESAMPLES, ge=100)
     seed: int = DEFAULT_SEED
+    # A classify specialist that does not beat an embedding + logistic regression baseline:
+    # off (not checked), warn (reported, passes) or require (refused).
+    embedding_baseline: Literal["off", "warn", "require"] = "warn"
 
 
 def gate_config(project: Project, **overrides: Any) -> GateConfig:
@@ -279,6 +286,50 @@ def rule_leakage(
     return RuleResult("leakage", True, msg, numbers)
 
 
+def rule_embedding_baseline(
+    project: Project, c: Comparison, cfg: GateConfig, *, run: bool = True
+) -> RuleResult:
+    """The candidate against the embedding baseline on the compared snapshot split (stored,
+    else fitted now when `run`). Only `require` lets a miss (or no baseline) fail the rule."""
+    from whetstone.evaluate.baseline import BASELINE_MODEL, beats, embedding_baseline
+    from whetstone.evaluate.runner import NoStoredEvaluation
+    from whetstone.records import Kind
+
+    name, mode = "beats-embedding-baseline", cfg.embedding_baseline
+    if mode == "off":
+        return RuleResult(name, True, "not checked (gate setting embedding_baseline: off)")
+    if project.task(c.task).kind != Kind.classify:
+        return RuleResult(name, True, "not a classify task")
+    try:
+        ev = embedding_baseline(
+            project,
+            c.task,
+            str(c.a.snapshot_id),
+            c.a.split,
+            resamples=cfg.resamples,
+            seed=cfg.seed,
+            stored_only=not run,
+        )
+        numbers = beats(c.a, ev)
+    except (InvalidInput, NoStoredEvaluation) as e:
+        return RuleResult(name, mode != "require", f"no {BASELINE_MODEL} to compare with: {e}")
+    numbers["mode"] = mode
+    shown = (
+        f"{numbers['metric']} {numbers['candidate']:.3f} (95% CI [{numbers['candidate_low']:.3f}, "
+        f"{numbers['candidate_high']:.3f}]) vs {BASELINE_MODEL} {numbers['baseline']:.3f}"
+    )
+    if numbers["beats"]:
+        return RuleResult(name, True, f"{shown}: lower bound above the baseline", numbers)
+    msg = (
+        f"{shown}: does not beat the embedding baseline (lower bound not above its value); a "
+        "logistic regression on sentence embeddings does as well, so label more records or "
+        "serve the cheaper model"
+    )
+    if mode == "warn":
+        msg += " (warning only: gate setting embedding_baseline: warn)"
+    return RuleResult(name, mode != "require", msg, numbers)
+
+
 # ---------------------------------------------------------------- gate, promote
 
 
@@ -323,6 +374,7 @@ def gate(
         rule_slices(c, cfg),
         rule_latency(c, cfg),
         rule_leakage(project, av, c.record_ids, str(c.a.snapshot_id), cfg),
+        rule_embedding_baseline(project, c, cfg, run=run),
     ]
     return GateDecision(
         task=av.task,

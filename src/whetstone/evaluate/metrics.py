@@ -91,6 +91,31 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+ITEM_F1 = "item_f1"
+_ITEM_SEPARATORS = re.compile(r"[,\n]")
+
+
+def answer_items(text: str) -> set[str]:
+    """The items a list answer names, normalised like answers (`answer_for_scoring`): the
+    elements of a JSON array, else the comma- or newline-separated parts of the text, so
+    "Paris, Rome" and '["rome", "paris"]' name the same set. Empty items are dropped."""
+    ok, parsed = parse_json(text)
+    if ok and isinstance(parsed, list):
+        parts = [p if isinstance(p, str) else json.dumps(p, ensure_ascii=False) for p in parsed]
+    else:
+        parts = _ITEM_SEPARATORS.split(text)
+    return {item for item in map(answer_for_scoring, parts) if item}
+
+
+def item_f1(prediction: str, reference: str) -> float:
+    """Set F1 between the items of two list answers; 1.0 when both name none."""
+    got, want = answer_items(prediction), answer_items(reference)
+    if not got and not want:
+        return 1.0
+    common = len(got & want)
+    return 2 * common / (len(got) + len(want))
+
+
 def chrf(prediction: str, reference: str) -> float:
     """Sentence chrF (sacrebleu, character 6-grams, beta 2) on a 0..1 scale."""
     from sacrebleu.metrics import CHRF
@@ -110,11 +135,14 @@ def per_example(
 ) -> dict[str, float]:
     """Every per-record metric value for one prediction (all floats, 0..1 or counts)."""
     if task.kind == Kind.generate:
-        return {
+        scores = {
             "exact_match": float(answer_for_scoring(prediction) == answer_for_scoring(reference)),
             "token_f1": token_f1(prediction, reference),
             "chrf": chrf(prediction, reference),
         }
+        if task.metric == ITEM_F1:  # only where chosen: other tasks' reports stay as they were
+            scores[ITEM_F1] = item_f1(prediction, reference)
+        return scores
     if task.kind == Kind.classify:
         labels = labels if labels is not None else labels_of(task, [reference])
         got = map_label(prediction, labels)
@@ -219,7 +247,7 @@ def columns(
         data[key] = np.array([s[key] for s in scores], dtype=float)
 
     if task.kind == Kind.generate:
-        kind_columns = _generate_columns()
+        kind_columns = _generate_columns(task)
         main = "exact_match"
     elif task.kind == Kind.classify:
         assert labels is not None
@@ -236,8 +264,10 @@ def columns(
     )
 
 
-def _generate_columns() -> KindColumns:
+def _generate_columns(task: Task) -> KindColumns:
     formulas = {k: _mean(k) for k in ("exact_match", "token_f1", "chrf")}
+    if task.metric == ITEM_F1:
+        formulas[ITEM_F1] = _mean(ITEM_F1)
     return {}, formulas, {"exact_match": "exact_match"}
 
 
@@ -310,8 +340,9 @@ _COUNT_KEYS = {"field_tp", "field_fp", "field_fn"}
 
 
 def _empty_keys(task: Task) -> list[str]:
+    item = [ITEM_F1] if task.metric == ITEM_F1 else []
     return {
-        Kind.generate: ["exact_match", "token_f1", "chrf"],
+        Kind.generate: ["exact_match", "token_f1", "chrf", *item],
         Kind.classify: ["accuracy", "valid_label"],
         Kind.extract: [
             "json_valid",
@@ -413,3 +444,37 @@ def confusion(task: Task, predictions: list[str], references: list[str]) -> dict
         "unmapped_count": sum(unmapped.values()),
         "unmapped_examples": [a for a, _ in unmapped.most_common(5)],
     }
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration(
+    confidences: list[float | None], correct: list[float], bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
+    """Expected calibration error of answers whose confidence is a log-probability (0 =
+    certain), over `bins` equal-width bins of exp(confidence) on [0, 1]: the record-weighted
+    mean of |accuracy - mean probability| per bin. Answers without a confidence are left out;
+    `ece` is None when none has one. Each bin: low, high, n, mean probability, accuracy (None
+    when the bin is empty)."""
+    if bins < 1:
+        raise InvalidInput(f"calibration needs at least one bin, not {bins}")
+    pairs = [
+        (float(np.exp(min(0.0, c))), float(ok))
+        for c, ok in zip(confidences, correct, strict=True)
+        if c is not None
+    ]
+    n = len(pairs)
+    table: list[dict[str, Any]] = []
+    ece = 0.0
+    for i in range(bins):
+        low, high = i / bins, (i + 1) / bins
+        # Bins are [low, high) except the last, which holds certainty (probability 1) too.
+        inside = [(p, ok) for p, ok in pairs if low <= p < high or (i == bins - 1 and p == high)]
+        row: dict[str, Any] = {"low": low, "high": high, "n": len(inside)}
+        row["confidence"] = sum(p for p, _ in inside) / len(inside) if inside else None
+        row["accuracy"] = sum(ok for _, ok in inside) / len(inside) if inside else None
+        if inside:
+            ece += len(inside) / n * abs(row["accuracy"] - row["confidence"])
+        table.append(row)
+    return {"ece": ece if n else None, "n": n, "bins": table}

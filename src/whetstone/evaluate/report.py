@@ -3,7 +3,10 @@
 It answers "is this adapter better, where is it worse, and how does it fail?": learning
 curves of its run, its metrics with 95% intervals beside the production model's (or the base
 model's) on the same records, a confusion matrix (classify) or per-field F1 (extract), the
-per-slice differences, and its worst failures grouped by error type. Plots are matplotlib
+per-slice differences, and its worst failures grouped by error type. A classify report also
+shows a reliability diagram (calibration of the answers' confidences) and the embedding
+baseline (`evaluate.baseline`) beside candidate and baseline, flagging a candidate that does
+not beat it. Plots are matplotlib
 PNGs, embedded as data: URIs and also saved beside the HTML file. All record text is escaped.
 """
 
@@ -25,6 +28,7 @@ from whetstone.util import atomic_write_bytes, atomic_write_text, check_target, 
 if TYPE_CHECKING:
     from whetstone.evaluate.compare import Comparison
     from whetstone.evaluate.gate import GateConfig
+    from whetstone.evaluate.runner import Evaluation
     from whetstone.registry import AdapterVersion
 
 FAILURES_PER_GROUP = 10
@@ -270,6 +274,35 @@ def plot_slices(c: Comparison) -> bytes | None:
     return _figure_png(draw, (8, 1.4 + 0.4 * len(slices)))
 
 
+def plot_reliability(curves: dict[str, dict[str, Any]]) -> bytes | None:
+    """Reliability diagram: per confidence bin, each model's accuracy against its mean
+    probability (on the diagonal when calibrated). `curves`: label -> `metrics.calibration`."""
+    shown = {k: v for k, v in curves.items() if v.get("ece") is not None}
+    if not shown:
+        return None
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        colors = ("tab:blue", "tab:gray", "tab:orange")  # candidate, baseline, embedding
+        ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=0.8, label="calibrated")
+        for (label, cal), color in zip(shown.items(), colors[: len(shown)], strict=True):
+            pts = [(b["confidence"], b["accuracy"]) for b in cal["bins"] if b["n"]]
+            ax.plot(
+                *zip(*pts, strict=True), "o-", color=color, label=f"{label} (ECE {cal['ece']:.3f})"
+            )
+        ax.set(
+            xlim=(0, 1.02),
+            ylim=(-0.02, 1.02),
+            xlabel="mean probability of the answer (bin)",
+            ylabel="accuracy",
+            title="reliability diagram",
+        )
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+
+    return _figure_png(draw, (5.5, 5))
+
+
 def _model_label(model: str) -> str:
     """A legend's name for a model: a base model given as a folder shows the folder's name."""
     if model.startswith("base:") and "/" in model:
@@ -372,7 +405,7 @@ def _gate_view(gate: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # The figures a report may save beside its page, as `<task>-<version>-<name>.png`.
-PNG_NAMES = ("curves", "confusion", "fields", "slices")
+PNG_NAMES = ("curves", "confusion", "reliability", "fields", "slices")
 
 
 def default_path(project: Project, av: AdapterVersion) -> Path:
@@ -392,6 +425,73 @@ def _facts(task: Task, av: AdapterVersion, c: Comparison) -> list[list[str]]:
         ["registered", av.created_at.isoformat()[:19]],
         ["evaluations", f"candidate {c.a.id}, baseline {c.b.id}"],
     ]
+
+
+def _calibration_on(ev: Evaluation, ids: set[int]) -> dict[str, Any]:
+    preds = [p for p in ev.predictions if p.record_id in ids]
+    return m.calibration(
+        [p.confidence for p in preds], [p.scores.get("accuracy", 0.0) for p in preds]
+    )
+
+
+def _classify_view(
+    project: Project, c: Comparison, cfg: GateConfig, figure: Callable[..., dict[str, str]]
+) -> dict[str, Any]:
+    """A classify report's calibration (reliability diagram, ECE) of candidate, baseline and
+    the embedding baseline, the three main metrics side by side, and whether the candidate
+    beats the embedding baseline (fitted now unless stored; a report shows it whatever the
+    gate's `embedding_baseline` setting, which only decides whether a miss refuses)."""
+    from whetstone.errors import InvalidInput
+    from whetstone.evaluate.baseline import BASELINE_MODEL, beats, embedding_baseline
+
+    shared = set(c.record_ids)
+    roles: list[tuple[str, Evaluation]] = [("candidate", c.a), ("baseline", c.b)]
+    verdict, problem = None, None
+    try:
+        emb = embedding_baseline(
+            project, c.task, str(c.a.snapshot_id), c.a.split, resamples=cfg.resamples, seed=cfg.seed
+        )
+        verdict = beats(c.a, emb)
+        roles.append(("embedding baseline", emb))
+    except InvalidInput as e:
+        problem = str(e)
+    cals = {role: _calibration_on(ev, shared) for role, ev in roles}
+    rows = []
+    for role, ev in roles:
+        main = ev.metrics.get(c.main_metric, {})
+        flagged = role == "candidate" and verdict is not None and not verdict["beats"]
+        rows.append(
+            [
+                role,
+                _model_label(ev.model),
+                {"text": _num(main.get("value")), "class": "bad" if flagged else ""},
+                f"[{_num(main.get('low'))}, {_num(main.get('high'))}]",
+                _num(cals[role]["ece"]),
+            ]
+        )
+    if verdict is not None:
+        ok = verdict["beats"]
+        verdict = {
+            "class": "good" if ok else "bad",
+            "text": (
+                f"{c.a.model} {'beats' if ok else 'does not beat'} the embedding baseline "
+                f"{BASELINE_MODEL}: its {c.main_metric} lower 95% bound "
+                f"{verdict['candidate_low']:.3f} is {'above' if ok else 'not above'} the "
+                f"baseline's {verdict['baseline']:.3f}"
+            ),
+        }
+    curves = {f"{role} {_model_label(ev.model)}": cals[role] for role, ev in roles}
+    return {
+        "rows": rows,
+        "verdict": verdict,
+        "problem": problem,
+        "reliability": figure(
+            plot_reliability(curves),
+            "reliability",
+            "reliability diagram",
+            "No reliability diagram: the answers were stored without confidences.",
+        ),
+    }
 
 
 def _cost_rows(c: Comparison) -> list[list[str]]:
@@ -465,6 +565,7 @@ def write_report(
         detail = figure(plot_fields(c), "fields", "per-field F1", "No fields in the references.")
     else:
         detail_title, detail = "", {}
+    classify = _classify_view(project, c, cfg, figure) if task.kind == Kind.classify else None
     groups = _failure_groups(failures(project, task, c))
     page = pages.render(
         "report.html",
@@ -479,6 +580,8 @@ def write_report(
         detail_title=detail_title,
         detail=detail,
         unmapped=unmapped,
+        classify=classify,
+        main_metric=c.main_metric,
         slices_figure=figure(
             plot_slices(c),
             "slices",

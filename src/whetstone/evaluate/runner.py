@@ -33,6 +33,9 @@ class Prediction:
     scores: dict[str, float]
     latency_ms: float | None = None
     output_tokens: int | None = None
+    # The model's log-probability of its answer (0 = certain): the mean token log-probability
+    # of a generated answer, or the log softmax probability of a scored label. None: unknown.
+    confidence: float | None = None
 
 
 @dataclass
@@ -193,6 +196,10 @@ def summarise(
         info["confusion"] = m.confusion(
             task, [p.prediction for p in preds], [p.reference for p in preds]
         )
+        if any(p.confidence is not None for p in preds):
+            info["calibration"] = m.calibration(
+                [p.confidence for p in preds], [p.scores.get("accuracy", 0.0) for p in preds]
+            )
     return with_ci, cols.main, info
 
 
@@ -228,7 +235,7 @@ def evaluate(
 
     t = project.task(task)
     snap = choose_snapshot(project, task, model, snapshot_id)
-    recs = _records_to_score(project, snap, split, limit)
+    recs = records_to_score(project, snap, split, limit)
     if metric:
         from whetstone.evaluate.custom import load_metric
 
@@ -242,6 +249,7 @@ def evaluate(
     # What decides the answers and their scores (the bootstrap's resamples only change the
     # intervals printed, and a comparison or the gate recomputes its own).
     settings = {"limit": limit, "max_new_tokens": budget, "metric": metric}
+    settings.update(_answering(project, t, model, predictor))
     name = predictor.name if predictor else model_name(project, task, model, base_model)
     if reuse and not judge:
         found = reusable_evaluation(project, task, name, snap.id, split, recs, settings)
@@ -261,32 +269,26 @@ def evaluate(
         from whetstone.predict import load_predictor
 
         predictor = load_predictor(project, task, model, base_model=base_model)
-    gens = _generate(predictor, recs, batch_size, budget)
+    gens = _generate(predictor, t, recs, batch_size, budget)
     scores = score(t, recs, [g.text for g in gens], metric=metric, judge=judge_client)
-    preds = [
-        Prediction(
-            record_id=int(r.id or 0),
-            prediction=g.text,
-            reference=r.reference or "",
-            scores=s,
-            latency_ms=round(g.latency_ms, 3),
-            output_tokens=g.output_tokens,
-        )
-        for r, g, s in zip(recs, gens, scores, strict=True)
-    ]
+    preds = _predictions(recs, gens, scores)
     intervals, main, info = summarise(t, preds, resamples=resamples, seed=seed)
     info.update(
         limit=limit,
         max_new_tokens=budget,
         # Answers cut off by the budget: many mean the budget is too small for the task.
-        hit_budget=sum(1 for g in gens if g.output_tokens >= budget),
+        # (A label chosen by likelihood is never cut off, however long.)
+        hit_budget=sum(
+            1 for g in gens if g.output_tokens >= budget and getattr(g, "label_probs", None) is None
+        ),
+        answered_by=_answered_by(predictor, gens),
         metric=metric,
         judge=judge_client.describe() if judge_client else None,
-        inputs=_inputs_digest(recs),
+        inputs=inputs_digest(recs),
     )
     now = utcnow()
     ev = Evaluation(
-        id=_eval_id(predictor.name, snap.id, split, now),
+        id=new_evaluation_id(predictor.name, snap.id, split, now),
         task=task,
         model=predictor.name,
         snapshot_id=snap.id,
@@ -301,7 +303,24 @@ def evaluate(
     return ev
 
 
-def _records_to_score(project: Project, snap: Any, split: str, limit: int | None) -> list[Record]:
+def _predictions(
+    recs: list[Record], gens: list[Any], scores: list[dict[str, float]]
+) -> list[Prediction]:
+    return [
+        Prediction(
+            record_id=int(r.id or 0),
+            prediction=g.text,
+            reference=r.reference or "",
+            scores=s,
+            latency_ms=round(g.latency_ms, 3),
+            output_tokens=g.output_tokens,
+            confidence=g.confidence,
+        )
+        for r, g, s in zip(recs, gens, scores, strict=True)
+    ]
+
+
+def records_to_score(project: Project, snap: Any, split: str, limit: int | None) -> list[Record]:
     from whetstone import snapshots
 
     recs = snapshots.records(project, snap, split)
@@ -343,8 +362,45 @@ def decode_budget(project: Project, task: Task, snap: Any, tok: Any) -> int:
     return answer_budget(tok, task, [(r.input, str(r.reference)) for r in recs])
 
 
-def _generate(predictor: Any, recs: list[Record], batch_size: int, budget: int) -> list[Any]:
+def _answering(project: Project, task: Task, model: str, predictor: Any) -> dict[str, str]:
+    """How a classify task will be answered, as a reuse setting: a stored evaluation whose
+    answers were generated is not reused for one that scores labels. Empty for other kinds
+    and for a caller's stand-in predictor, whose way is unknown until it answers."""
+    if task.kind != Kind.classify:
+        return {}
+    if predictor is not None:
+        lm = getattr(predictor, "model", None)
+        if lm is None:
+            return {}
+        return {"answered_by": "label_head" if hasattr(lm, "answer_greedy") else "label_likelihood"}
+    if model != "base":
+        from whetstone.registry import get
+
+        if get(project, model).method == "label_head":
+            return {"answered_by": "label_head"}
+    return {"answered_by": "label_likelihood"}
+
+
+def _answered_by(predictor: Any, gens: list[Any]) -> str:
+    """How the answers came: "label_likelihood" (`models.label_scoring`), "label_head" or
+    "generation"."""
+    if gens and all(getattr(g, "label_probs", None) is not None for g in gens):
+        return "label_likelihood"
+    if getattr(getattr(predictor, "model", None), "answer_greedy", None) is not None:
+        return "label_head"
+    return "generation"
+
+
+def _generate(
+    predictor: Any, task: Task, recs: list[Record], batch_size: int, budget: int
+) -> list[Any]:
+    """The predictor's answers. A classify task's labels go with them (declared, else the
+    references'), so even a task without declared labels is answered by label likelihood."""
     from whetstone.progress import progress
+
+    labels = (
+        m.labels_of(task, [r.reference or "" for r in recs]) if task.kind == Kind.classify else None
+    )
 
     with progress() as bar:
         tid = bar.add_task(f"eval {predictor.name}", total=len(recs), info="")
@@ -354,11 +410,12 @@ def _generate(predictor: Any, recs: list[Record], batch_size: int, budget: int) 
                 batch_size=batch_size,
                 max_new_tokens=budget,
                 on_batch=lambda k: bar.advance(tid, k),
+                labels=labels,
             )
         )
 
 
-def _inputs_digest(recs: list[Record]) -> str:
+def inputs_digest(recs: list[Record]) -> str:
     """Names the input texts an evaluation ran on, to tell when another may be reused."""
     return hashlib.sha256(
         canonical_json(
@@ -367,7 +424,7 @@ def _inputs_digest(recs: list[Record]) -> str:
     ).hexdigest()[:16]
 
 
-def _eval_id(model: str, snapshot_id: str, split: str, when: datetime) -> str:
+def new_evaluation_id(model: str, snapshot_id: str, split: str, when: datetime) -> str:
     h = hashlib.sha256(json.dumps([model, snapshot_id, split, when.isoformat()]).encode())
     return h.hexdigest()[:16]
 
@@ -395,6 +452,7 @@ def store_evaluation(project: Project, ev: Evaluation) -> None:
             "scores": p.scores,
             "latency_ms": p.latency_ms,
             "output_tokens": p.output_tokens,
+            "confidence": p.confidence,
         }
         for p in ev.predictions
     ]
@@ -423,6 +481,7 @@ def load_evaluation(project: Project, eval_id: str, *, reused: bool = False) -> 
                 scores=r["scores"],
                 latency_ms=r["latency_ms"],
                 output_tokens=r["output_tokens"],
+                confidence=r["confidence"],
             )
             for r in prow
         ],
@@ -448,7 +507,8 @@ def latest_evaluation(
 ) -> Evaluation | None:
     """The newest stored evaluation of `model` (a stored name, "base", "T" or "T@N") on a
     snapshot split; with `complete`, one that was not cut short by --limit."""
-    name = model if model.startswith("base:") else model_name(project, task, model)
+    # Stored names ("base:…", "baseline:…" for the embedding baseline) are used as they are.
+    name = model if model.startswith(("base:", "baseline:")) else model_name(project, task, model)
     rows = stored.evaluation_infos(project.store, task, name, split, snapshot_id)
     for eid, info in rows:
         if not complete or info.get("limit") is None:
@@ -479,7 +539,7 @@ def reusable_evaluation(
     wanted = {r.id: r.reference for r in recs}
     if not wanted:
         return None
-    inputs = _inputs_digest(recs)
+    inputs = inputs_digest(recs)
     for snapshot in (snapshot_id, None):
         for eid, info in stored.evaluation_infos(project.store, task, name, split, snapshot):
             frozen = {int(k): v for k, v in info.get("references", {}).items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from whetstone.errors import InvalidInput, NotFound
 from whetstone.formats import jsonl, preference, tabular
 from whetstone.formats.detect import EXPORT_FORMATS, IMPORT_FORMATS, detect
 from whetstone.formats.rows import Context, ReadResult, Rejected
-from whetstone.records import Record, Source, Status, Task
+from whetstone.records import Kind, Record, Source, Status, Task
 from whetstone.util import atomic_write_text, check_target, user_target, write_jsonl
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ class ImportReport:
     duplicates: int
     rejected: int
     rejected_path: Path | None = None
+    # Rows left out on purpose (a label value outside --label-map), and what the import
+    # decided for the user (the instruction or labels it gave the task, prompts it kept).
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def _choice(value: Any, enum: Any, what: str) -> Any:
@@ -81,10 +85,17 @@ def read_file(
     reference_col: str | None = None,
     source: Source | str | None = None,
     status: Status | str | None = None,
+    label_map: dict[str, str] | None = None,
 ) -> ReadResult:
     """Parse and validate every row of `path` as records of `task`; write nothing.
     `source` / `status` override what the file says; `input_col` / `reference_col` map the
-    columns of csv, parquet and hf files."""
+    columns of csv, parquet and hf files, and `label_map` (raw value -> label) their
+    reference values, skipping rows with another value.
+
+    Tasks as users bring them: a task without an instruction takes a chat file's first
+    system prompt as its own, and a classify task without labels the references' distinct
+    values; both are said in `notes`, as are system prompts that differ from the
+    instruction (kept in their records' input). `import_file` stores what was decided."""
     path = Path(path)
     if not path.exists():
         raise NotFound(f"{path}: no such file or folder")
@@ -96,8 +107,16 @@ def read_file(
         raise InvalidInput(
             f"unknown import format {fmt!r} (choose from auto, {', '.join(IMPORT_FORMATS)})"
         )
-    if (input_col or reference_col) and fmt not in ("csv", "parquet", "hf"):
-        raise InvalidInput(f"--input-col / --reference-col apply to csv, parquet and hf, not {fmt}")
+    if (input_col or reference_col or label_map) and fmt not in ("csv", "parquet", "hf"):
+        raise InvalidInput(
+            f"--input-col / --reference-col / --label-map apply to csv, parquet and hf, not {fmt}"
+        )
+    system_prompt = None
+    if fmt in ("openai", "evals") and not task.instruction:
+        system_prompt = _first_system_prompt(path)
+        if system_prompt is not None:
+            # Read with it as the instruction, so rows carrying it drop it (rows.chat_input).
+            task = task.model_copy(update={"instruction": system_prompt})
     ctx = Context(
         task=task,
         fmt=fmt,
@@ -107,16 +126,76 @@ def read_file(
     )
     try:
         if fmt in jsonl.READERS:
-            return jsonl.read(path, ctx, jsonl.READERS[fmt])
-        if fmt == "preference":
-            return jsonl.read(path, ctx, preference.preference_row)
-        cols = tabular.Columns.of(input_col, reference_col)
-        reader = {"csv": tabular.read_csv, "parquet": tabular.read_parquet, "hf": tabular.read_hf}
-        return reader[fmt](path, ctx, cols)
+            read = jsonl.read(path, ctx, jsonl.READERS[fmt])
+        elif fmt == "preference":
+            read = jsonl.read(path, ctx, preference.preference_row)
+        else:
+            cols = tabular.Columns.of(input_col, reference_col, label_map)
+            readers = {
+                "csv": tabular.read_csv,
+                "parquet": tabular.read_parquet,
+                "hf": tabular.read_hf,
+            }
+            read = readers[fmt](path, ctx, cols)
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
     except IsADirectoryError:
         raise InvalidInput(f"{path}: a folder; only the hf format reads folders") from None
+    if system_prompt is not None:
+        read.instruction = system_prompt
+        read.notes.append(
+            "task instruction set from the file's system prompt: "
+            + json.dumps(_short(system_prompt), ensure_ascii=False)
+        )
+    _note_other_system_prompts(read)
+    _infer_labels(task, read)
+    return read
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _first_system_prompt(path: Path) -> str | None:
+    """The first leading system message of a chat file's rows (openai `messages`, evals
+    `input`), or None when no row starts with one."""
+    for _, row, _ in jsonl.iter_lines(path):
+        msgs = row.get("messages", row.get("input")) if isinstance(row, dict) else None
+        first = msgs[0] if isinstance(msgs, list) and msgs else None
+        if isinstance(first, dict) and first.get("role") == "system":
+            text = first.get("content")
+            if isinstance(text, str) and text.strip():
+                return text
+    return None
+
+
+def _note_other_system_prompts(read: ReadResult) -> None:
+    """Say how many records keep a system prompt of their own: one that differs from the
+    task's instruction stays first in the record's input rather than being dropped, and the
+    user should know the file mixes prompts."""
+    differing = [
+        r.input[0].content
+        for r in read.records
+        if isinstance(r.input, list) and r.input and r.input[0].role == "system"
+    ]
+    if differing:
+        n = len(differing)
+        read.notes.append(
+            f"{n} row{'s carry' if n > 1 else ' carries'} a system prompt that differs from the "
+            "task's "
+            "instruction; kept as the first message of their input (first: "
+            f"{json.dumps(_short(differing[0]), ensure_ascii=False)})"
+        )
+
+
+def _infer_labels(task: Task, read: ReadResult) -> None:
+    """A classify task without labels takes the distinct references as its label set."""
+    if task.kind != Kind.classify or task.labels:
+        return
+    labels = sorted({r.reference.strip() for r in read.records if r.reference is not None})
+    if labels:
+        read.labels = labels
+        read.notes.append("task labels set from the references: " + ", ".join(labels))
 
 
 def _not_utf8(path: Path) -> InvalidInput:
@@ -151,10 +230,12 @@ def import_file(
     reference_col: str | None = None,
     source: Source | str | None = None,
     status: Status | str | None = None,
+    label_map: dict[str, str] | None = None,
 ) -> ImportReport:
     """Import `path` into `task` in one transaction. Any bad row aborts the whole import
     unless `skip_invalid`, which writes the bad rows to `rejected_out` (default: beside the
-    input, `<name>.rejected.jsonl`)."""
+    input, `<name>.rejected.jsonl`). An instruction or labels the file implies for a task
+    that declared none (see `read_file`) are stored on the task once the rows are in."""
     t = project.task(task) if isinstance(task, str) else task
     path = Path(path)
     read = read_file(
@@ -165,6 +246,7 @@ def import_file(
         reference_col=reference_col,
         source=source,
         status=status,
+        label_map=label_map,
     )
     rejected_file = None
     if read.rejected:
@@ -179,6 +261,8 @@ def import_file(
         write_jsonl(rejected_file, [jsonl_safe(r.as_json()) for r in read.rejected])
     ids = project.store.add_records(read.records)
     added = sum(1 for i in ids if i is not None)
+    if read.instruction is not None or read.labels is not None:
+        project.store.update_task(t.name, instruction=read.instruction, labels=read.labels)
     return ImportReport(
         path=path,
         format=read.format,
@@ -186,7 +270,28 @@ def import_file(
         duplicates=len(ids) - added,
         rejected=len(read.rejected),
         rejected_path=rejected_file,
+        skipped=read.skipped,
+        notes=read.notes,
     )
+
+
+def parse_label_map(text: str | None) -> dict[str, str] | None:
+    """`--label-map fresh=1,rotten=0` as {raw value: label}: each item is LABEL=VALUE, the
+    label a reference takes for a raw value in the reference column. A label may take
+    several values (`pos=1,pos=yes`); a value may name one label only."""
+    if text is None:
+        return None
+    mapping: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        label, sep, value = (p.strip() for p in item.partition("="))
+        if not item or not sep or not label or not value:
+            raise InvalidInput(f"--label-map: {item!r} is not LABEL=VALUE (e.g. fresh=1,rotten=0)")
+        if mapping.get(value, label) != label:
+            raise InvalidInput(
+                f"--label-map: value {value!r} maps to both {mapping[value]!r} and {label!r}"
+            )
+        mapping[value] = label
+    return mapping
 
 
 def jsonl_safe(value: Any) -> Any:

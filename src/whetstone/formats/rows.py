@@ -61,6 +61,13 @@ class ReadResult:
     records: list[Record] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     format: str = ""
+    # Rows left out on purpose, not errors: a label value outside `--label-map`.
+    skipped: int = 0
+    # What the import decided for the user, to report (an instruction or labels it set).
+    notes: list[str] = field(default_factory=list)
+    # For a task that declared none: the instruction and labels the file implies.
+    instruction: str | None = None
+    labels: list[str] | None = None
 
 
 @dataclass

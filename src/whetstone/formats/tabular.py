@@ -71,10 +71,31 @@ class Columns:
     # A reference column the user named must exist; the default one may be absent
     # (a file of unlabelled inputs).
     reference_required: bool = False
+    # Raw reference value -> label (`--label-map fresh=1,rotten=0`); rows whose value is
+    # not in it are skipped and counted, not rejected: the user chose which values to keep.
+    label_map: dict[str, str] | None = None
 
     @classmethod
-    def of(cls, input_col: str | None, reference_col: str | None) -> Columns:
-        return cls(input_col or "input", reference_col or "reference", reference_col is not None)
+    def of(
+        cls,
+        input_col: str | None,
+        reference_col: str | None,
+        label_map: dict[str, str] | None = None,
+    ) -> Columns:
+        return cls(
+            input_col or "input",
+            reference_col or "reference",
+            reference_col is not None or bool(label_map),
+            label_map,
+        )
+
+    def mapped(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The row with its reference mapped through `label_map`, or None to skip it."""
+        if self.label_map is None:
+            return row
+        raw = row.get(self.reference)
+        label = self.label_map.get(str(raw).strip()) if raw is not None else None
+        return None if label is None else {**row, self.reference: label}
 
     def check(self, where: str, names: list[str]) -> None:
         have = ", ".join(names)
@@ -181,7 +202,11 @@ def _read_rows(
         try:
             if bad is not None:
                 raise RowError(bad.field, bad.reason)
-            result.records.append(table_row(ctx, row, cols))
+            kept = cols.mapped(row)
+            if kept is None:
+                result.skipped += 1
+                continue
+            result.records.append(table_row(ctx, kept, cols))
         except RowError as e:
             result.rejected.append(ctx.reject(where, e, jsonable(row)))
     return result

@@ -41,6 +41,9 @@ class Generation:
     confidence: float
     output_tokens: int
     latency_ms: float
+    # A classify answer chosen by label likelihood (`models.label_scoring`): every label's
+    # probability. None for a generated answer.
+    label_probs: dict[str, float] | None = None
 
 
 def encode_prompts(tok: Tokenizer, chats: list[list[dict[str, str]]]) -> list[list[int]]:
@@ -141,29 +144,19 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     dev = next(model.parameters()).device
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_token(tok)
     decoder = Decoder.of(model, tok)
     # A model that answers in its own way (a classify label head) decodes nothing token by
     # token, so it has no use for a shared head's cache.
     custom = getattr(model, "answer_greedy", None)
     head = shared_head(prompts) if share_prefix and custom is None else []
-    head_cache = _prefill(model, head, dev) if head else None
+    head_cache = prefill(model, head, dev) if head else None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        tails = [prompts[i][len(head) :] for i in idx]
-        width = len(head) + max(len(t) for t in tails)
-        # Pads after the shared head and before each tail, so every answer starts at the
-        # same column and the head's cache fits every row.
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        ids[:, : len(head)] = torch.tensor(head, dtype=torch.long)
-        mask[:, : len(head)] = 1
-        for row, tail in enumerate(tails):
-            ids[row, width - len(tail) :] = torch.tensor(tail)
-            mask[row, width - len(tail) :] = 1
+        ids, mask = pad_rows(head, [prompts[i][len(head) :] for i in idx], pad_id)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            past = _expand(head_cache, len(idx)) if head_cache is not None else None
+            past = expand_cache(head_cache, len(idx)) if head_cache is not None else None
             if custom is not None:
                 answers = custom(ids.to(dev), mask.to(dev), max_new_tokens)
             else:
@@ -180,6 +173,31 @@ def generate(
         if on_batch is not None:
             on_batch(len(idx))
     return [r for r in results if r is not None]
+
+
+def pad_token(tok: Tokenizer) -> int:
+    """The id that fills padding (masked out, so any id would do): the pad token, else EOS."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad if pad is not None else 0)
+
+
+def pad_rows(
+    head: list[int], tails: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of a batch of prompts that all start with `head`: pads after the
+    shared head and before each tail, so every answer starts at the same column and the
+    head's cache fits every row."""
+    import torch
+
+    width = len(head) + max(len(t) for t in tails)
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(tails), width), dtype=torch.long)
+    ids[:, : len(head)] = torch.tensor(head, dtype=torch.long)
+    mask[:, : len(head)] = 1
+    for row, tail in enumerate(tails):
+        ids[row, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+        mask[row, width - len(tail) :] = 1
+    return ids, mask
 
 
 # A head shorter than this is not worth a separate forward pass.
@@ -201,7 +219,7 @@ def shared_head(prompts: list[list[int]]) -> list[int]:
     return first[:n] if n >= MIN_SHARED_HEAD else []
 
 
-def _prefill(model: torch.nn.Module, head: list[int], dev: torch.device) -> DynamicCache:
+def prefill(model: torch.nn.Module, head: list[int], dev: torch.device) -> DynamicCache:
     import torch
 
     with torch.inference_mode():
@@ -209,7 +227,7 @@ def _prefill(model: torch.nn.Module, head: list[int], dev: torch.device) -> Dyna
     return cache_out(out)
 
 
-def _expand(cache: DynamicCache, rows: int) -> DynamicCache:
+def expand_cache(cache: DynamicCache, rows: int) -> DynamicCache:
     """A fresh cache holding the one-row head cache repeated for `rows` rows (generation
     appends to it in place, so every batch gets its own copy)."""
     from transformers import DynamicCache

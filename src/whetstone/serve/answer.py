@@ -95,6 +95,7 @@ class Answer:
         if route.fallback:
             self.headers["X-Whetstone-Fallback"] = "base"
         self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.logprobs: dict[str, Any] | None = None  # the choice's, where the answer has them
         # The engine's worker thread hands events back to this request's event loop.
         loop = asyncio.get_running_loop()
         self.job = Job(
@@ -164,4 +165,5 @@ class Answer:
         u = api.usage(ev.prompt_tokens, ev.completion_tokens)
         build = api.chat_completion if self.kind == "chat" else api.text_completion
         body = build(self.cid, self.route.model, ev.text, ev.finish_reason, u, extra)
+        body["choices"][0]["logprobs"] = self.logprobs
         return JSONResponse(body, headers=self.headers)

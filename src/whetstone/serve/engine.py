@@ -27,13 +27,16 @@ versions), else temperature + nucleus (`top_p`) sampling; its own `max_tokens` a
 strings. A row ends, and its tokens become text, by `models.decoding`: the stop rule that
 evaluation and batch prediction use too. Loading and unloading adapters (the admin endpoints)
 run on the engine thread between two steps; unloading an adapter that running rows use waits
-until they finish, and no new job of that adapter is admitted meanwhile. The batch histograms
+until they finish, and no new job of that adapter is admitted meanwhile. A classify task's
+answer by label likelihood (`score`) is such a chore too: its own forward passes, between two
+steps, with the route's adapter made the active one. The batch histograms
 (`whetstone_batch_size`, `whetstone_batch_adapters`) observe every forward pass: each prefill
 and each decode step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from whetstone.models.decoding import Decoder
 from whetstone.models.kv_cache import cache_arg, cache_out
+from whetstone.models.label_scoring import LabelScores, score_labels
 from whetstone.registry import AdapterVersion
 from whetstone.serve.adapters import AdapterPool
 from whetstone.serve.errors import APIError
@@ -258,6 +262,46 @@ class Engine:
 
     def unload(self, ref: str) -> bool:
         return bool(self._chore(lambda: self.pool.unload(ref), drains=ref))
+
+    def score(
+        self,
+        adapter: AdapterVersion | None,
+        chat: list[dict[str, str]],
+        labels: list[str],
+        tokenizer_lock: contextlib.AbstractContextManager[Any],
+    ) -> LabelScores:
+        """A classify answer by label likelihood (`models.label_scoring`), run on the engine
+        thread between two steps like load/unload, so it never races a decode step. The
+        scoring tokenizes on this thread: `tokenizer_lock` is the one request threads hold."""
+        scores: LabelScores = self._chore(
+            lambda: self._score(adapter, chat, labels, tokenizer_lock)
+        )
+        return scores
+
+    def _score(
+        self,
+        adapter: AdapterVersion | None,
+        chat: list[dict[str, str]],
+        labels: list[str],
+        tokenizer_lock: contextlib.AbstractContextManager[Any],
+    ) -> LabelScores:
+        from peft import PeftModel
+
+        # The scoring passes name no adapter per row, so PEFT runs its active adapter: make
+        # it the route's (a loaded one, so the pool's invariant holds afterwards too; mixed
+        # batches name theirs per row and a DoRA batch activates its own each pass), or
+        # switch adapters off for the base. Running rows' adapters are pinned, as in `load`.
+        name = self.pool.get(adapter, self._active()).name if adapter is not None else None
+        if name is not None:
+            self.pool.activate(name)
+        model = self.pool.model
+        off = (
+            model.disable_adapter()
+            if name is None and isinstance(model, PeftModel)
+            else contextlib.nullcontext()
+        )
+        with off, tokenizer_lock:
+            return score_labels(model, self.tok, [chat], labels)[0]
 
     def _chore(self, run: Callable[[], Any], drains: str | None = None) -> Any:
         with self._cond:

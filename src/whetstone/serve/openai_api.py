@@ -71,10 +71,15 @@ class Sampling(BaseModel):
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # Honoured for classify tasks (the label distribution, see `chat_label_logprobs`);
+    # generated answers return none.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # as ChatRequest's top_logprobs
 
     @property
     def text(self) -> str:
@@ -219,3 +224,30 @@ def text_completion(
     if extra is not None:
         body["whetstone"] = extra
     return body
+
+
+def _ranked(logprobs: dict[str, float], top: int | None) -> list[tuple[str, float]]:
+    """The labels most likely first (the first of equals in label order), `top` of them."""
+    ranked = sorted(logprobs.items(), key=lambda kv: -kv[1])
+    return ranked if top is None else ranked[:top]
+
+
+def chat_label_logprobs(label: str, logprobs: dict[str, float], top: int | None) -> dict[str, Any]:
+    """A classify answer's label distribution in the shape of a chat choice's `logprobs`: the
+    label is the one "token", and `top_logprobs` ranks the labels (all, unless `top`)."""
+
+    def entry(tok: str, lp: float) -> dict[str, Any]:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode())}
+
+    others = [entry(tok, lp) for tok, lp in _ranked(logprobs, top)]
+    return {"content": [{**entry(label, logprobs[label]), "top_logprobs": others}]}
+
+
+def completion_label_logprobs(label: str, logprobs: dict[str, float], top: int) -> dict[str, Any]:
+    """The same for a completion choice, in the legacy completions shape."""
+    return {
+        "tokens": [label],
+        "token_logprobs": [logprobs[label]],
+        "top_logprobs": [dict(_ranked(logprobs, top))],
+        "text_offset": [0],
+    }

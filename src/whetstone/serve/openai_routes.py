@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from whetstone import registry
 from whetstone.records import Input
+from whetstone.serve import classify
 from whetstone.serve import openai_api as api
 from whetstone.serve.answer import Answer, Kind, encode, tokens_to_generate
 from whetstone.serve.auth import require_json, require_key
@@ -48,6 +49,8 @@ async def complete(
     ids = await run_in_threadpool(encode, svc, route, inp, raw)
     if not ids:
         raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
+    if classify.by_labels(route):
+        return await classify.answer(svc, req, inp, route, ids, kind, started)
     n = tokens_to_generate(svc, req, len(ids))
     answer = Answer(svc, req, inp, route, ids, kind, started, max_tokens=n, stops=stops)
     answer.submit()

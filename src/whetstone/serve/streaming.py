@@ -66,9 +66,11 @@ class Stream:
             if isinstance(ev, Delta):
                 self.streamed += ev.text
                 if chat:
-                    yield sse(self._chat({"content": ev.text}, None))
+                    piece = self._chat({"content": ev.text}, None)
                 else:
-                    yield sse(api.text_completion(a.cid, a.route.model, ev.text, None, None))
+                    piece = api.text_completion(a.cid, a.route.model, ev.text, None, None)
+                piece["choices"][0]["logprobs"] = a.logprobs  # a classify answer's labels
+                yield sse(piece)
                 continue
             self.ended = None
             for chunk in self._last_chunks(ev):

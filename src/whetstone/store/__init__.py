@@ -198,6 +198,23 @@ class Store:
             raise exists from None
         return task
 
+    def update_task(
+        self, name: str, *, instruction: str | None = None, labels: list[str] | None = None
+    ) -> Task:
+        """Set a task's instruction and/or labels (those given; None leaves one as it is),
+        as an import does for a task that declared none. Returns the task as stored."""
+        values: dict[str, Any] = {}
+        if instruction is not None:
+            values["instruction"] = instruction
+        if labels is not None:
+            values["labels"] = json.dumps(labels)
+        _check_storable(f"task {name!r}", values)
+        with self.begin() as c:
+            self._task(c, name)  # NotFound for an unknown task, naming the known ones
+            if values:
+                c.execute(schema.tasks.update().where(schema.tasks.c.name == name).values(**values))
+            return self._task(c, name)
+
     def get_task(self, name: str) -> Task:
         with self.read() as c:
             return self._task(c, name)

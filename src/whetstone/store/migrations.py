@@ -170,6 +170,12 @@ def m003_curation(op: Operations) -> None:
     op.create_index("ix_curation_decisions_snapshot", "curation_decisions", ["snapshot_id"])
 
 
+def m004_prediction_confidence(op: Operations) -> None:
+    # Nullable, so evaluations stored before it simply have no confidence (and SQLite can add
+    # it with a plain ALTER TABLE, no table copy).
+    op.add_column("predictions", sa.Column("confidence", sa.Float))
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -181,6 +187,7 @@ MIGRATIONS: list[Migration] = [
     Migration("m001_core", m001_core),
     Migration("m002_lineage", m002_lineage),
     Migration("m003_curation", m003_curation),
+    Migration("m004_prediction_confidence", m004_prediction_confidence),
 ]
 NAMES = [m.name for m in MIGRATIONS]
 

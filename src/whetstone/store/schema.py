@@ -134,6 +134,7 @@ predictions = sa.Table(
     sa.Column("scores", sa.Text, nullable=False),  # JSON: per-record metric values
     sa.Column("latency_ms", sa.Float),
     sa.Column("output_tokens", sa.Integer),
+    sa.Column("confidence", sa.Float),  # m004: log-probability of the answer, 0 = certain
 )
 
 # Curation (m003): why each record is in or out of a snapshot, and features kept for re-use.
