@@ -120,6 +120,11 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _points(ci: list[float | None]) -> str:
+    low, high = ci
+    return "" if low is None or high is None else f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-steps", type=int, default=40, help="train --max-steps (README's: 40)")
@@ -138,7 +143,7 @@ def main() -> None:
             ["promoted by the gate", s["promoted"] and not s["forced"]],
             ["failed rules", ", ".join(s["failed_rules"]) or "none"],
             ["field F1 base -> adapter", f"{s['field_f1_base']} -> {s['field_f1_candidate']}"],
-            ["gain, points [95% CI]", f"{gain} {s['gain_ci']} (target >= +40)"],
+            ["gain, points [95% CI]", f"{gain} {_points(s['gain_ci'])} (target >= +40)"],
             ["validation share of training", f"{s['validation_share']:.1%}"],
             ["full evaluations run", s["full_evaluations_run"]],
             ["promote reused eval's evaluation", s["evaluation_reused_by_promote"]],

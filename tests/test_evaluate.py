@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -276,9 +277,8 @@ def test_cli_eval_and_compare(tiny_project: Any) -> None:
         common.state.project = None
 
 
-@pytest.mark.slow
-def test_exact_match_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
-    """The peer check in benchmarks/lm_eval_agreement.py: same model, records, prompt, stop."""
+def _lm_eval_agreement() -> Any:
+    """The peer check module, benchmarks/lm_eval_agreement.py (not a package)."""
     import importlib.util
 
     path = Path(__file__).parent.parent / "benchmarks" / "lm_eval_agreement.py"
@@ -286,5 +286,52 @@ def test_exact_match_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.run(tmp_path)
-    assert bench.agrees(result), result
+    return bench
+
+
+@pytest.mark.slow
+def test_exact_match_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
+    """The peer check in benchmarks/lm_eval_agreement.py: same model, records, prompt, stop."""
+    bench = _lm_eval_agreement()
+    result = bench.run_generate(tmp_path)
+    assert bench.agrees_generate(result), result
+
+
+@pytest.mark.slow
+def test_label_likelihood_agrees_with_lm_evaluation_harness_multiple_choice(
+    tmp_path: Path,
+) -> None:
+    """Classify by label likelihood chooses the labels lm-eval's multiple_choice chooses
+    (same model, records, system prompt, chat template), at most one record apart."""
+    bench = _lm_eval_agreement()
+    result = bench.run_multiple_choice(tmp_path)
+    assert bench.agrees_multiple_choice(result), result
+
+
+def test_decode_budget_comes_from_the_references_and_can_be_overridden(
+    tiny_project: Any,
+) -> None:
+    from whetstone.models import base
+    from whetstone.models.decoding import BUDGET_FLOOR, answer_budget
+
+    tok = base.load_tokenizer(base.resolve(tiny_project.base_model))
+    task = tiny_project.task("qa")
+    long = " ".join(["word"] * 60)
+    lengths = [len(tok(long, add_special_tokens=False)["input_ids"]) + 1]
+    # The p99 of 2 long and 98 short answers is the long ones' length (end token counted); of
+    # 1 long and 99 short, a short one's.
+    examples = [("q", long)] * 2 + [("q", "yes")] * 98
+    assert answer_budget(tok, task, examples) == math.ceil(lengths[0] * 1.5)
+    assert answer_budget(tok, task, [("q", long)] + [("q", "yes")] * 99) == BUDGET_FLOOR
+    assert answer_budget(tok, task, []) == BUDGET_FLOOR
+
+    derived = evaluate(tiny_project, "qa", "base", "all", resamples=200)
+    assert derived.info["max_new_tokens"] >= BUDGET_FLOOR
+    assert derived.info["hit_budget"] == sum(
+        p.output_tokens == derived.info["max_new_tokens"] for p in derived.predictions
+    )
+    given = evaluate(tiny_project, "qa", "base", "all", max_new_tokens=3, resamples=200)
+    assert given.info["max_new_tokens"] == 3 and given.id != derived.id
+    assert all(p.output_tokens <= 3 for p in given.predictions)
+    # The same settings again: the stored evaluation is reused, not run.
+    assert evaluate(tiny_project, "qa", "base", "all", max_new_tokens=3, resamples=200).reused

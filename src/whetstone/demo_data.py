@@ -97,21 +97,24 @@ def load_demo_data(
             raise InvalidInput(
                 f"demo row {row_id} does not fit task {task!r}'s schema: {error.message}"
             )
-        reference = canonical_json(ref)
-        records.append(
-            Record(
-                task=task,
-                input=text,
-                reference=reference,
-                status=Status.accepted,
-                source=Source.imported,
-                tags=[DEMO_TAG],
-                meta={"demo_id": row_id},
-                source_key=content_key("demo:addresses", text, reference),
-            )
-        )
+        records.append(_demo_record(task, "addresses", row_id, text, canonical_json(ref)))
     added = project.store.add_records(records)
     return t, sum(rid is not None for rid in added)
+
+
+def _demo_record(task: str, dataset: str, row_id: Any, text: str, reference: str) -> Record:
+    """A bundled row as an accepted, imported record; its source key makes a re-run add
+    nothing."""
+    return Record(
+        task=task,
+        input=text,
+        reference=reference,
+        status=Status.accepted,
+        source=Source.imported,
+        tags=[DEMO_TAG],
+        meta={"demo_id": row_id},
+        source_key=content_key(f"demo:{dataset}", text, reference),
+    )
 
 
 def _demo_task(project: Project, name: str) -> Task:
@@ -165,18 +168,7 @@ def load_demo_classify(
     for row_id, text, ref in _rows(INTENTS_FILE)[:limit]:
         # The task may predate this data, with other labels: name the row that does not fit.
         label = t.check_reference(ref, where=f"demo row {row_id}")
-        records.append(
-            Record(
-                task=task,
-                input=text,
-                reference=label,
-                status=Status.accepted,
-                source=Source.imported,
-                tags=[DEMO_TAG],
-                meta={"demo_id": row_id},
-                source_key=content_key("demo:intents", text, label),
-            )
-        )
+        records.append(_demo_record(task, "intents", row_id, text, label))
     added = project.store.add_records(records)
     return t, sum(rid is not None for rid in added)
 

@@ -25,16 +25,15 @@ from whetstone.evaluate.runner import (
     Prediction,
     choose_snapshot,
     inputs_digest,
-    new_evaluation_id,
     records_to_score,
     reusable_evaluation,
     score,
-    store_evaluation,
+    store_new_evaluation,
     summarise,
 )
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 from whetstone.project import Project
-from whetstone.records import Kind, Record, canonical_json, utcnow
+from whetstone.records import Kind, Record, canonical_json
 
 # Not "base:…": that prefix names base language models.
 BASELINE_MODEL = "baseline:logreg-minilm"
@@ -131,21 +130,9 @@ def embedding_baseline(
         metric=None,
         judge=None,
     )
-    now = utcnow()
-    ev = Evaluation(
-        id=new_evaluation_id(BASELINE_MODEL, snap.id, split, now),
-        task=task,
-        model=BASELINE_MODEL,
-        snapshot_id=snap.id,
-        split=split,
-        metrics=intervals,
-        main_metric=main,
-        predictions=preds,
-        info=info,
-        created_at=now,
+    return store_new_evaluation(
+        project, task, BASELINE_MODEL, snap.id, split, intervals, main, preds, info
     )
-    store_evaluation(project, ev)
-    return ev
 
 
 def beats(candidate: Evaluation, baseline: Evaluation) -> dict[str, Any]:

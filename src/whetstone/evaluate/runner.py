@@ -286,16 +286,33 @@ def evaluate(
         judge=judge_client.describe() if judge_client else None,
         inputs=inputs_digest(recs),
     )
+    return store_new_evaluation(
+        project, task, predictor.name, snap.id, split, intervals, main, preds, info
+    )
+
+
+def store_new_evaluation(
+    project: Project,
+    task: str,
+    model: str,
+    snapshot_id: str,
+    split: str,
+    metrics: dict[str, dict[str, float]],
+    main_metric: str,
+    predictions: list[Prediction],
+    info: dict[str, Any],
+) -> Evaluation:
+    """Name, build and store a finished evaluation (in one transaction, `store_evaluation`)."""
     now = utcnow()
     ev = Evaluation(
-        id=new_evaluation_id(predictor.name, snap.id, split, now),
+        id=new_evaluation_id(model, snapshot_id, split, now),
         task=task,
-        model=predictor.name,
-        snapshot_id=snap.id,
+        model=model,
+        snapshot_id=snapshot_id,
         split=split,
-        metrics=intervals,
-        main_metric=main,
-        predictions=preds,
+        metrics=metrics,
+        main_metric=main_metric,
+        predictions=predictions,
         info=info,
         created_at=now,
     )

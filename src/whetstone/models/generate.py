@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from whetstone.models.decoding import Decoder
 from whetstone.models.kv_cache import cache_arg, cache_out
@@ -59,6 +59,25 @@ def encode_prompts(tok: Tokenizer, chats: list[list[dict[str, str]]]) -> list[li
     return out
 
 
+def prompt_forward(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, past: DynamicCache | None
+) -> tuple[Any, DynamicCache, torch.Tensor]:
+    """Run a left-padded batch of prompts (after the `past` head's cache, if any): the output
+    with the last position's logits only, the cache, and each token's position (the mask's
+    running sum, so pads never shift a prompt)."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    done = past.get_seq_length() if past is not None else 0
+    out = model(
+        input_ids=ids[:, done:],
+        attention_mask=mask,
+        position_ids=positions[:, done:],
+        **cache_arg(past),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out, cache_out(out), positions
+
+
 def _greedy(
     model: torch.nn.Module,
     ids: torch.Tensor,
@@ -75,17 +94,7 @@ def _greedy(
     evaluation's time."""
     import torch
 
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    done = past.get_seq_length() if past is not None else 0
-    out = model(
-        input_ids=ids[:, done:],
-        attention_mask=mask,
-        position_ids=positions[:, done:],
-        **cache_arg(past),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = cache_out(out)
+    out, cache, positions = prompt_forward(model, ids, mask, past)
     logits = out.logits[:, -1, :]
     next_pos = positions[:, -1] + 1
     rows = list(range(ids.shape[0]))  # which input row each live batch row is

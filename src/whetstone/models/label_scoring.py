@@ -30,9 +30,10 @@ from whetstone.models.generate import (
     pad_rows,
     pad_token,
     prefill,
+    prompt_forward,
     shared_head,
 )
-from whetstone.models.kv_cache import cache_arg, cache_out
+from whetstone.models.kv_cache import cache_arg
 
 if TYPE_CHECKING:
     import torch
@@ -98,17 +99,7 @@ def _score_batch(
     """(rows, labels) log-likelihoods of each answer's tokens after each row's prompt."""
     import torch
 
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    done = past.get_seq_length() if past is not None else 0
-    out = model(
-        input_ids=ids[:, done:],
-        attention_mask=mask,
-        position_ids=positions[:, done:],
-        **cache_arg(past),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = cache_out(out)
+    out, cache, positions = prompt_forward(model, ids, mask, past)
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
     rows = mask.shape[0]
     next_pos = positions[:, -1:] + 1

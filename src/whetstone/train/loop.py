@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from whetstone.errors import WhetstoneError
-from whetstone.records import Record, Task
+from whetstone.records import Kind, Record, Task
 from whetstone.train.config import LoopConfig
 from whetstone.train.data import IGNORE, Batch, Example, make_batch, plan_epoch
 from whetstone.train.distributed import Processes
@@ -197,29 +197,39 @@ def validate(s: Setup, device: str, pad_id: int) -> dict[str, Any]:
 
 
 def generation_metric(s: Setup) -> float:
-    """The task's own metric on greedy generations of the validation sample: what the
-    checkpoint choice at the end of a run is made by. Each process generates its share."""
-    from whetstone.models.generate import generate
+    """The task's own metric on the validation sample's answers, greedy generations (a
+    classify task's: by label likelihood, as evaluation answers it): what the checkpoint
+    choice at the end of a run is made by. Each process answers its share."""
     from whetstone.prompts import chat, normalise_answer
 
     s.model.eval()
     recs = s.procs.share(list(enumerate(s.val_records)))
-    gens = (
-        generate(
-            s.model,
-            s.tok,
-            [chat(s.task, r.input) for _, r in recs],
-            max_new_tokens=s.max_new_tokens,
-            max_prompt_tokens=s.cfg.max_length,
-        )
-        if recs
-        else []
-    )
-    answers = [(i, normalise_answer(s.task, g.text)) for (i, _), g in zip(recs, gens, strict=True)]
+    chats = [chat(s.task, r.input) for _, r in recs]
+    texts = answer_texts(s, chats) if chats else []
+    answers = [(i, normalise_answer(s.task, t)) for (i, _), t in zip(recs, texts, strict=True)]
     by_index = dict(s.procs.gather(answers))
     preds = [by_index[i] for i in range(len(s.val_records))]
     s.model.train()
     return float(s.metric(s.task, preds, [str(r.reference) for r in s.val_records]))
+
+
+def answer_texts(s: Setup, chats: list[list[dict[str, str]]]) -> list[str]:
+    """The model's answers to `chats`: the most likely label for a classify task with labels,
+    else its greedy generation within the run's answer budget."""
+    labels = list(s.task.labels or []) if s.task.kind == Kind.classify else []
+    if labels:
+        from whetstone.models.label_scoring import score_labels
+
+        return [
+            x.label
+            for x in score_labels(s.model, s.tok, chats, labels, max_prompt_tokens=s.cfg.max_length)
+        ]
+    from whetstone.models.generate import generate
+
+    gens = generate(
+        s.model, s.tok, chats, max_new_tokens=s.max_new_tokens, max_prompt_tokens=s.cfg.max_length
+    )
+    return [g.text for g in gens]
 
 
 def save_best(s: Setup) -> None:
