@@ -297,17 +297,6 @@ def test_exact_match_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
     assert bench.agrees_generate(result), result
 
 
-@pytest.mark.slow
-def test_label_likelihood_agrees_with_lm_evaluation_harness_multiple_choice(
-    tmp_path: Path,
-) -> None:
-    """Classify by label likelihood chooses the labels lm-eval's multiple_choice chooses
-    (same model, records, system prompt, chat template), at most one record apart."""
-    bench = _lm_eval_agreement()
-    result = bench.run_multiple_choice(tmp_path)
-    assert bench.agrees_multiple_choice(result), result
-
-
 def test_decode_budget_comes_from_the_references_and_can_be_overridden(
     tiny_project: Any,
 ) -> None:

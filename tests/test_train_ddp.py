@@ -52,7 +52,12 @@ def launch_two_processes(root: Path, snapshot: str, base: Path) -> subprocess.Co
 def losses(run_dir: Path) -> list[tuple[str, int, float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [
-        (r["kind"], r["step"], r["loss"] if r["kind"] == "train" else r["val_loss"]) for r in rows
+        (
+            r["kind"],
+            r["step"],
+            r[{"train": "loss", "validation": "val_loss"}.get(r["kind"], "metric")],
+        )
+        for r in rows
     ]
 
 

@@ -111,12 +111,10 @@ def read_file(
         raise InvalidInput(
             f"--input-col / --reference-col / --label-map apply to csv, parquet and hf, not {fmt}"
         )
-    system_prompt = None
-    if fmt in ("openai", "evals") and not task.instruction:
-        system_prompt = _first_system_prompt(path)
-        if system_prompt is not None:
-            # Read with it as the instruction, so rows carrying it drop it (rows.chat_input).
-            task = task.model_copy(update={"instruction": system_prompt})
+    system_prompt = _file_instruction(path, fmt, task)
+    if system_prompt is not None:
+        # Read with it as the instruction, so rows carrying it drop it (rows.chat_input).
+        task = task.model_copy(update={"instruction": system_prompt})
     ctx = Context(
         task=task,
         fmt=fmt,
@@ -154,6 +152,16 @@ def read_file(
 
 def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _file_instruction(path: Path, fmt: str, task: Task) -> str | None:
+    """A chat file's first system prompt, when the task has no instruction of its own."""
+    if fmt not in ("openai", "evals") or task.instruction:
+        return None
+    try:
+        return _first_system_prompt(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _first_system_prompt(path: Path) -> str | None:
