@@ -438,3 +438,26 @@ def test_cli_promote_refusal_exits_3_and_history_adapters_rollback(
         assert "0.125 vs 0.750" in refusal["reason"]
     finally:
         common.state.project = None
+
+
+def test_forced_promotion_runs_no_model(tiny: Any, tmp_path: Path) -> None:
+    """`--force` overrules the gate: with no stored evaluation it records the leakage rule
+    and that nothing was evaluated, and never loads a model (this adapter's folder holds no
+    weights, so loading it would fail)."""
+    ref = _register(tiny, tmp_path)
+    result = promote(tiny, ref, FAST, force=True, reason="hotfix", actor="ana")
+    assert result.promoted and result.forced
+    rules = {r.name: r for r in result.decision.rules}
+    assert not rules["beats-baseline"].passed
+    assert rules["beats-baseline"].message.startswith("not evaluated: no stored evaluation")
+    assert rules["leakage"].passed
+    assert result.decision.evaluations == {}
+    assert evaluations_of(tiny) == 0
+    last = registry.history(tiny, "qa")[-1]
+    assert last["action"] == "promote-forced" and "hotfix" in last["reason"]
+
+
+def evaluations_of(p: Any) -> int:
+    from whetstone.evaluate.runner import list_evaluations
+
+    return len(list_evaluations(p, "qa"))
