@@ -21,14 +21,13 @@ from whetstone.errors import InvalidInput
 from whetstone.evaluate import metrics as m
 from whetstone.evaluate.runner import (
     Evaluation,
-    NoStoredEvaluation,
     Prediction,
     choose_snapshot,
     inputs_digest,
     records_to_score,
-    reusable_evaluation,
     score,
     store_new_evaluation,
+    stored_evaluation,
     summarise,
 )
 from whetstone.evaluate.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -93,14 +92,19 @@ def embedding_baseline(
     train = [r for r in snapshots.records(project, snap, "train") if r.reference is not None]
     spec = project.embedding_model
     settings = {"limit": None, "embedding_model": spec, "train": _training_digest(train)}
-    if reuse:
-        found = reusable_evaluation(project, task, BASELINE_MODEL, snap.id, split, recs, settings)
-        if found is not None:
-            return found
-    if stored_only:
-        raise NoStoredEvaluation(
-            f"no stored {BASELINE_MODEL} evaluation on the {split} split of snapshot {snap.id}"
-        )
+    found = stored_evaluation(
+        project,
+        task,
+        BASELINE_MODEL,
+        snap.id,
+        split,
+        recs,
+        settings,
+        reuse=reuse,
+        stored_only=stored_only,
+    )
+    if found is not None:
+        return found
     if not train:
         raise InvalidInput(
             f"snapshot {snap.id} (task {task!r}) has no labelled training records to fit the "

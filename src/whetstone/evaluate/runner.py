@@ -251,15 +251,19 @@ def evaluate(
     settings = {"limit": limit, "max_new_tokens": budget, "metric": metric}
     settings.update(_answering(project, t, model, predictor))
     name = predictor.name if predictor else model_name(project, task, model, base_model)
-    if reuse and not judge:
-        found = reusable_evaluation(project, task, name, snap.id, split, recs, settings)
-        if found is not None:
-            return found
-    if stored_only:
-        raise NoStoredEvaluation(
-            f"no stored evaluation of {name} on the {split} split of snapshot {snap.id} with "
-            f"max_new_tokens {budget}"
-        )
+    found = stored_evaluation(
+        project,
+        task,
+        name,
+        snap.id,
+        split,
+        recs,
+        settings,
+        reuse=reuse and not judge,
+        stored_only=stored_only,
+    )
+    if found is not None:
+        return found
     judge_client = None
     if judge:
         from whetstone.evaluate.judge import Judge
@@ -537,6 +541,34 @@ def latest_evaluation(
         recs = [r for r in snapshots.records(project, snap, split) if r.reference is not None]
         return reusable_evaluation(project, task, name, snapshot_id, split, recs, {"limit": None})
     return None
+
+
+def stored_evaluation(
+    project: Project,
+    task: str,
+    name: str,
+    snapshot_id: str,
+    split: str,
+    recs: list[Record],
+    settings: dict[str, Any],
+    *,
+    reuse: bool,
+    stored_only: bool,
+) -> Evaluation | None:
+    """What an evaluation run starts with: the reusable stored evaluation (with `reuse`), else
+    None; with `stored_only` and none to reuse, `NoStoredEvaluation` (nothing may run)."""
+    found = (
+        reusable_evaluation(project, task, name, snapshot_id, split, recs, settings)
+        if reuse
+        else None
+    )
+    if found is None and stored_only:
+        shown = ", ".join(f"{k} {v}" for k, v in settings.items() if v is not None)
+        raise NoStoredEvaluation(
+            f"no stored evaluation of {name} on the {split} split of snapshot {snapshot_id} "
+            f"with {shown}"
+        )
+    return found
 
 
 def reusable_evaluation(

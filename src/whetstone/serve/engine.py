@@ -273,35 +273,27 @@ class Engine:
         """A classify answer by label likelihood (`models.label_scoring`), run on the engine
         thread between two steps like load/unload, so it never races a decode step. The
         scoring tokenizes on this thread: `tokenizer_lock` is the one request threads hold."""
-        scores: LabelScores = self._chore(
-            lambda: self._score(adapter, chat, labels, tokenizer_lock)
-        )
-        return scores
-
-    def _score(
-        self,
-        adapter: AdapterVersion | None,
-        chat: list[dict[str, str]],
-        labels: list[str],
-        tokenizer_lock: contextlib.AbstractContextManager[Any],
-    ) -> LabelScores:
         from peft import PeftModel
 
-        # The scoring passes name no adapter per row, so PEFT runs its active adapter: make
-        # it the route's (a loaded one, so the pool's invariant holds afterwards too; mixed
-        # batches name theirs per row and a DoRA batch activates its own each pass), or
-        # switch adapters off for the base. Running rows' adapters are pinned, as in `load`.
-        name = self.pool.get(adapter, self._active()).name if adapter is not None else None
-        if name is not None:
-            self.pool.activate(name)
-        model = self.pool.model
-        off = (
-            model.disable_adapter()
-            if name is None and isinstance(model, PeftModel)
-            else contextlib.nullcontext()
-        )
-        with off, tokenizer_lock:
-            return score_labels(model, self.tok, [chat], labels)[0]
+        def run() -> LabelScores:
+            # The scoring passes name no adapter per row, so PEFT runs its active adapter: make
+            # it the route's (a loaded one, so the pool's invariant holds afterwards too; mixed
+            # batches name theirs per row and a DoRA batch activates its own each pass), or
+            # switch adapters off for the base. Running rows' adapters are pinned, as in `load`.
+            name = self.pool.get(adapter, self._active()).name if adapter is not None else None
+            if name is not None:
+                self.pool.activate(name)
+            model = self.pool.model
+            off = (
+                model.disable_adapter()
+                if name is None and isinstance(model, PeftModel)
+                else contextlib.nullcontext()
+            )
+            with off, tokenizer_lock:
+                return score_labels(model, self.tok, [chat], labels)[0]
+
+        scores: LabelScores = self._chore(run)
+        return scores
 
     def _chore(self, run: Callable[[], Any], drains: str | None = None) -> Any:
         with self._cond:
