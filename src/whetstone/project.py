@@ -34,6 +34,7 @@ KNOWN_KEYS = {
     "gate",
     "serve",
     "flywheel",
+    "hero",
 }
 
 
