@@ -87,6 +87,7 @@ def test_interrupted_turn_resumes_without_training_again(
         run_turn(p, "addresses", _config(), progress=False)
     turn = list_turns(p, "addresses")[-1]
     assert turn.finished_at is None and list(turn.steps) == [
+        "teach",
         "collect",
         "curate",
         "train",
@@ -99,6 +100,36 @@ def test_interrupted_turn_resumes_without_training_again(
     assert s.turn == turn.number  # the same turn, finished
     assert len(registry.list_versions(p, "addresses")) == 1  # trained once
     assert list(list_turns(p, "addresses")[-1].steps) == list(STEPS)
+
+
+def test_with_a_hero_the_teacher_labels_new_traffic_before_curation(
+    tmp_path: Path, tiny_base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.hero_stub import StubHero, serving
+
+    from whetstone import snapshots
+
+    p = _project(tmp_path, tiny_base_dir)
+    truth = {text: canonical_json(ref) for text, ref in demo_rows(30)}
+    stub = StubHero(answer=lambda text, i: truth[text])
+    monkeypatch.setenv("FLYWHEEL_HERO_KEY", "sk-flywheel-secret")
+    with serving(stub) as url:
+        p.config["hero"] = {
+            "base_url": url,
+            "model": "stub-large",
+            "api_key_env": "FLYWHEEL_HERO_KEY",
+        }
+        s = run_turn(p, "addresses", _config(), progress=False)
+    teach = list_turns(p, "addresses")[-1].steps["teach"]
+    assert (teach["asked"], teach["labelled"], teach["failed"]) == (6, 6, 0)
+    assert len(stub.calls) == 6
+    teacher = {r.id for r in p.store.iter_records("addresses", source="teacher")}
+    assert len(teacher) == 6
+    # Teacher labels train; only people's labels are held out to judge the candidate.
+    snap = snapshots.load(p, list_turns(p, "addresses")[-1].steps["curate"]["snapshot"])
+    held_out = set(snap.ids("test")) | set(snap.ids("validation"))
+    assert not teacher & held_out and teacher & set(snap.ids("train"))
+    assert s.decision in ("promoted", "refused")
 
 
 def test_turn_without_new_labels_is_skipped(tmp_path: Path, tiny_base_dir: Path) -> None:

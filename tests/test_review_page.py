@@ -380,6 +380,39 @@ def test_correction_with_the_keyboard_is_stored(
     assert "wrong_label" in suggestions
 
 
+def test_an_escalated_record_shows_both_answers_and_takes_the_heros_in_one_click(
+    seeded: Seeded, serve: Callable[..., str], page: Any
+) -> None:
+    hero = '{"city":"Springfield"}'
+    cascade = {
+        "route": "cascade",
+        "answered_by": "hero",
+        "reason": "check",
+        "threshold": None,
+        "workhorse": {"output": "Springfield, no JSON", "confidence": -2.5},
+        "hero": {"output": hero, "model": "stub-large", "cost": 0.02},
+    }
+    rid = seeded.project.capture(
+        "address", "1 Elm St, Springfield", hero, tags=["escalated"], meta={"cascade": cascade}
+    )
+    base = serve(seeded.project)
+    open_review(page, base, "?task=address")
+    wait_shown(page, seeded.ids["main_st"])
+    assert page.locator("#cascade").is_hidden()  # no cascade, no second pair of answers
+    page.click(f'#queue-list li[data-id="{rid}"]')
+    wait_shown(page, rid)
+    assert "Springfield, no JSON" in page.inner_text("#cascade-workhorse")
+    assert '"city": "Springfield"' in page.inner_text("#cascade-hero")
+    assert page.text_content("#cascade-hero-model") == "(stub-large)"
+    page.click("#use-hero")
+    page.wait_for_function(
+        "id => document.querySelector('#message').textContent.includes('#' + id + ' corrected')",
+        arg=rid,
+    )
+    rec = seeded.store.get_record(rid)
+    assert (rec.status, rec.reference) == (Status.corrected, hero)
+
+
 def test_accept_reject_and_navigation_by_key(
     seeded: Seeded, serve: Callable[..., str], page: Any
 ) -> None:

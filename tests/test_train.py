@@ -244,6 +244,45 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_base_dir: Path)
     )
 
 
+def test_a_teacher_label_counts_with_its_weight_in_a_packed_batch(tiny_base_dir: Path) -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from whetstone.models import base
+    from whetstone.records import Record, Source
+    from whetstone.train.data import Example, collate, encode_records
+    from whetstone.train.loop import answer_loss
+
+    model, tok = base.load(base.resolve(str(tiny_base_dir)), dtype=torch.float32)
+    person = Example(None, list(range(100, 130)), 20)
+    teacher = Example(None, list(range(300, 340)), 25, weight=0.25)
+    with torch.no_grad():
+        packed = answer_loss(model, collate([[person, teacher]], pad_id=2), "cpu")
+        own = [answer_loss(model, collate([[e]], pad_id=2), "cpu") for e in (person, teacher)]
+        full = answer_loss(model, collate([[replace(teacher, weight=1.0)]], pad_id=2), "cpu")
+    assert full > 0
+    assert torch.allclose(own[1], 0.25 * full, rtol=1e-5)
+    assert torch.allclose(packed, own[0] + 0.25 * full, rtol=1e-4)
+    # encode_records gives each record its weight: teacher labels `teacher_weight`, people 1.
+    from whetstone.records import Task, human_reference
+
+    task = Task(name="t", kind="generate")
+    recs = [
+        Record(id=1, task="t", input="a", reference="x", source=Source.imported),
+        Record(id=2, task="t", input="b", reference="y", source=Source.teacher),
+    ]
+    exs, _ = encode_records(
+        tok,
+        task,
+        recs,
+        max_length=256,
+        policy="left",
+        weight_of=lambda r: 1.0 if human_reference(r) else 0.5,
+    )
+    assert [e.weight for e in exs] == [1.0, 0.5]
+
+
 def test_logits_only_where_a_loss_is_taken(tiny_base_dir: Path) -> None:
     import torch
 

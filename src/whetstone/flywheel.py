@@ -1,5 +1,6 @@
-"""One turn of the loop, composed from the stages: collect → curate → train → evaluate → gate →
-promote or refuse → report → queue the next records to label.
+"""One turn of the loop, composed from the stages: teach (when a hero is configured, its
+teacher labels new records) → collect → curate → train → evaluate → gate → promote or refuse →
+report → queue the next records to label.
 
 A turn's progress lives in `.whetstone/flywheel/<task>/turn-NNNN.json`, written atomically after
 every step. Running the flywheel again after an interruption resumes the unfinished turn at its
@@ -44,6 +45,16 @@ class FlywheelConfig(BaseModel):
         None, ge=1, description="answer length cap when evaluating; default: from the references"
     )
     next_n: int = Field(50, ge=0, description="records to queue for labelling after the turn")
+    teach_n: int = Field(
+        200,
+        ge=0,
+        description="with a hero configured: unlabelled records its teacher labels before "
+        "curation (escalations it already answered are free); 0: none",
+    )
+    teacher_samples: int = Field(1, ge=1, description="teacher samples per record (majority vote)")
+    min_agreement: float = Field(
+        2 / 3, ge=0, le=1, description="teacher labels agreed on less go to human review"
+    )
     min_new_records: int = Field(0, ge=0, description="skip the turn when fewer new labels arrived")
     report: bool = True
 
@@ -215,6 +226,42 @@ class TurnContext:
         )
 
 
+def _teach(c: TurnContext) -> dict[str, Any]:
+    """With a hero: its teacher labels the new unlabelled records (production traffic first;
+    escalations it already answered cost nothing), so curation sees them; the labels it
+    disagrees with itself on go to the review queue instead. A hero that is down costs the
+    turn its teacher labels, not the turn. Without a hero: nothing, as before heroes."""
+    from whetstone.models.hero import HeroError, project_hero, project_hero_config
+
+    if "collect" in c.turn.steps:  # a turn begun before teaching existed: its data is taken
+        return {"labelled": 0, "skipped": "turn resumed past collect"}
+    if project_hero_config(c.project) is None or c.cfg.teach_n == 0:
+        return {"labelled": 0, "skipped": "no hero configured" if c.cfg.teach_n else "teach_n 0"}
+    from whetstone import distill
+
+    try:
+        s = distill.label(
+            c.project,
+            c.task,
+            project_hero(c.project),
+            n=c.cfg.teach_n,
+            samples=c.cfg.teacher_samples,
+            min_agreement=c.cfg.min_agreement,
+        )
+    except HeroError as e:
+        return {"labelled": 0, "error": str(e)}
+    return {
+        "model": s.model,
+        "asked": s.asked,
+        "labelled": s.labelled,
+        "to_review": s.disagreed,
+        "failed": s.failed,
+        "from_escalations": s.reused,
+        "cost": s.cost,
+        "tokens": s.tokens,
+    }
+
+
 def _collect(c: TurnContext) -> dict[str, Any]:
     """What reviewers and production produced since the last turn."""
     labelled = _labelled_ids(c.project, c.task)
@@ -357,6 +404,7 @@ def _next(c: TurnContext) -> dict[str, Any]:
 # A turn, in order. Each step reads what earlier ones recorded in `turn.steps`, so a resumed
 # turn runs only the steps its file does not hold yet.
 TURN_STEPS: tuple[tuple[str, Callable[[TurnContext], dict[str, Any]]], ...] = (
+    ("teach", _teach),
     ("collect", _collect),
     ("curate", _curate),
     ("train", _train),

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import string
+from typing import Any
 
 from whetstone.records import Input, Kind, Task, input_text, to_messages
+
+_PUNCT = set(string.punctuation)
 
 
 def instruction(task: Task) -> str:
@@ -66,3 +70,56 @@ def normalise_answer(task: Task, text: str) -> str:
         except (json.JSONDecodeError, TypeError):
             return text
     return text
+
+
+# ---------------------------------------------------------------- the task's own checks
+# Here, below every stage, because evaluation scores with them, calibration counts them and
+# the server's cascade escalates on them: one rule for all three.
+
+
+def normalise_label(s: str) -> str:
+    """Labels compare without case, surrounding/inner whitespace runs or punctuation, so
+    'Positive.' maps to 'positive' but 'not positive' does not."""
+    s = "".join(ch for ch in s.casefold() if ch not in _PUNCT)
+    return " ".join(s.split())
+
+
+def map_label(answer: str, labels: list[str]) -> str | None:
+    """The task label an answer names, or None when it names none of them."""
+    key = normalise_label(answer)
+    for label in labels:
+        if normalise_label(label) == key:
+            return label
+    return None
+
+
+def schema_valid(task: Task, obj: Any) -> bool:
+    """Whether an extract answer's parsed JSON keeps the task's schema (no schema: any)."""
+    if not task.schema_:
+        return True
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(task.schema_).is_valid(obj)
+
+
+def answer_fails_checks(task: Task, text: str) -> str | None:
+    """Why a model's answer fails the task's own checks, or None when it passes: a classify
+    answer that names none of the declared labels, an extract answer that is not one JSON
+    object or breaks the task's schema. Generate tasks, and classify tasks without declared
+    labels, have no checks. A cascade escalates such an answer whatever its confidence."""
+    shown = text.strip()
+    shown = shown if len(shown) <= 40 else shown[:39] + "…"
+    if task.kind == Kind.classify:
+        if task.labels and map_label(text, list(task.labels)) is None:
+            return f"{shown!r} is not one of the task's labels"
+        return None
+    if task.kind == Kind.extract:
+        try:
+            obj = json.loads(text.strip())
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return f"{shown!r} is not JSON"
+        if not isinstance(obj, dict):
+            return f"{shown!r} is not a JSON object"
+        if not schema_valid(task, obj):
+            return "the answer breaks the task's schema"
+    return None

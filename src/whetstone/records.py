@@ -159,6 +159,23 @@ class Record(BaseModel):
         return find_unstorable(self.model_dump(exclude={"id", "created_at", "updated_at"}))
 
 
+# Answers a model (the hero as teacher) wrote rather than a person or an imported dataset.
+MODEL_SOURCES = frozenset({Source.teacher, Source.synthetic})
+# The tag of a record whose teacher samples disagreed: it needs a person's label, first.
+TEACHER_DISAGREED = "teacher-disagreed"
+
+
+def human_reference(record: Record) -> bool:
+    """The record's reference is ground truth a person or an imported dataset gave: the only
+    kind a model may be evaluated or gated on. A teacher's label (source teacher/synthetic)
+    counts once a person confirmed or corrected it; before that it may only be trained on."""
+    if record.reference is None or record.status == Status.rejected:
+        return False
+    if record.source in MODEL_SOURCES:
+        return record.status in (Status.accepted, Status.corrected)
+    return True
+
+
 def input_text(inp: Input) -> str:
     if isinstance(inp, str):
         return inp

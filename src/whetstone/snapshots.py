@@ -16,7 +16,9 @@ leakage-free by the gate's own definition: exact and near duplicates (`whetstone
 its `THRESHOLD`) are grouped and each group lands on one side, and no training or validation
 record near-duplicates a test record of any snapshot of the task. It is stable across
 snapshots: a group's split is decided by a hash of its members' normalised input text, test
-records stay test, so numbers stay comparable from one flywheel turn to the next.
+records stay test, so numbers stay comparable from one flywheel turn to the next. Only human or
+imported references (`records.human_reference`) are ever tested or validated on; a teacher's
+labels train.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from typing import Any
 from whetstone import neardup
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
-from whetstone.records import Input, Message, Record, Source, Status, canonical_json, utcnow
+from whetstone.records import (
+    Input,
+    Message,
+    Record,
+    Source,
+    Status,
+    canonical_json,
+    human_reference,
+    utcnow,
+)
 from whetstone.store import snapshots as stored
 from whetstone.store.curation import decision_details
 
@@ -96,7 +107,9 @@ def default_assignment(
     trained: Collection[int] = (),
 ) -> dict[int, str]:
     """Hash split by near-duplicate group (`neardup.groups`): every group on one side, placed
-    by its `group_bucket` (test first, then validation, the rest train).
+    by its human references' `group_bucket` (test first, then validation, the rest train).
+    Teacher and synthetic labels (not `human_reference`) only ever train: a group of them
+    alone trains, and in a test or validation group they are left out of the result.
 
     A group holding a held-out record or one of `pinned` (test in an earlier snapshot) keeps
     those in test and leaves its other members out of the result: they near-duplicate a test
@@ -110,18 +123,24 @@ def default_assignment(
     for members in neardup.groups(texts):
         group = [records[i] for i in members]
         ids = [int(r.id or 0) for r in group]
-        tests = [int(r.id or 0) for r in group if r.id in pinned or is_held_out(r)]
+        # Only human references are scored on (`human_reference`): they alone decide where a
+        # group goes, so a teacher label arriving near a record never moves it.
+        humans = [r for r in group if human_reference(r)]
+        tests = [int(r.id or 0) for r in humans if r.id in pinned or is_held_out(r)]
         if tests:
             out.update((rid, "test") for rid in tests)
             continue
-        b = group_bucket(split_bucket(r.input_text) for r in group)
+        b = group_bucket(split_bucket(r.input_text) for r in humans) if humans else 1.0
         if b < test:
             split = "train" if any(rid in trained for rid in ids) else "test"
         elif b < test + validation:
             split = "validation"
         else:
             split = "train"
-        out.update((rid, split) for rid in ids)
+        # Teacher labels train only: in a test or validation group they near-duplicate a
+        # record scored on, so they are left out like any other leak.
+        placed = group if split == "train" else humans
+        out.update((int(r.id or 0), split) for r in placed if not is_held_out(r))
     return out
 
 

@@ -58,6 +58,7 @@ def promote_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Gate a candidate adapter and make it production only if every rule passes."""
+    from whetstone.evaluate.cascade import promotion_note
     from whetstone.evaluate.gate import GateRefused, gate_config, promote
 
     p = common.project()
@@ -74,8 +75,11 @@ def promote_cmd(
     )
     result = promote(p, ref, cfg, force=force, actor=actor, reason=reason)
     d = result.decision
+    note = promotion_note(p, result.adapter) if result.promoted else None
     if as_json:
-        common.print_json({**d.to_dict(), "promoted": result.promoted, "forced": result.forced})
+        common.print_json(
+            {**d.to_dict(), "promoted": result.promoted, "forced": result.forced, "warning": note}
+        )
     else:
         print_decision(d)
         if result.forced:
@@ -85,6 +89,8 @@ def promote_cmd(
             )
         elif result.promoted:
             common.out.print(f"[green]Promoted {d.candidate} to production[/green]")
+        if note:
+            common.err.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
     if not result.promoted:
         failed = ", ".join(r.name for r in d.failed)
         raise GateRefused(f"the gate refused {d.candidate}: {failed} failed")

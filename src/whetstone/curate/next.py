@@ -10,7 +10,11 @@ neighbours in the pool, raised to `density`: uncertainty x distance alone favour
 (odd one-off inputs are far from everything and the model is unsure of them), which teach
 the least per label when labels are few: the cold-start problem of active learning. The queue
 is chosen greedily: each pick counts as labelled for the next, so fifty near-identical inputs
-never fill the queue."""
+never fill the queue.
+
+Records the teacher could not agree on (`teacher-disagreed`, from `whetstone distill`, of any
+source) come first, least agreed first: the teacher's own vote says they are hard, and they
+are the only records it will not label."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from whetstone.curate import cache
 from whetstone.curate.normalise import clean_record_text
 from whetstone.errors import InvalidInput
 from whetstone.project import Project
-from whetstone.records import Record, Source, Status
+from whetstone.records import TEACHER_DISAGREED, Record, Source, Status
 from whetstone.snapshots import is_held_out, test_ids_in_use, trainable
 
 _NEIGHBOURS = 10
@@ -32,6 +36,14 @@ def uncertainty(rec: Record) -> float:
     if rec.confidence is None:
         return 1.0
     return 1.0 - math.exp(min(0.0, rec.confidence))
+
+
+def _disagreement(rec: Record) -> float:
+    """1 + the teacher's disagreement for a `teacher-disagreed` record, else 0."""
+    if TEACHER_DISAGREED not in rec.tags:
+        return 0.0
+    agreement = (rec.meta.get("teacher") or {}).get("agreement")
+    return 2.0 - float(agreement) if isinstance(agreement, (int, float)) else 2.0
 
 
 def density_of(vecs: Any, seed: int = 0) -> Any:
@@ -76,6 +88,14 @@ def next_to_label(
             task, source=Source.production.value, status=Status.unreviewed.value
         )
     )
+    in_pool = {r.id for r in pool}
+    pool += [
+        r
+        for r in project.store.iter_records(
+            task, tag=TEACHER_DISAGREED, status=Status.unreviewed.value, has_reference=False
+        )
+        if r.id not in in_pool
+    ]
     if not pool:
         return []
     held = test_ids_in_use(project, task)
@@ -99,11 +119,13 @@ def next_to_label(
     unc = np.array([uncertainty(r) for r in pool], dtype=np.float32)
     dens = density_of(pv) if density else np.ones(len(pool), dtype=np.float32)
     typical = dens**density
+    # Above every other score (which are at most 1): teacher-disagreed first, least agreed first.
+    first = np.array([_disagreement(r) for r in pool], dtype=np.float32)
     out: list[tuple[Record, float, dict[str, float]]] = []
     taken = np.zeros(len(pool), dtype=bool)
     for _ in range(min(n, len(pool))):
         dist = np.clip(1.0 - nearest, 0.0, 1.0)
-        score = np.where(taken, -1.0, unc * dist * typical)
+        score = np.where(taken, -1.0, unc * dist * typical + first)
         i = int(np.argmax(score))
         parts = {
             "uncertainty": float(unc[i]),

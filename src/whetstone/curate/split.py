@@ -7,6 +7,8 @@
   row does not join test: the contamination check keeps it out, and the test set stays put.
 - New groups fill each split up to its fraction, stratified by label for classify, in the
   order of a stable hash of their text: the same data always splits the same way.
+- Only human references (`records.human_reference`) are tested or validated on: teacher and
+  synthetic labels train, and are removed where their group is tested or validated on.
 - Contamination check: no training or validation row may near-duplicate a test row of *any*
   snapshot of the task, including rows this run left out; offenders are removed and counted.
   "Near-duplicate" is the gate's leakage rule's own definition (`whetstone.neardup`).
@@ -21,7 +23,7 @@ from whetstone.curate import dedup
 from whetstone.curate.normalise import clean_record_text
 from whetstone.curate.state import Row, Run
 from whetstone.project import Project
-from whetstone.records import Kind
+from whetstone.records import Kind, human_reference
 from whetstone.snapshots import held_out_ids, is_held_out, split_bucket
 from whetstone.store import snapshots as stored_snapshots
 
@@ -51,33 +53,58 @@ def _groups(ctx: Run, rows: list[Row]) -> list[list[int]]:
     return uf.groups()
 
 
+def _place_by_history(rows: list[Row], members: list[int]) -> None:
+    """A group's split from earlier snapshots (None: a new group, placed by `assign`)."""
+    pinned = [i for i in members if rows[i].prior_split == "test" or is_held_out(rows[i].record)]
+    if pinned:
+        # The test split stays the same records: a newcomer to a test row's group goes to
+        # training, where the contamination check removes it if it near-duplicates a test
+        # row (joining test would change the test set, and every stored evaluation on it
+        # would stop being comparable or reusable).
+        for i in members:
+            rows[i].split = "test" if i in pinned else "train"
+    else:
+        prior = max((rows[i].prior_split or "" for i in members), key=lambda s: _PRIORITY.get(s, 0))
+        for i in members:
+            rows[i].split = prior or None
+
+
+def _teacher_rows(ctx: Run, groups: list[tuple[list[int], list[int]]]) -> None:
+    """Teacher and synthetic labels (not `human_reference`) train only: in a group whose
+    human records are tested or validated on they would be a near copy of what is scored,
+    so they are removed, like any other leak; elsewhere they train."""
+    rows = ctx.rows
+    for members, humans in groups:
+        scored = any(rows[i].split in ("test", "validation") for i in humans)
+        for i in set(members) - set(humans):
+            rows[i].split = "train"
+            if scored:
+                ctx.decide(
+                    rows[i],
+                    "removed",
+                    "teacher label near a test or validation record (teacher labels train only)",
+                    near=[rows[j].id for j in humans],
+                )
+
+
 def assign(ctx: Run) -> None:
     cfg = ctx.config
     rows = ctx.rows
     strata: dict[str, list[list[int]]] = defaultdict(list)
+    groups: list[tuple[list[int], list[int]]] = []
     for members in _groups(ctx, rows):
-        pinned = [
-            i for i in members if rows[i].prior_split == "test" or is_held_out(rows[i].record)
-        ]
-        if pinned:
-            # The test split stays the same records: a newcomer to a test row's group goes to
-            # training, where the contamination check removes it if it near-duplicates a test
-            # row (joining test would change the test set, and every stored evaluation on it
-            # would stop being comparable or reusable).
-            for i in members:
-                rows[i].split = "test" if i in pinned else "train"
-        else:
-            prior = max(
-                (rows[i].prior_split or "" for i in members), key=lambda s: _PRIORITY.get(s, 0)
-            )
-            for i in members:
-                rows[i].split = prior or None
-        key = rows[members[0]].reference if ctx.task.kind == Kind.classify else ""
-        strata[key].append(members)
-    for groups in strata.values():
-        total = sum(len(g) for g in groups)
+        # Only human references are placed (and counted towards the split's fractions).
+        humans = [i for i in members if human_reference(rows[i].record)]
+        groups.append((members, humans))
+        if not humans:
+            continue
+        _place_by_history(rows, humans)
+        key = rows[humans[0]].reference if ctx.task.kind == Kind.classify else ""
+        strata[key].append(humans)
+    for stratum in strata.values():
+        total = sum(len(g) for g in stratum)
         have: Counter[str] = Counter()
-        for g in groups:
+        for g in stratum:
             for i in g:
                 if split := rows[i].split:
                     have[split] += 1
@@ -85,7 +112,7 @@ def assign(ctx: Run) -> None:
             "test": round(cfg.test * total) - have["test"],
             "validation": round(cfg.validation * total) - have["validation"],
         }
-        new = [g for g in groups if rows[g[0]].split is None]
+        new = [g for g in stratum if rows[g[0]].split is None]
         new.sort(key=lambda g: min(split_bucket(rows[i].text) for i in g))
         for g in new:
             # A group goes where it brings a split closer to its target; one that would
@@ -95,6 +122,7 @@ def assign(ctx: Run) -> None:
                 need[split] -= len(g)
             for i in g:
                 rows[i].split = split
+    _teacher_rows(ctx, groups)
 
 
 def _held_out_rows(ctx: Run) -> list[Row]:
@@ -125,7 +153,7 @@ def contamination(ctx: Run) -> None:
     """Remove training/validation rows that near-duplicate any test row of the task."""
     cfg = ctx.config
     tests = [r for r in ctx.rows if r.split == "test"] + _held_out_rows(ctx)
-    others = [r for r in ctx.rows if r.split != "test"]
+    others = [r for r in ctx.rows if r.split != "test" and not r.removed]
     ctx.card["contamination_checked"] = len(tests)
     if not tests or not others:
         ctx.note(

@@ -18,6 +18,12 @@ from typing import Any
 import numpy as np
 
 from whetstone.errors import InvalidInput
+
+# Label matching and the schema check live in prompts, below every stage, because the
+# cascade's checks (`prompts.answer_fails_checks`) use the very same rules; re-exported here.
+from whetstone.prompts import map_label as map_label
+from whetstone.prompts import normalise_label as normalise_label
+from whetstone.prompts import schema_valid
 from whetstone.records import Kind, Task
 
 # `S(column)` returns the (weighted) sum of one per-record column: a float for the point
@@ -38,22 +44,6 @@ def answer_for_scoring(s: str) -> str:
     s = "".join(ch for ch in s if ch not in _PUNCT)
     s = _ARTICLES.sub(" ", s)
     return " ".join(s.split())
-
-
-def normalise_label(s: str) -> str:
-    """Labels compare without case, surrounding/inner whitespace runs or punctuation, so
-    'Positive.' maps to 'positive' but 'not positive' does not."""
-    s = "".join(ch for ch in s.casefold() if ch not in _PUNCT)
-    return " ".join(s.split())
-
-
-def map_label(answer: str, labels: list[str]) -> str | None:
-    """The task label an answer names, or None when it names none of them."""
-    key = normalise_label(answer)
-    for label in labels:
-        if normalise_label(label) == key:
-            return label
-    return None
 
 
 def _field_value(v: Any) -> str:
@@ -156,7 +146,7 @@ def per_example(
 
 def _extract_example(task: Task, prediction: str, reference: str) -> dict[str, float]:
     ok, obj = parse_json(prediction)
-    schema_ok = ok and _schema_valid(task, obj)
+    schema_ok = ok and schema_valid(task, obj)
     _, ref_obj = parse_json(reference)
     got, want = present_fields(obj), present_fields(ref_obj)
     tp = sum(1 for k, v in got.items() if want.get(k) == v)
@@ -171,14 +161,6 @@ def _extract_example(task: Task, prediction: str, reference: str) -> dict[str, f
         "field_fp": float(fp),
         "field_fn": float(fn),
     }
-
-
-def _schema_valid(task: Task, obj: Any) -> bool:
-    if not task.schema_:
-        return True
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(task.schema_).is_valid(obj)
 
 
 def main_key(task: Task) -> str:

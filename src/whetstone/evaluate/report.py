@@ -104,7 +104,7 @@ def failures(project: Project, task: Task, c: Comparison) -> dict[str, list[Fail
 # ---------------------------------------------------------------- plots
 
 
-def _figure_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
+def figure_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +175,7 @@ def plot_curves(rows: list[dict[str, Any]], metric: str) -> bytes | None:
         ax2.set(xlabel="step", ylabel="score", title=f"validation ({metric} at the end)")
         ax2.grid(alpha=0.3)
 
-    return _figure_png(draw, (10, 3.8))
+    return figure_png(draw, (10, 3.8))
 
 
 def plot_confusion(conf: dict[str, Any]) -> bytes:
@@ -203,7 +203,7 @@ def plot_confusion(conf: dict[str, Any]) -> bytes:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
     side = max(4.0, 0.6 * len(cols) + 2.5)
-    return _figure_png(draw, (side + 1, side))
+    return figure_png(draw, (side + 1, side))
 
 
 def plot_fields(c: Comparison) -> bytes | None:
@@ -235,7 +235,7 @@ def plot_fields(c: Comparison) -> bytes | None:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, frameon=False)
         ax.grid(axis="x", alpha=0.3)
 
-    return _figure_png(draw, (8, 1.8 + 0.45 * len(names)))
+    return figure_png(draw, (8, 1.8 + 0.45 * len(names)))
 
 
 def plot_slices(c: Comparison) -> bytes | None:
@@ -271,7 +271,7 @@ def plot_slices(c: Comparison) -> bytes | None:
         )
         ax.grid(axis="x", alpha=0.3)
 
-    return _figure_png(draw, (8, 1.4 + 0.4 * len(slices)))
+    return figure_png(draw, (8, 1.4 + 0.4 * len(slices)))
 
 
 def plot_reliability(curves: dict[str, dict[str, Any]]) -> bytes | None:
@@ -300,7 +300,7 @@ def plot_reliability(curves: dict[str, dict[str, Any]]) -> bytes | None:
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
 
-    return _figure_png(draw, (5.5, 5))
+    return figure_png(draw, (5.5, 5))
 
 
 def _model_label(model: str) -> str:
@@ -405,7 +405,7 @@ def _gate_view(gate: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # The figures a report may save beside its page, as `<task>-<version>-<name>.png`.
-PNG_NAMES = ("curves", "confusion", "reliability", "fields", "slices")
+PNG_NAMES = ("curves", "confusion", "reliability", "fields", "slices", "cascade")
 
 
 def default_path(project: Project, av: AdapterVersion) -> Path:
@@ -492,6 +492,44 @@ def _classify_view(
             "No reliability diagram: the answers were stored without confidences.",
         ),
     }
+
+
+def _cascade_view(
+    project: Project, av: AdapterVersion, figure: Callable[..., dict[str, str]]
+) -> dict[str, Any] | None:
+    """The calibrated cascade (`whetstone route calibrate`), when the version has one: its
+    threshold, escalation, score against hero and workhorse, cost, and the curve's PNG (from
+    the version's report folder, where calibration drew it)."""
+    cal = av.info.get("cascade")
+    if not cal:
+        return None
+    png = default_path(project, av).parent / f"{av.task}-{av.version}-cascade.png"
+    target = (
+        f"{cal['target']:.0%} of the hero's score"
+        if cal.get("target") is not None
+        else f"at most {cal.get('max_escalation', 0):.0%} escalated"
+    )
+    rows = [
+        ["threshold", f"{cal['threshold']:.4g} (escalate below this confidence)"],
+        ["target", target + ("" if cal.get("feasible", True) else " (out of reach: closest)")],
+        ["escalated", f"{cal['escalation']:.1%} of {cal.get('n', '?')} records"],
+        [
+            f"cascade {cal.get('metric', '')}",
+            f"{_num(cal['score'])} [{_num(cal.get('score_low'))}, {_num(cal.get('score_high'))}]",
+        ],
+        ["hero only", _num(cal["hero_score"])],
+        ["workhorse only", _num(cal["workhorse_score"])],
+        ["cost", f"{cal.get('cost', 0):.1%} of hero-only (by {cal.get('cost_basis', 'money')})"],
+        ["hero", str(cal.get("hero_model", ""))],
+        ["calibrated", str(cal.get("calibrated_at", ""))[:19]],
+    ]
+    shown = figure(
+        png.read_bytes() if png.is_file() else None,
+        "cascade",
+        "cascade quality-cost curve",
+        "No curve: its PNG is gone (run whetstone route calibrate again).",
+    )
+    return {"rows": rows, "figure": shown}
 
 
 def _cost_rows(c: Comparison) -> list[list[str]]:
@@ -598,6 +636,7 @@ def write_report(
         per_group=FAILURES_PER_GROUP,
         text_limit=TEXT_LIMIT,
         gate=_gate_view(av.info.get("gate")),
+        cascade=_cascade_view(project, av, figure),
     )
     atomic_write_text(path, page)
     return path

@@ -38,6 +38,8 @@ from whetstone.errors import InvalidInput, WhetstoneError, first_line, from_vali
 if TYPE_CHECKING:
     import openai
 
+    from whetstone.project import Project
+
 Route = Literal["workhorse", "hero", "cascade"]
 ROUTES: tuple[str, ...] = ("workhorse", "hero", "cascade")
 MASK = "***"
@@ -89,6 +91,22 @@ def hero_config(
         return HeroConfig.model_validate(dict(section))
     except pydantic.ValidationError as e:
         raise from_validation(e, where, "hero") from None
+
+
+def project_hero_config(project: Project) -> HeroConfig | None:
+    """The project's hero (`hero:` in whetstone.yaml), or None when it has none."""
+    return hero_config(project.section("hero"), str(project.config_path))
+
+
+def project_hero(project: Project) -> Hero:
+    """The project's hero, or an error saying how to set one."""
+    config = project_hero_config(project)
+    if config is None:
+        raise InvalidInput(
+            f"no hero configured: add a `hero:` section to {project.config_path} with base_url, "
+            "model and api_key_env (the NAME of the variable holding the key)"
+        )
+    return Hero(config)
 
 
 class HeroError(WhetstoneError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -96,6 +97,12 @@ class Answer:
             self.headers["X-Whetstone-Fallback"] = "base"
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.logprobs: dict[str, Any] | None = None  # the choice's, where the answer has them
+        # Set by `cascade` when the caller may get another answer than the engine's (the
+        # hero's): the engine's own end event, which the metrics count; a mark on the record
+        # (meta["cascade"], tags); and fields for the body's `whetstone` part.
+        self.engine_done: Done | None = None
+        self.amend: Callable[[Record], Record] | None = None
+        self.whetstone: dict[str, Any] = {}
         # The engine's worker thread hands events back to this request's event loop.
         loop = asyncio.get_running_loop()
         self.job = Job(
@@ -116,12 +123,15 @@ class Answer:
         route, metrics = self.route, self.svc.metrics
         latency = (time.perf_counter() - self.started) * 1000
         metrics.latency.labels(self.endpoint, route.model).observe(latency / 1000)
-        metrics.prompt_tokens.labels(route.model).inc(done.prompt_tokens)
-        metrics.completion_tokens.labels(route.model).inc(done.completion_tokens)
-        if route.task is None:
-            return {"record": None, "model": route.model, "confidence": done.confidence}
-        self.svc.capture.submit(self._record(route.task, done, latency, incomplete))
-        return {"record": self.ref, "model": route.model, "confidence": done.confidence}
+        engine = self.engine_done or done
+        metrics.prompt_tokens.labels(route.model).inc(engine.prompt_tokens)
+        metrics.completion_tokens.labels(route.model).inc(engine.completion_tokens)
+        extra = {"record": None, "model": route.model, "confidence": done.confidence}
+        if route.task is not None:
+            record = self._record(route.task, done, latency, incomplete)
+            self.svc.capture.submit(self.amend(record) if self.amend else record)
+            extra["record"] = self.ref
+        return {**extra, **self.whetstone}
 
     def _record(self, task: Task, done: Done, latency_ms: float, incomplete: bool) -> Record:
         route, req = self.route, self.req

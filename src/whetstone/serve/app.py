@@ -25,6 +25,7 @@ from whetstone.errors import WhetstoneError, from_validation
 from whetstone.project import Project
 from whetstone.serve import (
     admin,
+    cascade,
     feedback,
     openai_routes,
     operations,
@@ -78,9 +79,12 @@ def create_app(
 
 
 def load_services(project: Project, settings: Settings, base_model: str | None) -> Services:
-    """The base model, its engine, the capture queue and the router, with their gauges."""
+    """The base model, its engine, the capture queue and the router, with their gauges, and
+    the hero where whetstone.yaml has one (`cascade`)."""
     from whetstone.models import base as base_models
 
+    # The hero first: a key variable that is not set stops the start before the model loads.
+    hero = cascade.load_hero(project)
     base = base_models.resolve(base_model or project.base_model)
     model, tok = base_models.load(base)
     metrics = Metrics()
@@ -101,7 +105,10 @@ def load_services(project: Project, settings: Settings, base_model: str | None) 
         capture=capture,
         router=Router(project, settings.route_poll_s),
         metrics=metrics,
+        hero=hero,
     )
+    if hero is not None:
+        svc.router.on_change = cascade.Announcer(hero.config)
     operations.add_gauges(svc)
     return svc
 

@@ -43,6 +43,20 @@ async def answer(
     started: float,
 ) -> Response:
     """Score the labels for `inp` and answer with the best, whole or streamed."""
+    a = await scored(svc, req, inp, route, ids, kind, started)
+    return Stream(a).response() if req.stream else await a.whole()
+
+
+async def scored(
+    svc: Services,
+    req: api.Sampling,
+    inp: Input,
+    route: Route,
+    ids: list[int],
+    kind: Endpoint,
+    started: float,
+) -> Answer:
+    """The answer with the best label, its events (the label, then the end) queued."""
     task = route.task
     assert task is not None and task.labels, "by_labels(route) is checked first"
     ctx = svc.engine.context_length
@@ -86,4 +100,4 @@ async def answer(
             confidence=scores.confidence,
         )
     )
-    return Stream(a).response() if req.stream else await a.whole()
+    return a

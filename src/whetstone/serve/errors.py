@@ -23,6 +23,7 @@ TYPES = {
     429: "rate_limit_error",
     503: "server_error",
     500: "server_error",
+    502: "server_error",
 }
 # What a client learns of a store outage. The store's own message names its user, host, port
 # and database; that is for the operator's log, not for whoever sent the request. Answers are

@@ -77,6 +77,45 @@ class Metrics:
             registry=r,
         )
 
+        # The cascade (`serve.cascade`): who answered, why the hero was asked, what it cost.
+        # Money is counted once per hero answer (its HTTP calls' usage), never per retry.
+        self.cascade_answers = Counter(
+            "whetstone_cascade_answers",
+            "Requests on a cascade or hero route, by task, route and who answered.",
+            ["task", "route", "answered_by"],
+            registry=r,
+        )
+        self.cascade_escalations = Counter(
+            "whetstone_cascade_escalations",
+            "Cascade requests sent to the hero, by task and reason (confidence, check).",
+            ["task", "reason"],
+            registry=r,
+        )
+        self.hero_calls = Counter(
+            "whetstone_hero_calls", "HTTP calls the hero answered.", ["task"], registry=r
+        )
+        self.hero_prompt_tokens = Counter(
+            "whetstone_hero_prompt_tokens", "Prompt tokens the hero billed.", ["task"], registry=r
+        )
+        self.hero_completion_tokens = Counter(
+            "whetstone_hero_completion_tokens",
+            "Completion tokens the hero billed.",
+            ["task"],
+            registry=r,
+        )
+        self.hero_cost = Counter(
+            "whetstone_hero_cost",
+            "Money spent on the hero (hero.price_*_per_1k times its tokens).",
+            ["task"],
+            registry=r,
+        )
+        self.hero_failures = Counter(
+            "whetstone_hero_failures",
+            "Hero calls that failed (timeout, error, unusable answer).",
+            ["task"],
+            registry=r,
+        )
+
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (queue depths, loaded adapters)."""
         Gauge(name, doc, registry=self.registry).set_function(read)

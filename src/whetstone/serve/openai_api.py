@@ -53,6 +53,9 @@ class Sampling(BaseModel):
     n: int | None = Field(default=None, ge=1, le=1)
     # Whetstone's own: the task a `base` answer is captured under (extra_body={"task": ...}).
     task: str | None = None
+    # Whetstone's own: workhorse | hero | cascade for this request, instead of the task's
+    # route in whetstone.yaml (or the header X-Whetstone-Route); checked in `serve.cascade`.
+    whetstone_route: str | None = Field(default=None, max_length=50)
 
     @property
     def stops(self) -> list[str]:

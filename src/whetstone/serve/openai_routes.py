@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from whetstone import registry
 from whetstone.records import Input
-from whetstone.serve import classify
+from whetstone.serve import cascade, classify
 from whetstone.serve import openai_api as api
 from whetstone.serve.answer import Answer, Kind, encode, tokens_to_generate
 from whetstone.serve.auth import require_json, require_key
@@ -46,9 +46,12 @@ async def complete(
     route = await run_in_threadpool(svc.router.resolve, req.model, req.task)
     request.state.model = route.model  # for the request counter's label
     stops = req.stops
+    chosen = cascade.route_of(svc, request, req, route)
     ids = await run_in_threadpool(encode, svc, route, inp, raw)
     if not ids:
         raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
+    if chosen != "workhorse":
+        return await cascade.answer(svc, chosen, req, inp, route, ids, kind, started)
     if classify.by_labels(route):
         return await classify.answer(svc, req, inp, route, ids, kind, started)
     n = tokens_to_generate(svc, req, len(ids))

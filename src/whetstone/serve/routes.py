@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from whetstone import registry
@@ -59,6 +60,8 @@ class Router:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._failing = False
+        # Called with the new table after each read (the cascade logs each task's threshold).
+        self.on_change: Callable[[dict[str, AdapterVersion | None]], None] | None = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -153,8 +156,16 @@ class Router:
             prod = registry.production_versions(self.project)
             table: dict[str, AdapterVersion | None] = {}
             for task in tasks:
-                table[task] = self._version(f"{task}@{prod[task]}") if task in prod else None
+                table[task] = self._fresh(f"{task}@{prod[task]}") if task in prod else None
             # The tasks first: a request that finds a task in the table finds it here too.
             self._tasks = tasks
             self._production = table
             self.generation = generation
+        if self.on_change is not None:
+            self.on_change(table)
+
+    def _fresh(self, ref: str) -> AdapterVersion:
+        """A production version read again: its files never change, but its info may (the
+        cascade threshold `whetstone route calibrate` writes)."""
+        av = self._exact[ref] = registry.get(self.project, ref)
+        return av

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from whetstone.models.base import BaseModel as BaseSpec
+from whetstone.models.hero import Hero
 from whetstone.project import Project
 from whetstone.serve.auth import KeyThrottle
 from whetstone.serve.capture import CaptureQueue
@@ -36,6 +37,9 @@ class Services:
     capture: CaptureQueue
     router: Router
     metrics: Metrics
+    # The project's hero (`hero:` in whetstone.yaml), for cascade and hero routes; None:
+    # every request is answered by the workhorse, as without one.
+    hero: Hero | None = None
     key_throttle: KeyThrottle = field(default_factory=KeyThrottle)
     # Signs the review page's CSRF tokens; new each start (an open page reloads after one).
     csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))

@@ -16,7 +16,7 @@ import yaml
 
 from whetstone.errors import InvalidInput, NotFound
 from whetstone.project import Project
-from whetstone.records import Record, Task
+from whetstone.records import Record, Task, human_reference
 from whetstone.train.config import LoopConfig, TrainConfig, build, from_stored
 from whetstone.train.distributed import Processes
 from whetstone.train.methods.lora import LoraConfig
@@ -456,7 +456,12 @@ def _encode(
     from whetstone.train.data import encode_records
 
     train, report = encode_records(
-        tok, job.task, train_recs, max_length=cfg.max_length, policy=cfg.truncation
+        tok,
+        job.task,
+        train_recs,
+        max_length=cfg.max_length,
+        policy=cfg.truncation,
+        weight_of=lambda r: 1.0 if human_reference(r) else cfg.teacher_weight,
     )
     val, _ = encode_records(
         tok, job.task, val_recs, max_length=cfg.max_length, policy=cfg.truncation

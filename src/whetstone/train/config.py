@@ -120,6 +120,12 @@ class LoopConfig(TrainConfig):
         description="tokens per packed row (at least max_length): longer rows share the instruction more",
     )
     save_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    teacher_weight: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="loss weight of a teacher's label (distill, synthesize) against a person's 1",
+    )
 
 
 def flag(key: str) -> str:

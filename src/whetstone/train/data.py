@@ -14,7 +14,7 @@ computed once per row, and every example attends to that one copy. Without packi
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from whetstone.errors import InvalidInput
@@ -23,6 +23,8 @@ from whetstone.prompts import answer_text, chat
 from whetstone.records import Input, Record, Task
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from whetstone.models.types import Tokenizer
 
 IGNORE = -100
@@ -34,6 +36,7 @@ class Example:
     ids: list[int]
     n_prompt: int  # the first n_prompt tokens are the prompt: no loss on them
     truncated: bool = False  # the prompt was cut from the left to fit max_length
+    weight: float = 1.0  # its answer tokens' loss weight (a teacher's label may count less)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -106,16 +109,24 @@ def encode_pair(
 
 
 def encode_records(
-    tok: Tokenizer, task: Task, records: list[Record], *, max_length: int, policy: str
+    tok: Tokenizer,
+    task: Task,
+    records: list[Record],
+    *,
+    max_length: int,
+    policy: str,
+    weight_of: Callable[[Record], float] | None = None,
 ) -> tuple[list[Example], DataReport]:
     """Encode records, applying the over-length policy: "left" cuts the prompt from the left
     (inference cuts long prompts the same way) and keeps the whole answer; "drop" drops the
     example. An answer that alone does not fit is always dropped: a cut answer teaches the
-    model to stop early."""
+    model to stop early. `weight_of` gives each example its loss weight (default 1)."""
     report = DataReport(records=len(records), policy=f"truncation={policy}")
     out: list[Example] = []
     for r in records:
         ex = encode_example(tok, task, r)
+        if weight_of is not None:
+            ex.weight = weight_of(r)
         answer = len(ex) - ex.n_prompt
         report.answer_tokens = max(report.answer_tokens, answer)
         if len(ex) > max_length:
@@ -125,9 +136,7 @@ def encode_records(
                 report.dropped += 1
                 continue
             cut = len(ex) - max_length
-            ex = Example(
-                record_id=ex.record_id, ids=ex.ids[cut:], n_prompt=ex.n_prompt - cut, truncated=True
-            )
+            ex = replace(ex, ids=ex.ids[cut:], n_prompt=ex.n_prompt - cut, truncated=True)
             report.truncated += 1
         out.append(ex)
         report.max_tokens = max(report.max_tokens, len(ex))
@@ -161,8 +170,13 @@ class Batch:
     segments: Any  # 0: the row's shared prefix; 1..n: its examples; n+1: padding
     sees_prefix: Any  # True on tokens of examples that continue the shared prefix
     targets: Any
+    weights: Any  # each target's loss weight (its example's), 0 where there is no target
     tokens: int  # tokens a model without prefix sharing would process (no padding)
     target_tokens: int
+
+    def answer_weights(self) -> Any:
+        """The loss weight of each answer token, in the order `targets != IGNORE` lists them."""
+        return self.weights[self.targets != IGNORE]
 
     def attention_mask(self, device: Any) -> Any:
         """(rows, 1, width, width) boolean, True where a query may attend to a key: causally,
@@ -220,6 +234,7 @@ def collate(rows: list[list[Example]], pad_id: int, prefix: list[int] | None = N
     seg = torch.zeros((len(rows), width), dtype=torch.long)
     sees = torch.zeros((len(rows), width), dtype=torch.bool)
     tgt = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    wts = torch.zeros((len(rows), width), dtype=torch.float32)
     tokens = 0
     for r, row in enumerate(rows):
         at = 0
@@ -236,12 +251,13 @@ def collate(rows: list[list[Example]], pad_id: int, prefix: list[int] | None = N
             sees[r, at : at + n] = skip > 0
             # Position t predicts token t+1; the last token of an example predicts nothing.
             tgt[r, at : at + n - 1] = torch.tensor(ex.labels[skip + 1 :])
+            wts[r, at : at + n - 1] = ex.weight
             at += n
             tokens += len(ex)
         # Padding is a segment of its own that no real token attends to (and carries no loss).
         pos[r, at:] = torch.arange(width - at)
         seg[r, at:] = len(row) + 1
-    return Batch(ids, pos, seg, sees, tgt, tokens, int((tgt != IGNORE).sum()))
+    return Batch(ids, pos, seg, sees, tgt, wts, tokens, int((tgt != IGNORE).sum()))
 
 
 def plan_epoch(

@@ -109,8 +109,10 @@ def attention_mask(lm: PreTrainedModel, batch: Batch, device: str) -> torch.Tens
 
 
 def answer_loss(model: CausalLM, batch: Batch, device: str) -> torch.Tensor:
-    """Summed cross-entropy over the answer tokens of a batch."""
-    return token_losses(model, batch, device)[0].sum()
+    """Summed cross-entropy over the answer tokens of a batch, each weighted by its example's
+    weight (a teacher's label may count less than a person's)."""
+    losses = token_losses(model, batch, device)[0]
+    return (losses * batch.answer_weights().to(losses.device)).sum()
 
 
 def token_losses(model: CausalLM, batch: Batch, device: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -255,6 +255,42 @@ function renderHistory(rec) {
   if (!rec.history.length) $("history").append(el("li", null, "no review yet"));
 }
 
+// An escalated answer (meta.cascade, see serve/cascade.py): the workhorse's and the hero's
+// answers side by side; the hero's is a teacher's answer, a reference only once confirmed.
+function heroAnswer(rec) {
+  const c = rec.meta && rec.meta.cascade;
+  const hero = c && c.hero;
+  return hero && typeof hero.output === "string" ? hero.output : null;
+}
+
+function renderCascade(rec) {
+  const c = rec.meta && rec.meta.cascade;
+  $("cascade").hidden = !c;
+  if (!c) return;
+  const wh = c.workhorse;
+  let whText = "(not asked: the hero route)";
+  if (wh) {
+    whText = pretty(wh.output, rec.kind);
+    if (typeof wh.confidence === "number") whText += `\n\n(confidence ${wh.confidence.toFixed(3)})`;
+  }
+  $("cascade-workhorse").textContent = whText;
+  const hero = heroAnswer(rec);
+  let heroText = "(not asked)";
+  if (hero !== null) heroText = pretty(hero, rec.kind);
+  else if (c.hero && c.hero.error) heroText = `(failed: ${c.hero.error})`;
+  $("cascade-hero").textContent = heroText;
+  $("cascade-hero-model").textContent = c.hero && c.hero.model ? `(${c.hero.model})` : "";
+  $("use-hero").hidden = hero === null;
+}
+
+// One click: the hero's answer becomes the reference (a correction, as if typed).
+function useHero() {
+  const hero = state.record ? heroAnswer(state.record) : null;
+  if (hero === null) return;
+  $("answer").value = hero;
+  decide("correct");
+}
+
 function render(rec) {
   state.record = rec;
   $("empty").hidden = true;
@@ -269,6 +305,7 @@ function render(rec) {
   $("comment").value = ""; // a comment belongs to one decision, kept in the history
   setCategories(rec.categories);
   renderLabels(rec);
+  renderCascade(rec);
   renderHistory(rec);
 }
 
@@ -365,6 +402,7 @@ function onKey(event) {
     a: () => decide("accept"),
     r: () => decide("reject"),
     c: () => decide("correct"),
+    h: () => useHero(),
     j: () => next(),
     k: () => prev(),
     e: () => $("category").focus(),
@@ -383,6 +421,7 @@ async function start() {
   $("accept").addEventListener("click", () => decide("accept"));
   $("reject").addEventListener("click", () => decide("reject"));
   $("correct").addEventListener("click", () => decide("correct"));
+  $("use-hero").addEventListener("click", () => useHero());
   $("next").addEventListener("click", () => next());
   $("prev").addEventListener("click", () => prev());
   $("load-more").addEventListener("click", () => loadMore().catch((e) => say(e.message, "error")));
