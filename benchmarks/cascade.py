@@ -66,15 +66,18 @@ def main() -> None:
     chosen = test.at(val.choice.point.threshold)
     from whetstone.evaluate.cascade import Point
 
-    alone = Point(threshold=float("-inf"), escalated=0, escalation=0.0,
-                  score=c.workhorse_score, cost=0.0)
-    everything = Point(threshold=float("inf"), escalated=c.n, escalation=1.0,
-                       score=c.hero_score, cost=1.0)
+    alone = Point(
+        threshold=float("-inf"), escalated=0, escalation=0.0, score=c.workhorse_score, cost=0.0
+    )
+    everything = Point(
+        threshold=float("inf"), escalated=c.n, escalation=1.0, score=c.hero_score, cost=1.0
+    )
     rows = [
         point_row("workhorse alone", alone, c.hero_score),
         point_row("hero alone", everything, c.hero_score),
-        point_row(f"cascade (threshold {chosen.threshold:.3f}, from validation)", chosen,
-                  c.hero_score),
+        point_row(
+            f"cascade (threshold {chosen.threshold:.3f}, from validation)", chosen, c.hero_score
+        ),
     ]
     shown = [p for p in c.points if p.escalation in {q.escalation for q in _spread(c.points)}]
     rows += [point_row(f"  curve: threshold {p.threshold:.3f}", p, c.hero_score) for p in shown]
@@ -85,14 +88,19 @@ def main() -> None:
     )
     share = chosen.score / c.hero_score if c.hero_score else 0.0
     met = share >= TARGET_SHARE and chosen.escalation <= TARGET_ESCALATION
-    print(f"target: >= {TARGET_SHARE:.0%} of the hero's {c.metric} at <= "
-          f"{TARGET_ESCALATION:.0%} escalation: {'met' if met else 'NOT met'} "
-          f"({share:.1%} at {chosen.escalation:.1%})")
+    print(
+        f"target: >= {TARGET_SHARE:.0%} of the hero's {c.metric} at <= "
+        f"{TARGET_ESCALATION:.0%} escalation: {'met' if met else 'NOT met'} "
+        f"({share:.1%} at {chosen.escalation:.1%})"
+    )
     path = common.write_result(
         "cascade",
         {
-            "hero": {**hero, "what": "bundled SmolLM2-135M-Instruct + LoRA on 600 other "
-                     "labelled addresses, served by `whetstone serve` over HTTP"},
+            "hero": {
+                **hero,
+                "what": "bundled SmolLM2-135M-Instruct + LoRA on 600 other "
+                "labelled addresses, served by `whetstone serve` over HTTP",
+            },
             "workhorse": shop,
             "split_sizes": hb.SIZES,
             "prices_per_1k": {"input": hb.PRICE_IN, "output": hb.PRICE_OUT},

@@ -18,6 +18,9 @@ embedding baseline's interval.
 
 Run:  python benchmarks/classify.py [--epochs 3] [--generation-records 48]
 Writes benchmarks/results/classify.json.
+      python benchmarks/classify.py --speed-only [--generation-records 48]
+Only the base model's evaluation speed, label likelihood against generation on the same test
+records (no training, nothing written).
 """
 
 from __future__ import annotations
@@ -57,6 +60,40 @@ def rate_by_generation(project: Any, snap: Any, n: int) -> dict[str, Any]:
         "accuracy": round(right / len(recs), 3),
         "mean_output_tokens": round(sum(g.output_tokens for g in gens) / len(gens), 1),
     }
+
+
+def speed_only(args: argparse.Namespace, work: Path) -> None:
+    """Base-model records/s by label likelihood (the predictor evaluation uses) and by
+    generation, on the same first test records; prints them, writes nothing."""
+    import os
+
+    import whetstone
+    from whetstone import snapshots
+    from whetstone.demo_data import load_demo_classify
+    from whetstone.predict import load_predictor
+
+    project = whetstone.init(str(work / "proj"))
+    load_demo_classify(project, TASK)
+    snap = snapshots.snapshot_task(project, TASK)
+    recs = snapshots.records(project, snap, "test")[: args.generation_records]
+    pred = load_predictor(project, TASK, "base")
+    pred([r.input for r in recs[:4]])  # warm-up: first-call allocations are not scoring
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    gens = pred([r.input for r in recs])
+    seconds = time.perf_counter() - t0
+    right = sum(g.text == r.reference for g, r in zip(gens, recs, strict=True))
+    ll = {
+        "records": len(recs),
+        "seconds": round(seconds, 2),
+        "records_per_s": round(len(recs) / seconds, 2),
+        "accuracy": round(right / len(recs), 3),
+    }
+    generation = rate_by_generation(project, snap, args.generation_records)
+    project.close()
+    speedup = round(ll["records_per_s"] / generation["records_per_s"], 1)
+    print({"label_likelihood": ll, "generation": generation, "speedup": speedup})
+    print(f"load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f} (2 cores)")
 
 
 def timed_eval(project: Any, model: str, snap: Any) -> tuple[Any, float]:
@@ -144,7 +181,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3, help="LoRA epochs")
     ap.add_argument("--generation-records", type=int, default=48)
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only the base model's records/s, label likelihood vs generation; writes nothing",
+    )
     args = ap.parse_args()
+    if args.speed_only:
+        with tempfile.TemporaryDirectory(prefix="whetstone-classify-") as tmp:
+            speed_only(args, Path(tmp))
+        return
     with tempfile.TemporaryDirectory(prefix="whetstone-classify-") as tmp:
         result = run(args, Path(tmp))
     s = summary(result)

@@ -127,8 +127,13 @@ def hero_project(work: Path) -> dict[str, Any]:
     return mark(
         work,
         "hero",
-        {"adapter": result.adapter, "snapshot": snap.id, "train_s": round(train_s, 1),
-         "steps": result.steps, "records": len(p["hero"])},
+        {
+            "adapter": result.adapter,
+            "snapshot": snap.id,
+            "train_s": round(train_s, 1),
+            "steps": result.steps,
+            "records": len(p["hero"]),
+        },
     )
 
 
@@ -137,10 +142,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the hero server exited ({proc.returncode})")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+            if r.status == 200:
+                return
         time.sleep(1)
     raise SystemExit("the hero server did not become healthy")
 
@@ -151,9 +155,19 @@ def serving_hero(work: Path, port: int) -> Iterator[str]:
     env = {**os.environ, "PYTHONPATH": str(common.ROOT / "src")}
     log = (work / "hero-serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "whetstone", "--project", str(work / "hero"), "serve",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "whetstone",
+            "--project",
+            str(work / "hero"),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -214,8 +228,13 @@ def shop_project(work: Path) -> dict[str, Any]:
     return mark(
         work,
         "shop",
-        {"adapter": result.adapter, "snapshot": snap.id, "train_s": round(train_s, 1),
-         "steps": result.steps, "records": len(p["pool"])},
+        {
+            "adapter": result.adapter,
+            "snapshot": snap.id,
+            "train_s": round(train_s, 1),
+            "steps": result.steps,
+            "records": len(p["pool"]),
+        },
     )
 
 

@@ -156,6 +156,48 @@ def test_scores_agree_with_a_plain_full_forward(tiny: tuple[Any, Any]) -> None:
     _agrees(model, tok)
 
 
+def test_labels_sharing_a_prefix_run_it_once() -> None:
+    from whetstone.models.label_scoring import LabelTrie
+
+    # Answers' tokens, end of turn (9) included: the first two share [1, 2].
+    trie = LabelTrie.of([[1, 2, 3, 9], [1, 2, 4, 9], [5, 9], [7]])
+    assert trie.tokens == [1, 2, 3, 4, 5]
+    assert trie.depths == [0, 1, 2, 2, 0]
+    assert trie.ancestors == [[0], [0, 1], [0, 1, 2], [0, 1, 3], [4]]
+    assert trie.paths == [[0, 1, 2], [0, 1, 3], [4], []]
+
+
+@pytest.mark.parametrize(
+    "layers", [["sliding_attention"] * 2, ["sliding_attention", "full_attention"]]
+)
+def test_scores_agree_under_a_sliding_window(
+    tiny: tuple[Any, Any], tmp_path: Path, layers: list[str]
+) -> None:
+    """A model whose layers see only the last few positions (all of them, or some, as in
+    Gemma) gets that window on the packed labels too: each label as if alone after its
+    prompt, pads not counted."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    _, tok = tiny
+    torch.manual_seed(1)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=6,
+        max_window_layers=0,
+        layer_types=layers,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    _agrees(model, tok)
+
+
 def test_scores_agree_for_a_lora_adapter(tiny_base_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

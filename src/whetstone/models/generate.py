@@ -229,10 +229,18 @@ def shared_head(prompts: list[list[int]]) -> list[int]:
 
 
 def prefill(model: torch.nn.Module, head: list[int], dev: torch.device) -> DynamicCache:
+    """The one-row cache of `head`. A plain cache keeps every layer's keys: one the model
+    makes for itself drops what falls out of a sliding window, and batches masking by
+    position (`models.label_scoring`) need the whole head."""
     import torch
+    from transformers import DynamicCache
 
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([head], device=dev), use_cache=True)
+        out = model(
+            input_ids=torch.tensor([head], device=dev),
+            **cache_arg(DynamicCache()),
+            use_cache=True,
+        )
     return cache_out(out)
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from whetstone import prompts
 from whetstone.models.generate import encode_prompts
+from whetstone.models.hero import sampling_temperature
 from whetstone.records import Input, Record, Source, Task, to_messages
 from whetstone.serve import openai_api as api
 from whetstone.serve.capture import new_ref
@@ -25,6 +26,7 @@ from whetstone.serve.engine import Done, Event, Failed, Job
 from whetstone.serve.errors import APIError
 from whetstone.serve.routes import Route
 from whetstone.serve.state import Services
+from whetstone.serve.token_text import TokenLogprob
 
 INCOMPLETE = "incomplete"  # the tag of a streamed answer cut short
 Kind = Literal["chat", "completion"]
@@ -66,7 +68,8 @@ def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int) -> int
 
 
 class Answer:
-    """The engine's events for one request, and what to capture once they end."""
+    """The engine's events for one request (its `n` choices), and what to capture once they
+    end."""
 
     def __init__(
         self,
@@ -96,45 +99,87 @@ class Answer:
         if route.fallback:
             self.headers["X-Whetstone-Fallback"] = "base"
         self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.logprobs: dict[str, Any] | None = None  # the choice's, where the answer has them
+        # A classify answer's label distribution, in the choice's shape; generated answers
+        # carry their token log-probabilities in their events instead.
+        self.logprobs: dict[str, Any] | None = None
         # Set by `cascade` when the caller may get another answer than the engine's (the
         # hero's): the engine's own end event, which the metrics count; a mark on the record
         # (meta["cascade"], tags); and fields for the body's `whetstone` part.
         self.engine_done: Done | None = None
         self.amend: Callable[[Record], Record] | None = None
         self.whetstone: dict[str, Any] = {}
+        self.n = req.choices
+        # Several samples of one prompt need randomness: temperature 1 unless asked otherwise.
+        self.temperature = sampling_temperature(self.n, req.temperature)
         # The engine's worker thread hands events back to this request's event loop.
         loop = asyncio.get_running_loop()
-        self.job = Job(
-            prompt_ids=ids,
-            adapter=route.adapter,
-            max_tokens=max_tokens,
-            emit=lambda e: loop.call_soon_threadsafe(self.events.put_nowait, e),
-            temperature=req.temperature,
-            top_p=req.top_p,
-            stop=stops,
-        )
+        self.jobs = [
+            Job(
+                prompt_ids=ids,
+                adapter=route.adapter,
+                max_tokens=max_tokens,
+                emit=self._emitter(loop, i),
+                temperature=self.temperature,
+                top_p=req.top_p,
+                stop=stops,
+                seed=None if req.seed is None else (req.seed + i) % 2**64,
+                logprobs=req.token_logprobs,
+                model=route.model,
+            )
+            for i in range(self.n)
+        ]
+
+    def _emitter(self, loop: asyncio.AbstractEventLoop, index: int) -> Callable[[Event], None]:
+        def emit(e: Event) -> None:
+            e.index = index
+            loop.call_soon_threadsafe(self.events.put_nowait, e)
+
+        return emit
+
+    @property
+    def job(self) -> Job:
+        return self.jobs[0]
 
     def submit(self) -> None:
-        self.svc.engine.submit(self.job)
+        for job in self.jobs:  # queued together, so they are prefilled in one pass
+            self.svc.engine.submit(job)
 
-    def finish(self, done: Done, *, incomplete: bool = False) -> dict[str, Any]:
-        """Count the answer in the metrics and capture it; return the body's `whetstone` part."""
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancelled = True
+
+    def choice_logprobs(self, index: int, tokens: list[TokenLogprob] | None) -> Any:
+        """A choice's (or a streamed chunk's) `logprobs`: the label distribution of a
+        classify answer, else the generated tokens', where they were asked for."""
+        if self.logprobs is not None:
+            return self.logprobs if index == 0 else None
+        if tokens is None:
+            return None
+        if self.kind == "chat":
+            return api.chat_token_logprobs(tokens)
+        return api.completion_token_logprobs(tokens)
+
+    def finish(self, *dones: Done, incomplete: bool = False) -> dict[str, Any]:
+        """Count the answer in the metrics and capture it (the first choice as the record's
+        output, any others in its meta); return the body's `whetstone` part."""
         route, metrics = self.route, self.svc.metrics
         latency = (time.perf_counter() - self.started) * 1000
         metrics.latency.labels(self.endpoint, route.model).observe(latency / 1000)
-        engine = self.engine_done or done
-        metrics.prompt_tokens.labels(route.model).inc(engine.prompt_tokens)
-        metrics.completion_tokens.labels(route.model).inc(engine.completion_tokens)
+        engine = [self.engine_done] if self.engine_done else dones
+        metrics.prompt_tokens.labels(route.model).inc(sum(d.prompt_tokens for d in engine))
+        metrics.completion_tokens.labels(route.model).inc(sum(d.completion_tokens for d in engine))
+        done = dones[0]
         extra = {"record": None, "model": route.model, "confidence": done.confidence}
         if route.task is not None:
-            record = self._record(route.task, done, latency, incomplete)
+            record = self._record(route.task, dones, latency, incomplete)
             self.svc.capture.submit(self.amend(record) if self.amend else record)
             extra["record"] = self.ref
         return {**extra, **self.whetstone}
 
-    def _record(self, task: Task, done: Done, latency_ms: float, incomplete: bool) -> Record:
-        route, req = self.route, self.req
+    def _record(
+        self, task: Task, dones: tuple[Done, ...], latency_ms: float, incomplete: bool
+    ) -> Record:
+        route, req, done = self.route, self.req, dones[0]
         meta: dict[str, Any] = {
             "request_id": self.ref,
             "endpoint": self.endpoint,
@@ -145,8 +190,20 @@ class Answer:
         }
         if route.fallback:
             meta["fallback"] = "base"
-        if req.temperature:
-            meta["sampling"] = {"temperature": req.temperature, "top_p": req.top_p}
+        if self.temperature:
+            meta["sampling"] = {"temperature": self.temperature, "top_p": req.top_p}
+            if req.seed is not None:
+                meta["sampling"]["seed"] = req.seed
+        if len(dones) > 1:  # `n` > 1: the other samples of the same prompt
+            meta["choices"] = [
+                {
+                    "output": prompts.normalise_answer(task, d.text),
+                    "confidence": d.confidence,
+                    "finish_reason": d.finish_reason,
+                    "completion_tokens": d.completion_tokens,
+                }
+                for d in dones[1:]
+            ]
         return Record(
             task=task.name,
             input=self.inp,
@@ -159,21 +216,38 @@ class Answer:
             meta=meta,
         )
 
-    async def whole(self) -> JSONResponse:
-        """Wait for the whole answer; a client that goes away cancels its row."""
+    async def dones(self) -> list[Done]:
+        """Wait for every choice's end; a client that goes away cancels their rows."""
+        dones: list[Done | None] = [None] * self.n
         try:
-            while True:
+            while any(d is None for d in dones):
                 ev = await self.events.get()
                 if isinstance(ev, Failed):
+                    self.cancel()
                     raise ev.error
                 if isinstance(ev, Done):
-                    break
+                    dones[ev.index] = ev
         except asyncio.CancelledError:
-            self.job.cancelled = True
+            self.cancel()
             raise
-        extra = self.finish(ev)
-        u = api.usage(ev.prompt_tokens, ev.completion_tokens)
-        build = api.chat_completion if self.kind == "chat" else api.text_completion
-        body = build(self.cid, self.route.model, ev.text, ev.finish_reason, u, extra)
-        body["choices"][0]["logprobs"] = self.logprobs
-        return JSONResponse(body, headers=self.headers)
+        return [d for d in dones if d is not None]
+
+    async def body(self) -> dict[str, Any]:
+        """The whole response body, once every choice has ended."""
+        dones = await self.dones()
+        extra = self.finish(*dones)
+        u = api.usage(dones[0].prompt_tokens, sum(d.completion_tokens for d in dones))
+        if self.kind == "chat":
+            choices = [
+                api.chat_choice(i, d.text, d.finish_reason, self.choice_logprobs(i, d.logprobs))
+                for i, d in enumerate(dones)
+            ]
+            return api.chat_completion(self.cid, self.route.model, choices, u, extra)
+        choices = [
+            api.text_choice(i, d.text, d.finish_reason, self.choice_logprobs(i, d.logprobs))
+            for i, d in enumerate(dones)
+        ]
+        return api.text_completion(self.cid, self.route.model, choices, u, extra)
+
+    async def whole(self) -> JSONResponse:
+        return JSONResponse(await self.body(), headers=self.headers)

@@ -328,7 +328,7 @@ async def answer(
     svc.metrics.cascade_answers.labels(task.name, chosen, outcome.answered_by).inc()
     final = outcome.final()
     _mark(a, outcome)
-    a.events.put_nowait(Delta(final.text))
+    a.events.put_nowait(Delta(final.text, final.logprobs))  # the workhorse's tokens'
     a.events.put_nowait(final)
     return Stream(a).response() if req.stream else await a.whole()
 

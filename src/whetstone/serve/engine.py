@@ -24,7 +24,11 @@ drained enough for it, so it never starves behind later arrivals.
 Each row keeps its own sampling settings, so jobs never need grouping by them: greedy when
 `temperature` is 0 or unset (the default: answers are reproducible and comparable across
 versions), else temperature + nucleus (`top_p`) sampling; its own `max_tokens` and `stop`
-strings. A row ends, and its tokens become text, by `models.decoding`: the stop rule that
+strings; its own `seed` (a generator of its own, so a seeded answer never depends on its
+batch-mates' draws); token log-probabilities kept only for rows that ask (`token_text`). Jobs
+of one prompt admitted together (a request's `n` samples) share one prefill row. The latency
+histograms (time to first token, inter-token latency) observe each row's tokens as they are
+sampled. A row ends, and its tokens become text, by `models.decoding`: the stop rule that
 evaluation and batch prediction use too. Loading and unloading adapters (the admin endpoints)
 run on the engine thread between two steps; unloading an adapter that running rows use waits
 until they finish, and no new job of that adapter is admitted meanwhile. A classify task's
@@ -55,6 +59,7 @@ from whetstone.serve.adapters import AdapterPool
 from whetstone.serve.errors import APIError
 from whetstone.serve.metrics import Metrics
 from whetstone.serve.settings import Settings
+from whetstone.serve.token_text import TokenLogprob, pieces
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -67,6 +72,9 @@ log = logging.getLogger("whetstone.serve.engine")
 @dataclass
 class Delta:
     text: str
+    # The tokens this text completes, where the job asked for token log-probabilities.
+    logprobs: list[TokenLogprob] | None = None
+    index: int = 0  # the choice it belongs to (`n` > 1), set by the request's side
 
 
 @dataclass
@@ -76,11 +84,14 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     confidence: float  # mean log-probability of the answer's tokens, as in models.generate
+    logprobs: list[TokenLogprob] | None = None  # every token of `text`, where asked for
+    index: int = 0
 
 
 @dataclass
 class Failed:
     error: APIError
+    index: int = 0
 
 
 Event = Delta | Done | Failed
@@ -95,12 +106,23 @@ class Job:
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
+    # Sampling draws from a generator of this seed (reproducible), else torch's global one.
+    seed: int | None = None
+    # Token log-probabilities with this many alternatives each (0: the chosen token's only);
+    # None: none are kept.
+    logprobs: int | None = None
+    model: str = ""  # the label of the latency histograms (the route's model)
     cancelled: bool = False
     # decoding state
     tokens: list[int] = field(default_factory=list)
     logprob_sum: float = 0.0
     sent: int = 0
     finished: bool = False  # no more events: Done or Failed was emitted, or cancelled
+    generator: Any = None  # torch.Generator of `seed`, made on the model's device
+    scored: list[TokenLogprob] = field(default_factory=list)  # per token, where `logprobs`
+    scored_sent: int = 0  # how many of `scored` went out with a Delta
+    submitted: float = 0.0  # perf_counter() at submit
+    last_token_at: float = 0.0  # perf_counter() at its newest token
 
     @property
     def key(self) -> str:
@@ -115,6 +137,7 @@ class Job:
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=n,
             confidence=self.logprob_sum / n if n else 0.0,
+            logprobs=None if self.logprobs is None else self.scored[: self.scored_sent],
         )
 
 
@@ -126,6 +149,24 @@ def _pad_left(t: Any, n: int, dim: int) -> Any:
 
     # F.pad takes (left, right) pairs starting from the LAST dimension.
     return F.pad(t, (0, 0) * (-dim - 1) + (n, 0))
+
+
+def _shared(jobs: list[Job], names: list[str]) -> tuple[list[Job], list[str], list[int]]:
+    """The jobs to prefill, and for each of `jobs` the prefill row it takes: jobs of one
+    prompt on one adapter (the `n` samples of a request, or equal requests arriving together)
+    share one prefill, their cache row then repeated."""
+    firsts: dict[tuple[str, tuple[int, ...]], int] = {}
+    prefill: list[Job] = []
+    prefill_names: list[str] = []
+    row_of: list[int] = []
+    for job, name in zip(jobs, names, strict=True):
+        key = (name, tuple(job.prompt_ids))
+        if key not in firsts:
+            firsts[key] = len(prefill)
+            prefill.append(job)
+            prefill_names.append(name)
+        row_of.append(firsts[key])
+    return prefill, prefill_names, row_of
 
 
 @dataclass
@@ -248,6 +289,7 @@ class Engine:
             self._thread.join(30)
 
     def submit(self, job: Job) -> None:
+        job.submitted = time.perf_counter()  # time to first token counts the queue too
         with self._cond:
             self._queue.append(job)
             self._cond.notify()
@@ -443,19 +485,25 @@ class Engine:
         if not ready:
             return
         dev = next(self.pool.model.parameters()).device
-        width = max(len(j.prompt_ids) for j in ready)
-        ids = torch.full((len(ready), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ready), width), dtype=torch.long)
-        for row, job in enumerate(ready):
+        prefill, prefill_names, row_of = _shared(ready, names)
+        width = max(len(j.prompt_ids) for j in prefill)
+        ids = torch.full((len(prefill), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prefill), width), dtype=torch.long)
+        for row, job in enumerate(prefill):
             ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[row, width - len(job.prompt_ids) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         # Left padding: positions count real tokens only, as model.generate does.
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         group = self._group(ready[0])
-        out = self._forward(ready, names, group, ids, mask, pos, None)
-        rows = Rows(ready, names, group, cache_out(out), mask, pos[:, -1:] + 1, None)
-        self._sample(rows, out.logits)
+        out = self._forward(prefill, prefill_names, group, ids, mask, pos, None)
+        cache, logits = cache_out(out), out.logits
+        if len(prefill) < len(ready):  # repeat each shared prompt's row for its jobs
+            sel = torch.tensor(row_of, device=dev)
+            cache.batch_select_indices(sel)
+            mask, pos, logits = mask[sel], pos[sel], logits[sel]
+        rows = Rows(ready, names, group, cache, mask, pos[:, -1:] + 1, None)
+        self._sample(rows, logits)
         if rows.jobs:
             if self.batch is None:
                 self.batch = rows
@@ -514,11 +562,16 @@ class Engine:
 
         last = logits[:, -1, :].float()
         nxt = self._choose(last, rows.jobs)
-        logps = torch.log_softmax(last, -1).gather(1, nxt[:, None])[:, 0].tolist()
+        logp_all = torch.log_softmax(last, -1)
+        logps = logp_all.gather(1, nxt[:, None])[:, 0].tolist()
         rows.nxt = nxt
         keep = []
+        now = time.perf_counter()
         for row, job in enumerate(rows.jobs):
             tok_id = int(nxt[row])
+            self._observe_latency(job, now)
+            if job.logprobs is not None:
+                self._score(job, tok_id, logps[row], logp_all[row])
             job.tokens.append(tok_id)
             job.logprob_sum += logps[row]
             if not self._advance(job):
@@ -527,6 +580,31 @@ class Engine:
             rows.jobs, rows.names = [], []
         elif len(keep) < len(rows.jobs):
             rows.select(keep)
+
+    def _observe_latency(self, job: Job, now: float) -> None:
+        """Time to the job's first token (from its submission, queueing included), then the
+        time between each two of its tokens, as vLLM measures them."""
+        model = job.model or job.key
+        if not job.tokens:
+            self.metrics.time_to_first_token.labels(model).observe(now - job.submitted)
+        else:
+            self.metrics.inter_token_latency.labels(model).observe(now - job.last_token_at)
+        job.last_token_at = now
+
+    def _score(self, job: Job, tok_id: int, logprob: float, logp: Any) -> None:
+        """Keep the chosen token's log-probability (and the `job.logprobs` most likely
+        alternatives), each with the text it adds to the answer (`token_text`)."""
+        import torch
+
+        top: list[tuple[int, float]] = []
+        if job.logprobs:
+            values, ids = torch.topk(logp, min(job.logprobs, int(logp.shape[-1])))
+            top = list(zip(ids.tolist(), values.tolist(), strict=True))
+        texts = pieces(self.tok, job.tokens, [tok_id, *(i for i, _ in top)])
+        previous = job.scored[-1] if job.scored else None
+        offset = previous.offset + len(previous.token) if previous else 0
+        alternatives = [(t, lp) for t, (_, lp) in zip(texts[1:], top, strict=True)]
+        job.scored.append(TokenLogprob(texts[0], logprob, offset, alternatives))
 
     def _choose(self, logits: Any, jobs: list[Job]) -> Any:
         import torch
@@ -542,7 +620,9 @@ class Engine:
                 cut = sorted_p.cumsum(-1) - sorted_p > job.top_p
                 sorted_p[cut] = 0
                 probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-            nxt[row] = torch.multinomial(probs / probs.sum(), 1)[0]
+            if job.seed is not None and job.generator is None:
+                job.generator = torch.Generator(device=probs.device).manual_seed(job.seed)
+            nxt[row] = torch.multinomial(probs / probs.sum(), 1, generator=job.generator)[0]
         return nxt
 
     def _advance(self, job: Job) -> bool:
@@ -561,11 +641,32 @@ class Engine:
             hold = max((len(s) for s in job.stop), default=1) - 1
             safe = text[: len(text) - hold] if hold else text
             safe = safe.rstrip("\ufffd")
-        if len(safe) > job.sent:
-            job.emit(Delta(safe[job.sent :]))
+        covered = self._covered(job, safe, finish is not None)
+        if len(safe) > job.sent or covered:
+            job.emit(Delta(safe[job.sent :], covered))
             job.sent = len(safe)
         if finish is not None:
             job.finished = True
             job.emit(job.done(text, finish))
             return True
         return False
+
+    def _covered(self, job: Job, text: str, final: bool) -> list[TokenLogprob] | None:
+        """The scored tokens not yet sent whose text lies within `text` (the answer so far);
+        once `final`, also one that a stop string cut through, and the last takes what
+        decoding the whole answer shows for bytes that never made a character. Never a stop
+        id (the end of the turn is no part of the answer)."""
+        if job.logprobs is None:
+            return None
+        upto = len(text)
+        start = end = job.scored_sent
+        while end < len(job.scored) and job.tokens[end] not in self.decoder.stop_ids:
+            tl = job.scored[end]
+            if not (tl.offset + len(tl.token) <= upto or (final and tl.offset < upto)):
+                break
+            end += 1
+        if final and end > start:
+            last = job.scored[end - 1]
+            last.token += text[last.offset + len(last.token) :]
+        job.scored_sent = end
+        return job.scored[start:end]

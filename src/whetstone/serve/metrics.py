@@ -13,6 +13,15 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# vLLM's buckets for the same two histograms, so dashboards built for it read these alike.
+TTFT_BUCKETS = (
+    *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0),
+    *(2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0),
+)
+ITL_BUCKETS = (
+    *(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0),
+    *(2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0),
+)
 
 
 class Metrics:
@@ -31,6 +40,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._token_latencies(r)
         self.prompt_tokens = Counter(
             "whetstone_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
         )
@@ -113,6 +123,25 @@ class Metrics:
             "whetstone_hero_failures",
             "Hero calls that failed (timeout, error, unusable answer).",
             ["task"],
+            registry=r,
+        )
+
+    def _token_latencies(self, r: CollectorRegistry) -> None:
+        # Measured by the engine for generated answers (`Engine._observe_latency`): a
+        # classify answer by label likelihood or a hero's answer generates no tokens here.
+        self.time_to_first_token = Histogram(
+            "whetstone_time_to_first_token_seconds",
+            "Time from a generation's submission to its first token (vLLM's "
+            "vllm:time_to_first_token_seconds).",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "whetstone_inter_token_latency_seconds",
+            "Time between two tokens of one generation (vLLM's vllm:inter_token_latency_seconds).",
+            ["model"],
+            buckets=ITL_BUCKETS,
             registry=r,
         )
 

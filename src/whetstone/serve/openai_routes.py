@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from whetstone import registry
@@ -33,10 +35,49 @@ async def chat_completions(request: Request, svc: Svc) -> Response:
 @router.post("/v1/completions")
 async def completions(request: Request, svc: Svc) -> Response:
     """A task model sees the prompt as the user's turn of its chat (the way it was trained);
-    `base` continues the raw text."""
+    `base` continues the raw text. A list of prompts is answered prompt by prompt (each its
+    own record), in one body whose choices are in prompt order (`n` per prompt)."""
     req = api.parse(api.CompletionRequest, await request.body())
     raw = req.model == BASE and req.task is None
-    return await complete(svc, request, req, req.text, raw=raw, kind="completion")
+    prompts = req.prompts
+    if len(prompts) == 1:
+        return await complete(svc, request, req, prompts[0], raw=raw, kind="completion")
+    if req.stream:
+        raise APIError(
+            400,
+            "stream: a list of prompts is answered whole; send one prompt per streamed request",
+            code="unsupported_parameter",
+            param="stream",
+        )
+    answers = await asyncio.gather(
+        *(complete(svc, request, req, text, raw=raw, kind="completion") for text in prompts)
+    )
+    return _merged([cast(JSONResponse, r) for r in answers])
+
+
+def _merged(answers: list[JSONResponse]) -> JSONResponse:
+    """One completions body of several prompts' bodies: choices renumbered in prompt order,
+    usage summed, each prompt's `whetstone` part (its record) under `whetstone.prompts`."""
+    bodies = [json.loads(bytes(r.body)) for r in answers]
+    body = bodies[0]
+    body["choices"] = [
+        {**c, "index": i}
+        for i, c in enumerate(c for b in bodies for c in sorted(b["choices"], key=_index))
+    ]
+    body["usage"] = api.usage(
+        sum(b["usage"]["prompt_tokens"] for b in bodies),
+        sum(b["usage"]["completion_tokens"] for b in bodies),
+    )
+    body["whetstone"] = {"prompts": [b["whetstone"] for b in bodies]}
+    headers = {k: v for k, v in answers[0].headers.items() if k.startswith("x-whetstone-")}
+    refs = [r.headers["x-whetstone-record"] for r in answers if "x-whetstone-record" in r.headers]
+    if refs:
+        headers["x-whetstone-record"] = ",".join(refs)  # in prompt order
+    return JSONResponse(body, headers=headers)
+
+
+def _index(choice: dict[str, Any]) -> int:
+    return int(choice["index"])
 
 
 async def complete(
@@ -50,6 +91,14 @@ async def complete(
     ids = await run_in_threadpool(encode, svc, route, inp, raw)
     if not ids:
         raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
+    if req.choices > 1 and (chosen != "workhorse" or classify.by_labels(route)):
+        raise APIError(
+            400,
+            "n: one answer per request on a classify task (answered by label likelihood) "
+            "or a cascade or hero route",
+            code="unsupported_parameter",
+            param="n",
+        )
     if chosen != "workhorse":
         return await cascade.answer(svc, chosen, req, inp, route, ids, kind, started)
     if classify.by_labels(route):
@@ -65,6 +114,17 @@ async def complete(
 @router.get("/v1/models")
 async def models(svc: Svc) -> dict[str, Any]:
     return {"object": "list", "data": await run_in_threadpool(_listing, svc)}
+
+
+@router.get("/v1/models/{model_id}")
+async def model(model_id: str, svc: Svc) -> dict[str, Any]:
+    """One model of the listing, or a 404 in OpenAI's shape."""
+    for entry in await run_in_threadpool(_listing, svc):
+        if entry["id"] == model_id:
+            return entry
+    raise APIError(
+        404, f"the model {model_id!r} does not exist", code="model_not_found", param="model"
+    )
 
 
 def _listing(svc: Services) -> list[dict[str, Any]]:

@@ -40,11 +40,13 @@ def sse(obj: dict[str, Any]) -> str:
 
 
 class Stream:
-    """The events of one streamed answer, and what it had streamed when it stopped."""
+    """The events of one streamed answer (its `n` choices, each chunk naming its choice's
+    index), and what each choice had streamed when it stopped."""
 
     def __init__(self, answer: Answer):
         self.answer = answer
-        self.streamed = ""
+        self.streamed = [""] * answer.n
+        self.dones: list[Done | None] = [None] * answer.n
         self.ended: str | None = "disconnected"  # why the stream stopped short; None once done
 
     def response(self) -> ClosingStream:
@@ -56,52 +58,59 @@ class Stream:
         a = self.answer
         chat = a.kind == "chat"
         if chat:
-            yield sse(self._chat({"role": "assistant", "content": ""}, None))
-        while True:
+            for i in range(a.n):
+                yield sse(self._chat({"role": "assistant", "content": ""}, None, index=i))
+        while any(d is None for d in self.dones):
             ev = await a.events.get()
             if isinstance(ev, Failed):
                 self.ended = "error"
                 yield sse(error_body(ev.error.status, ev.error.message, code=ev.error.code))
                 break
             if isinstance(ev, Delta):
-                self.streamed += ev.text
-                if chat:
-                    piece = self._chat({"content": ev.text}, None)
-                else:
-                    piece = api.text_completion(a.cid, a.route.model, ev.text, None, None)
-                piece["choices"][0]["logprobs"] = a.logprobs  # a classify answer's labels
-                yield sse(piece)
+                self.streamed[ev.index] += ev.text
+                yield sse(self._piece(ev.index, ev.text, None, ev.logprobs))
                 continue
+            self.dones[ev.index] = ev
+            yield sse(self._piece(ev.index, "", ev.finish_reason, None))
+        else:
             self.ended = None
-            for chunk in self._last_chunks(ev):
-                yield chunk
-            break
+            dones = [d for d in self.dones if d is not None]
+            a.finish(*dones)
+            if a.req.include_usage:
+                u = api.usage(dones[0].prompt_tokens, sum(d.completion_tokens for d in dones))
+                yield sse(self._chat({}, None, u) if chat else self._text([], u))
         yield "data: [DONE]\n\n"
 
-    def _last_chunks(self, done: Done) -> list[str]:
+    def _piece(self, index: int, text: str, finish: str | None, tokens: Any) -> dict[str, Any]:
+        """One choice's chunk: its new text (or its end), with its tokens' logprobs."""
         a = self.answer
-        a.finish(done)
-        u = api.usage(done.prompt_tokens, done.completion_tokens)
-        include_usage = a.req.include_usage
-        if a.kind != "chat":
-            last = api.text_completion(
-                a.cid, a.route.model, "", done.finish_reason, u if include_usage else None
-            )
-            return [sse(last)]
-        chunks = [sse(self._chat({}, done.finish_reason))]
-        if include_usage:
-            chunks.append(sse(self._chat({}, None, u)))
-        return chunks
+        # A classify answer's label distribution goes with its one delta, not its end.
+        logprobs = a.choice_logprobs(index, tokens) if finish is None else None
+        if a.kind == "chat":
+            delta = {"content": text} if finish is None else {}
+            return self._chat(delta, finish, index=index, logprobs=logprobs)
+        return self._text([api.text_choice(index, text, finish, logprobs)], None)
 
     def _chat(
-        self, delta: dict[str, Any], finish: str | None, u: dict[str, int] | None = None
+        self,
+        delta: dict[str, Any],
+        finish: str | None,
+        u: dict[str, int] | None = None,
+        **kw: Any,
     ) -> dict[str, Any]:
-        return api.chat_chunk(self.answer.cid, self.answer.route.model, delta, finish, u)
+        return api.chat_chunk(self.answer.cid, self.answer.route.model, delta, finish, u, **kw)
+
+    def _text(self, choices: list[dict[str, Any]], u: dict[str, int] | None) -> dict[str, Any]:
+        return api.text_completion(self.answer.cid, self.answer.route.model, choices, u)
 
     def closed(self) -> None:
-        job = self.answer.job
-        job.cancelled = True  # a client that went away stops its row at once
+        a = self.answer
+        a.cancel()  # a client that went away stops its rows at once
         if self.ended is None:
             return
         # Read across threads: at worst one token off, once cancelled.
-        self.answer.finish(job.done(self.streamed, self.ended), incomplete=True)
+        dones = [
+            d if d is not None else job.done(self.streamed[i], self.ended)
+            for i, (d, job) in enumerate(zip(self.dones, a.jobs, strict=True))
+        ]
+        a.finish(*dones, incomplete=True)
