@@ -296,16 +296,42 @@ def run_lm_eval_mc(
     return acc, chosen, lls, repr(args[0] if isinstance(args, list | tuple) else args)
 
 
+def whetstone_lls_without_end(model_path: str) -> list[list[float]]:
+    """Whetstone's label log-likelihoods scored as lm-eval scores a choice (the label's tokens,
+    no end-of-turn token): the like-for-like comparison of the two scorers."""
+    import torch
+
+    from whetstone.models import base
+    from whetstone.models.label_scoring import score_labels
+    from whetstone.records import to_messages
+
+    model, tok = base.load(base.resolve(model_path), dtype=torch.float32)
+    chats = [to_messages(t, MC_SYSTEM) for t, _ in MC_RECORDS]
+    scores = score_labels(model, tok, chats, LABELS, end_of_turn=False)
+    return [[s.log_likelihoods[y] for y in LABELS] for s in scores]
+
+
 def run_multiple_choice(workdir: Path | None = None) -> dict[str, Any]:
-    """The multiple-choice part: both sides' accuracy and chosen label per record."""
+    """The multiple-choice part: both sides' accuracy and chosen label per record, as each
+    scores by default, and like-for-like (Whetstone without its end-of-turn token)."""
     from whetstone.models import base
 
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(workdir or tmp)
         ws_acc, ws_labels, answered_by = run_whetstone_mc(wd)
         lm_acc, lm_labels, lm_lls, request = run_lm_eval_mc(wd, base.resolve(None).path)
+    plain = whetstone_lls_without_end(base.resolve(None).path)
+    plain_labels = [LABELS[max(range(len(row)), key=lambda j: row[j])] for row in plain]
     same = [a == b for a, b in zip(ws_labels, lm_labels, strict=True)]
     return {
+        "like_for_like": {
+            "same_labels": sum(a == b for a, b in zip(plain_labels, lm_labels, strict=True)),
+            "max_abs_log_likelihood_difference": max(
+                abs(a - b)
+                for r1, r2 in zip(plain, lm_lls, strict=True)
+                for a, b in zip(r1, r2, strict=True)
+            ),
+        },
         "n": len(MC_RECORDS),
         "whetstone_answered_by": answered_by,
         "whetstone_accuracy": ws_acc,
@@ -360,6 +386,12 @@ def agrees_multiple_choice(mc: dict[str, Any]) -> bool:
         and mc["records_apart"] <= 1
         and acc_apart <= mc["records_apart"]
     )
+
+
+def agrees_like_for_like(mc: dict[str, Any]) -> bool:
+    """Scored the same way (no end-of-turn token), every label and log-likelihood matches."""
+    same = mc["like_for_like"]
+    return same["same_labels"] == mc["n"] and same["max_abs_log_likelihood_difference"] < 1e-3
 
 
 def agrees(result: dict[str, Any]) -> bool:

@@ -297,6 +297,17 @@ def test_exact_match_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
     assert bench.agrees_generate(result), result
 
 
+def test_label_likelihood_agrees_with_lm_evaluation_harness(tmp_path: Path) -> None:
+    """Multiple choice, same model, records and prompt: scored as lm-eval scores a choice (no
+    end-of-turn token), Whetstone picks the same label on every record with the same
+    log-likelihoods; its default adds the end token (the rest of the difference)."""
+    bench = _lm_eval_agreement()
+    mc = bench.run_multiple_choice(tmp_path)
+    assert bench.agrees_like_for_like(mc), mc["like_for_like"]
+    assert mc["whetstone_answered_by"] == "label_likelihood"
+    assert 0 < mc["lm_eval_accuracy"] < 1  # a set that tells models apart
+
+
 def test_decode_budget_comes_from_the_references_and_can_be_overridden(
     tiny_project: Any,
 ) -> None:

@@ -239,11 +239,15 @@ def score_labels(
     batch_size: int = GENERATE_BATCH,
     max_prompt_tokens: int | None = None,
     share_prefix: bool = True,
+    end_of_turn: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[LabelScores]:
     """Each chat answered with one of `labels` by likelihood (see the module doc), batched
     by prompt length like `models.generate.generate`, at most `LABEL_BATCH` rows a forward.
-    Duplicate labels count once."""
+    Duplicate labels count once. `end_of_turn=False` scores the label's tokens alone, as
+    lm-evaluation-harness scores a choice: only to compare with it (the end token is what
+    lets a label that is a prefix of another lose, and it raised accuracy on the intents
+    from 14.8% to 27.9% for the base model)."""
     import torch
 
     labels = list(dict.fromkeys(labels))
@@ -252,6 +256,8 @@ def score_labels(
     if not chats:
         return []
     answers = label_token_ids(tok, chats[0], labels, Decoder.of(model, tok))
+    if not end_of_turn:
+        answers = [a[:-1] or a for a in answers]
     trie = LabelTrie.of(answers)
     batch_size = min(batch_size, LABEL_BATCH)
     prompts = encode_prompts(tok, chats)
