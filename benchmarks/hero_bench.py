@@ -106,35 +106,48 @@ def mark(work: Path, name: str, value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def hero_project(work: Path) -> dict[str, Any]:
-    """The hero's project with its adapter trained and promoted (cached)."""
-    done = marker(work, "hero")
+def trained_project(
+    work: Path, name: str, train_part: str, steps: int, role: str
+) -> dict[str, Any]:
+    """Project `name` trained on the split's `train_part` for `steps`, its adapter promoted,
+    with the shared test and validation parts (cached: a rerun reads the marker)."""
+    done = marker(work, name)
     if done:
         return done
-    project = new_project(work / "hero")
+    project = new_project(work / name)
     p = parts(project)
     assignment = {r.id: "test" for r in p["test"]}
     assignment |= {r.id: "validation" for r in p["validation"]}
-    assignment |= {r.id: "train" for r in p["hero"]}
+    assignment |= {r.id: "train" for r in p[train_part]}
     snap = freeze(project, assignment, "hero-benchmark-split")
     t0 = time.perf_counter()
-    result = train(project, snap.id, HERO_STEPS)
+    result = train(project, snap.id, steps)
     train_s = time.perf_counter() - t0
     from whetstone import registry
 
-    registry.promote(project, result.adapter, reason="the benchmark's hero", forced=True)
+    registry.promote(project, result.adapter, reason=f"the benchmark's {role}", forced=True)
     project.close()
     return mark(
         work,
-        "hero",
+        name,
         {
             "adapter": result.adapter,
             "snapshot": snap.id,
             "train_s": round(train_s, 1),
             "steps": result.steps,
-            "records": len(p["hero"]),
+            "records": len(p[train_part]),
         },
     )
+
+
+def hero_project(work: Path) -> dict[str, Any]:
+    """The hero: its 600 records, HERO_STEPS steps."""
+    return trained_project(work, "hero", "hero", HERO_STEPS, "hero")
+
+
+def shop_project(work: Path) -> dict[str, Any]:
+    """The workhorse: the pool's 200 human labels, the quick start's recipe."""
+    return trained_project(work, "shop", "pool", STUDENT_STEPS, "workhorse")
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -204,38 +217,6 @@ def set_hero(project_root: Path, section: dict[str, Any]) -> None:
     config = yaml.safe_load(path.read_text()) or {}
     config["hero"] = section
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
-
-
-def shop_project(work: Path) -> dict[str, Any]:
-    """The workhorse's project: the pool's 200 human labels train it (the quick start's
-    recipe); validation and test are the shared ones (cached)."""
-    done = marker(work, "shop")
-    if done:
-        return done
-    project = new_project(work / "shop")
-    p = parts(project)
-    assignment = {r.id: "test" for r in p["test"]}
-    assignment |= {r.id: "validation" for r in p["validation"]}
-    assignment |= {r.id: "train" for r in p["pool"]}
-    snap = freeze(project, assignment, "hero-benchmark-split")
-    t0 = time.perf_counter()
-    result = train(project, snap.id, STUDENT_STEPS)
-    train_s = time.perf_counter() - t0
-    from whetstone import registry
-
-    registry.promote(project, result.adapter, reason="the benchmark's workhorse", forced=True)
-    project.close()
-    return mark(
-        work,
-        "shop",
-        {
-            "adapter": result.adapter,
-            "snapshot": snap.id,
-            "train_s": round(train_s, 1),
-            "steps": result.steps,
-            "records": len(p["pool"]),
-        },
-    )
 
 
 def arguments(description: str) -> Any:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from whetstone.errors import InvalidInput
 from whetstone.models.generate import GENERATE_BATCH, Generation, generate
@@ -13,6 +14,7 @@ from whetstone.prompts import chat, normalise_answer
 from whetstone.records import Input, Kind, Record, Task
 
 if TYPE_CHECKING:
+    from whetstone.models.gguf import LlamaCpp
     from whetstone.models.types import CausalLM, InferenceModel, Tokenizer
 
 
@@ -33,10 +35,13 @@ class Predictor:
         max_new_tokens: int = 256,
         on_batch: Callable[[int], None] | None = None,
         labels: list[str] | None = None,
+        constrained: bool = False,
     ) -> list[Generation]:
         """The model's answer to each input. A classify task with labels (`labels`, else the
         task's) is answered by label likelihood (`models.label_scoring`), not generation,
-        unless the model is a label head, which answers with its own labels."""
+        unless the model is a label head, which answers with its own labels. `constrained`:
+        an extract task's answers are JSON that keeps its schema (`models.constrain`), as
+        served by default."""
         chats = [chat(self.task, i) for i in inputs]
         choices = labels if labels is not None else self.task.labels
         if self.answers_by_likelihood(choices):
@@ -49,6 +54,7 @@ class Predictor:
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             on_batch=on_batch,
+            schema=answer_schema(self.task) if constrained else None,
         )
         for g in gens:
             g.text = normalise_answer(self.task, g.text)
@@ -85,12 +91,96 @@ class Predictor:
         ]
 
 
+@dataclass
+class GgufPredictor:
+    """A GGUF file answering a task in llama.cpp (`models.gguf.LlamaCpp`): the prompt built
+    as for every model (`prompts.chat`), greedy decoding, the same answer normalisation."""
+
+    task: Task
+    runtime: LlamaCpp
+    name: str  # "gguf:<file name>:<sha256 prefix>": the file's content names its evaluations
+    snapshot_id: str | None = None  # the snapshot of the adapter it was exported from
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.runtime.tokenizer
+
+    def __call__(
+        self,
+        inputs: list[Input],
+        *,
+        batch_size: int = GENERATE_BATCH,
+        max_new_tokens: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+        labels: list[str] | None = None,
+        constrained: bool = False,
+    ) -> list[Generation]:
+        if constrained and answer_schema(self.task) is not None:
+            raise InvalidInput(
+                "constrained decoding runs in transformers; a GGUF model answers unconstrained"
+            )
+        if self.task.kind == Kind.classify:
+            raise InvalidInput(
+                f"task {self.task.name!r} is a classify task, answered by label likelihood; "
+                "a GGUF model only generates, so classify tasks are out of scope for it: "
+                "evaluate the adapter it came from (T@N)"
+            )
+        gens = self.runtime.answer(
+            [chat(self.task, i) for i in inputs], max_new_tokens=max_new_tokens, on_batch=on_batch
+        )
+        for g in gens:
+            g.text = normalise_answer(self.task, g.text)
+        return gens
+
+
+def answer_schema(task: Task) -> dict[str, Any] | None:
+    """The JSON schema that constrains a task's answers when asked (`constrained`): an extract
+    task's own, any JSON object without one; None for other tasks."""
+    from whetstone.models.constrain import JSON_OBJECT
+
+    if task.kind != Kind.extract:
+        return None
+    return task.schema_ or JSON_OBJECT
+
+
+def is_gguf(model: str) -> bool:
+    return model.lower().endswith(".gguf")
+
+
+def load_gguf_predictor(
+    project: Project, task: str, path: Path, *, lora: Path | None = None
+) -> GgufPredictor:
+    """The GGUF file at `path` (with a GGUF LoRA over it) answering `task`. The snapshot of
+    the adapter it was exported from is read from the export report beside it, if any."""
+    import json
+
+    from whetstone.models.gguf import LlamaCpp
+    from whetstone.util import sha256_file
+
+    t = project.task(task)
+    runtime = LlamaCpp(path, lora=lora)
+    digest = sha256_file(path)[:12]
+    if lora is not None:
+        digest += "+" + sha256_file(lora)[:12]
+    snapshot = None
+    report = path.parent / "export-report.json"
+    if report.is_file():
+        try:
+            snapshot = json.loads(report.read_text()).get("snapshot")
+        except ValueError:
+            snapshot = None
+    return GgufPredictor(t, runtime, f"gguf:{path.name}:{digest}", snapshot)
+
+
 def load_predictor(
     project: Project, task: str, model: str = "base", base_model: str | None = None
-) -> Predictor:
-    """`model` is "base", a task name (its production adapter) or an exact version "T@N"."""
+) -> Predictor | GgufPredictor:
+    """`model` is "base", a task name (its production adapter), an exact version "T@N", or
+    a path to a GGUF file (answered by llama.cpp)."""
     from whetstone.models import base as base_models
 
+    if is_gguf(model):
+        return load_gguf_predictor(project, task, Path(model).expanduser())
     t = project.task(task)
     if model == "base":
         base = base_models.resolve(base_model or project.base_model)
@@ -104,11 +194,12 @@ def load_predictor(
 
 def predict_records(
     project: Project,
-    predictor: Predictor,
+    predictor: Predictor | GgufPredictor,
     records: list[Record],
     *,
     batch_size: int = GENERATE_BATCH,
     max_new_tokens: int = 256,
+    constrained: bool = False,
 ) -> list[tuple[Record, Generation]]:
     """Answer records that have no output yet and store output, model and confidence."""
     from whetstone.progress import progress
@@ -132,6 +223,7 @@ def predict_records(
                 batch_size=batch_size,
                 max_new_tokens=max_new_tokens,
                 on_batch=lambda n: p.advance(tid, n),
+                constrained=constrained,
             )
             for rec, g in zip(part, gens, strict=True):
                 assert rec.id is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import yaml
@@ -18,6 +18,10 @@ from whetstone.errors import InvalidInput, NotFound, from_validation
 from whetstone.records import Input, Kind, Record, Source, Status, Task
 from whetstone.store import Store
 from whetstone.util import CONFIG_NAME, HOME_NAME, atomic_write_text, read_yaml_mapping
+
+if TYPE_CHECKING:
+    # `find` and `init` return the class they are called on (whetstone.notebook.Workspace).
+    from typing_extensions import Self
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -54,7 +58,7 @@ class Project:
         *,
         base_model: str | None = None,
         db: str | None = None,
-    ) -> Project:
+    ) -> Self:
         root = Path(path).resolve()
         cfg_path = root / CONFIG_NAME
         if cfg_path.exists():
@@ -79,7 +83,7 @@ class Project:
         return project
 
     @classmethod
-    def find(cls, path: str | os.PathLike[str] | None = None, *, db: str | None = None) -> Project:
+    def find(cls, path: str | os.PathLike[str] | None = None, *, db: str | None = None) -> Self:
         start = Path(path) if path else Path(os.environ.get("WHETSTONE_PROJECT") or Path.cwd())
         start = start.resolve()
         if path or os.environ.get("WHETSTONE_PROJECT"):

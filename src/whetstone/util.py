@@ -19,6 +19,9 @@ from whetstone.errors import InvalidInput, NotFound
 
 # A project is `whetstone.yaml` beside `.whetstone/`; defined here, below `project`, because
 # the replace rule must recognise a project folder and never remove one.
+# The package's version: here, in the lowest layer, so that a stage can record it without
+# importing the package root (whose `open()` returns the top layer's `Workspace`).
+VERSION = "0.1.0"
 CONFIG_NAME = "whetstone.yaml"
 HOME_NAME = ".whetstone"
 

@@ -45,7 +45,11 @@ def eval_cmd(
     task: Annotated[str, typer.Option("--task", "-t")],
     model: Annotated[
         str,
-        typer.Option("--model", "-m", help="base, a task name (its production adapter) or T@N."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="base, a task name (its production adapter), T@N, or a FILE.gguf (llama.cpp).",
+        ),
     ] = "base",
     split: Split = "test",
     snapshot: Snapshot = None,
@@ -73,6 +77,13 @@ def eval_cmd(
     ] = False,
     rerun: Rerun = False,
     as_json: AsJson = False,
+    constrained: Annotated[
+        bool,
+        typer.Option(
+            "--constrained",
+            help="Constrain an extract task's answers to its JSON schema, as served.",
+        ),
+    ] = False,
 ) -> None:
     """Run a model over a snapshot split and store its metrics with 95% intervals (Wilson for
     0/1 metrics, percentile bootstrap for the others)."""
@@ -94,6 +105,7 @@ def eval_cmd(
         judge=judge,
         rubric=rubric,
         reuse=not rerun,
+        constrained=constrained,
     )
     queued = queue(p, ev) if queue_failures else None
     if as_json:

@@ -18,7 +18,11 @@ def predict(
     text: Annotated[str | None, typer.Argument(help="Text to answer (or use --records).")] = None,
     model: Annotated[
         str,
-        typer.Option("--model", "-m", help="base, a task name (its production adapter) or T@N."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="base, a task name (its production adapter), T@N, or a FILE.gguf (llama.cpp).",
+        ),
     ] = "base",
     records: Annotated[
         str | None,
@@ -41,6 +45,13 @@ def predict(
             "--capture/--no-capture", help="Store a TEXT's answer as a production record."
         ),
     ] = False,
+    constrained: Annotated[
+        bool,
+        typer.Option(
+            "--constrained",
+            help="Constrain an extract task's answers to its JSON schema, as served.",
+        ),
+    ] = False,
 ) -> None:
     """Answer TEXT, or every stored record of a status, with the base model or an adapter."""
     from whetstone.predict import check_text, load_predictor, predict_records
@@ -52,7 +63,7 @@ def predict(
     predictor = load_predictor(p, task, model, base_model=base_model)
     if records is None:
         assert text is not None
-        g = predictor([text], max_new_tokens=max_new_tokens)[0]
+        g = predictor([text], max_new_tokens=max_new_tokens, constrained=constrained)[0]
         common.out.print(g.text, markup=False, highlight=False)
         common.err.print(
             f"[dim]{predictor.name} · confidence {g.confidence:.3f} · {g.output_tokens} tokens · {g.latency_ms:.0f} ms[/dim]"
@@ -69,5 +80,12 @@ def predict(
             common.err.print(f"captured as record {rid}")
         return
     recs = p.store.list_records(task, status=records, has_output=False, limit=limit)
-    done = predict_records(p, predictor, recs, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    done = predict_records(
+        p,
+        predictor,
+        recs,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        constrained=constrained,
+    )
     common.out.print(f"Answered {len(done)} record(s) with {predictor.name}")

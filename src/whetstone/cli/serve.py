@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -87,19 +87,41 @@ def export_model(
         list[str] | None,
         typer.Argument(help="Adapter versions T@N (vllm: default every production adapter)."),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="peft | merged | vllm")] = "peft",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help="peft | merged | vllm | gguf | gguf-lora | ollama"),
+    ] = "peft",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder to write (new or empty).")
     ] = None,
+    quant: Annotated[
+        str, typer.Option("--quant", help="GGUF type: f16 | q8_0 | q4_k_m (gguf, ollama).")
+    ] = "f16",
+    check_records: Annotated[
+        int,
+        typer.Option(
+            "--check-records", help="GGUF: held-out test records the export is checked on."
+        ),
+    ] = 32,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            "--tolerance", help="GGUF: largest drop of the main metric allowed, in points."
+        ),
+    ] = 2.0,
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="Replace the folder an earlier export wrote there (nothing else)."
+            "--force",
+            help="Replace the folder an earlier export wrote there (nothing else); GGUF: "
+            "write the export even when its check refuses it.",
         ),
     ] = False,
 ) -> None:
     """Write adapters for other engines: a PEFT folder (vLLM --lora-modules, LoRAX), a merged
-    full model, or a vLLM launch script for all production adapters."""
+    full model, a vLLM launch script for all production adapters, or for devices a GGUF file
+    (llama.cpp, LM Studio), a GGUF LoRA over the base's GGUF, or an Ollama folder. Every GGUF
+    export is checked against the PyTorch adapter on held-out records before it is written."""
     from whetstone.errors import InvalidInput
     from whetstone.registry import export
 
@@ -113,8 +135,40 @@ def export_model(
         if len(refs) != 1:
             raise InvalidInput(f"--format {fmt} exports one adapter version: give T@N")
         default = Path(f"{refs[0].replace('@', '-v')}-{fmt}")
-        fn = export.export_peft if fmt == "peft" else export.export_merged
-        result = fn(p, refs[0], out or default, force=force)
+        if fmt in export.GGUF_FORMATS:
+            result = _export_gguf(
+                p, refs[0], out or default, fmt, quant, check_records, tolerance, force
+            )
+        else:
+            fn = export.export_peft if fmt == "peft" else export.export_merged
+            result = fn(p, refs[0], out or default, force=force)
     for w in result.warnings:
         common.err.print(f"warning: {w}")
     common.out.print(f"Wrote {result.path}")
+
+
+def _export_gguf(
+    p: Any,
+    ref: str,
+    out: Path,
+    fmt: str,
+    quant: str,
+    records: int,
+    tolerance: float,
+    force: bool,
+) -> Any:
+    from whetstone.errors import InvalidInput
+    from whetstone.evaluate.ondevice import export_check
+    from whetstone.registry import export
+
+    if records < 1:
+        raise InvalidInput("--check-records must be at least 1")
+    check = export_check(p, records=records, tolerance=tolerance, force=force)
+    result = export.export_gguf(p, ref, out, fmt=fmt, quant=quant, force=force, check=check)
+    report = result.report or {}
+    common.out.print(f"check: {report.get('check')}", markup=False, highlight=False)
+    style = "green" if report.get("passed") else "yellow"
+    common.out.print(f"[{style}]{report.get('verdict')}[/{style}]")
+    if report.get("forced"):
+        common.err.print("warning: the check refused this export; written because of --force")
+    return result

@@ -76,7 +76,13 @@ def train(
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="A train.yaml of training settings.")
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="A train.yaml of training settings, or an Axolotl / LLaMA-Factory YAML (the "
+            "keys that map are read, the others named).",
+        ),
     ] = None,
     base_model: Annotated[
         str | None, typer.Option("--base-model", help="Override the project's base model.")
@@ -90,7 +96,8 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     lr: Annotated[
-        float | None, typer.Option("--lr", help="Learning rate (default by method).")
+        float | None,
+        typer.Option("--lr", "--learning-rate", help="Learning rate (default by method)."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
@@ -111,7 +118,7 @@ def train(
     from whetstone.errors import InvalidInput, NotFound
     from whetstone.evaluate.metrics import main_score
     from whetstone.train import resume_run, train_task
-    from whetstone.train.config import COMMAND_LINE, build, read_yaml
+    from whetstone.train.config import project_config
 
     flags = {
         "method": method,
@@ -125,17 +132,14 @@ def train(
         **_parse_extra(list(ctx.args)),
     }
     p = None
-    layers: list[tuple[str, dict[str, Any]]] = []
     try:
         p = common.project()
-        layers.append((f"{p.config_path} (train:)", p.section("train")))
     except NotFound:
         if not print_config:  # printing the config needs no project
             raise
-    if config is not None:
-        layers.append((str(config), read_yaml(config)))
-    layers.append((COMMAND_LINE, flags))
-    cfg = build(*layers)
+    cfg, notes = project_config(p, config, flags)
+    for note in notes:  # an Axolotl / LLaMA-Factory file's ignored keys, never silently
+        common.err.print(f"note: {note}", markup=False, highlight=False)
     if print_config:
         common.out.print(cfg.to_yaml(), end="", markup=False, highlight=False)
         return

@@ -57,7 +57,10 @@ def tune(
     # The project's `train:` defaults apply, except what the search itself sets.
     base: dict[str, Any] = {k: v for k, v in p.section("train").items() if k not in SEARCHED}
     if config is not None:
-        base.update(read_yaml(config))
+        read = read_yaml(config)
+        if read.note:  # an Axolotl / LLaMA-Factory file's ignored keys, never silently
+            common.err.print(f"note: {read.note}", markup=False, highlight=False)
+        base.update(read.values)
     methods = [m.strip() for spec in method or [] for m in spec.split(",") if m.strip()]
     result = run_tune(
         p,

@@ -7,7 +7,7 @@ record and per snapshot in `curation_decisions`. Every stage reads a snapshot's 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,32 @@ from whetstone.errors import InvalidInput
 from whetstone.project import Project
 from whetstone.records import canonical_json
 from whetstone.store import curation as stored
+from whetstone.tables import Table, json_cell
 
 # Steps that need sentence embeddings: the model is checked before any work starts.
 _EMBEDDING_STEPS = {"dedup", "noise", "split", "select"}
 
 
 @dataclass
-class CurationResult:
+class CurationResult(Table):
     snapshot: snapshots.Snapshot
     steps: list[StepReport]
     card_path: Path | None
+    # Every decision of this run, as stored per record (`decisions_for`).
+    decisions: list[Decision] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per decision: the record, the step, what it did and why."""
+        return [
+            {
+                "record_id": d.record_id,
+                "step": d.step,
+                "action": d.action,
+                "reason": d.reason,
+                "detail": json_cell(d.detail),
+            }
+            for d in self.decisions
+        ]
 
 
 def _step_fn(name: str) -> Any:
@@ -118,13 +134,14 @@ def curate(
         weights={r.id: r.weight for r in ctx.rows if r.weight != 1.0},
         fingerprint=fingerprint,
     )
-    _save_decisions(project, snap.id, ctx.decisions + rewritten)
+    decisions = ctx.decisions + rewritten
+    _save_decisions(project, snap.id, decisions)
     card_path = None
     if cfg.card:
         from whetstone.curate import card
 
         card_path = card.write(ctx, snap, reports)
-    return CurationResult(snapshot=snap, steps=reports, card_path=card_path)
+    return CurationResult(snapshot=snap, steps=reports, card_path=card_path, decisions=decisions)
 
 
 def _run_step(ctx: Run, place: str, name: str) -> StepReport:

@@ -19,6 +19,7 @@ from whetstone.evaluate.stats import (
 from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import Kind, Task
+from whetstone.tables import Table
 
 
 @dataclass
@@ -33,7 +34,7 @@ class SliceDelta:
 
 
 @dataclass
-class Comparison:
+class Comparison(Table):
     task: str
     a: Evaluation
     b: Evaluation
@@ -49,6 +50,24 @@ class Comparison:
     def main(self) -> dict[str, Any]:
         """The paired difference (a - b) of the main metric with its 95% interval."""
         return self.metrics[self.main_metric]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per metric: A, B, the paired difference with its 95% interval, McNemar's
+        p for 0/1 metrics (the slices stay in `slices`)."""
+        return [
+            {
+                "metric": name,
+                "a": v["a"],
+                "b": v["b"],
+                "diff": v["diff"],
+                "low": v["low"],
+                "high": v["high"],
+                "p_value": v.get("p_value"),
+                "mcnemar_p": v["mcnemar"]["p_value"] if v.get("mcnemar") else None,
+                "main": name == self.main_metric,
+            }
+            for name, v in self.metrics.items()
+        ]
 
 
 def compare(

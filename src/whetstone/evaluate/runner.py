@@ -19,6 +19,7 @@ from whetstone.models.generate import GENERATE_BATCH
 from whetstone.project import Project
 from whetstone.records import Kind, Record, Source, Task, canonical_json, content_key, utcnow
 from whetstone.store import evaluations as stored
+from whetstone.tables import Table
 
 
 class NoStoredEvaluation(WhetstoneError):
@@ -39,7 +40,7 @@ class Prediction:
 
 
 @dataclass
-class Evaluation:
+class Evaluation(Table):
     id: str
     task: str
     model: str  # "base:<name>" or "T@N", as predictions name it
@@ -55,6 +56,24 @@ class Evaluation:
     @property
     def n(self) -> int:
         return len(self.predictions)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per scored record: answer, reference, each metric's score (a column per
+        metric), latency, length and confidence."""
+        names = sorted({k for p in self.predictions for k in p.scores})
+        return [
+            {
+                "record_id": p.record_id,
+                "model": self.model,
+                "prediction": p.prediction,
+                "reference": p.reference,
+                **{k: p.scores.get(k) for k in names},
+                "latency_ms": p.latency_ms,
+                "output_tokens": p.output_tokens,
+                "confidence": p.confidence,
+            }
+            for p in self.predictions
+        ]
 
     @property
     def main(self) -> dict[str, float]:
@@ -225,15 +244,25 @@ def evaluate(
     predictor: Any = None,
     reuse: bool = True,
     stored_only: bool = False,
+    constrained: bool = False,
 ) -> Evaluation:
     """Run `model` ("base", "T" or "T@N") over a snapshot split and store the evaluation.
     `max_new_tokens` defaults to the task's decode budget (`decode_budget`). With `reuse`, a
     stored evaluation of the same model on the same records with the same settings is
     returned instead of running the model again (`Evaluation.reused`); a judged one never is.
     With `stored_only` nothing runs: no such stored evaluation raises `NoStoredEvaluation`.
-    `predictor` lets a caller that already holds the loaded model reuse it."""
+    `predictor` lets a caller that already holds the loaded model reuse it. `constrained`:
+    extract answers keep the task's schema (`models.constrain`) as served; off by default."""
 
     t = project.task(task)
+    if predictor is None and model.lower().endswith(".gguf"):
+        from whetstone.predict import load_predictor
+
+        # A GGUF file is no registry name: llama.cpp answers, on its adapter's snapshot when
+        # its export report names one, else as the base model would be chosen.
+        predictor = load_predictor(project, task, model)
+        snapshot_id = snapshot_id or getattr(predictor, "snapshot_id", None)
+        model = "base"
     snap = choose_snapshot(project, task, model, snapshot_id)
     recs = records_to_score(project, snap, split, limit)
     if metric:
@@ -250,6 +279,8 @@ def evaluate(
     # intervals printed, and a comparison or the gate recomputes its own).
     settings = {"limit": limit, "max_new_tokens": budget, "metric": metric}
     settings.update(_answering(project, t, model, predictor))
+    if constrained:  # only when set: earlier evaluations' settings stay comparable
+        settings["constrained"] = True
     name = predictor.name if predictor else model_name(project, task, model, base_model)
     found = stored_evaluation(
         project,
@@ -273,7 +304,7 @@ def evaluate(
         from whetstone.predict import load_predictor
 
         predictor = load_predictor(project, task, model, base_model=base_model)
-    gens = _generate(predictor, t, recs, batch_size, budget)
+    gens = _generate(predictor, t, recs, batch_size, budget, constrained)
     scores = score(t, recs, [g.text for g in gens], metric=metric, judge=judge_client)
     preds = _predictions(recs, gens, scores)
     intervals, main, info = summarise(t, preds, resamples=resamples, seed=seed)
@@ -413,7 +444,12 @@ def _answered_by(predictor: Any, gens: list[Any]) -> str:
 
 
 def _generate(
-    predictor: Any, task: Task, recs: list[Record], batch_size: int, budget: int
+    predictor: Any,
+    task: Task,
+    recs: list[Record],
+    batch_size: int,
+    budget: int,
+    constrained: bool = False,
 ) -> list[Any]:
     """The predictor's answers. A classify task's labels go with them (declared, else the
     references'), so even a task without declared labels is answered by label likelihood."""
@@ -432,6 +468,8 @@ def _generate(
                 max_new_tokens=budget,
                 on_batch=lambda k: bar.advance(tid, k),
                 labels=labels,
+                # Asked for only when set: a caller's own predictor need not know the option.
+                **({"constrained": True} if constrained else {}),
             )
         )
 

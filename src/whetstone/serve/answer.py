@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 
-from whetstone import prompts
+from whetstone import prompts, records
+from whetstone.models.constrain import JSON_OBJECT, Grammar, SchemaError, compile_schema
 from whetstone.models.generate import encode_prompts
 from whetstone.models.hero import sampling_temperature
 from whetstone.records import Input, Record, Source, Task, to_messages
@@ -67,6 +68,37 @@ def tokens_to_generate(svc: Services, req: api.Sampling, prompt_len: int) -> int
     return n
 
 
+def answer_grammar(svc: Services, req: api.Sampling, route: Route) -> Grammar | None:
+    """The grammar a generated answer keeps (`models.constrain`): the request's
+    `response_format` (json_object, json_schema), else an extract task's own schema (any JSON
+    object without one) where the `constrain_extract` setting says so; None for free text
+    (`{"type": "text"}` asks for that even on an extract task). A schema that cannot
+    constrain decoding is a 400 naming `response_format`. Compiling takes milliseconds (a
+    second the first time, for the tokenizer), so callers run this off the event loop."""
+    if req.response_format is not None:
+        schema = api.response_schema(req.response_format)
+    elif (
+        route.task is not None
+        and route.task.kind == records.Kind.extract
+        and svc.settings.constrains(route.task.name)
+    ):
+        schema = route.task.schema_ or JSON_OBJECT
+    else:
+        schema = None
+    if schema is None:
+        return None
+    try:
+        with svc.tokenizer_lock:  # llguidance reads the tokenizer once
+            return compile_schema(svc.tokenizer, svc.engine.decoder.stop_ids, schema)
+    except SchemaError as e:
+        raise APIError(
+            400,
+            f"response_format: the JSON schema cannot constrain decoding: {e}",
+            code="invalid_value",
+            param="response_format",
+        ) from None
+
+
 class Answer:
     """The engine's events for one request (its `n` choices), and what to capture once they
     end."""
@@ -83,6 +115,7 @@ class Answer:
         *,
         max_tokens: int,
         stops: list[str],
+        grammar: Grammar | None = None,
     ):
         self.svc, self.req, self.inp, self.route, self.ids = svc, req, inp, route, ids
         self.kind, self.started = kind, started
@@ -125,6 +158,7 @@ class Answer:
                 seed=None if req.seed is None else (req.seed + i) % 2**64,
                 logprobs=req.token_logprobs,
                 model=route.model,
+                grammar=grammar,
             )
             for i in range(self.n)
         ]

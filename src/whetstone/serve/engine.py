@@ -28,7 +28,9 @@ strings; its own `seed` (a generator of its own, so a seeded answer never depend
 batch-mates' draws); token log-probabilities kept only for rows that ask (`token_text`). Jobs
 of one prompt admitted together (a request's `n` samples) share one prefill row. The latency
 histograms (time to first token, inter-token latency) observe each row's tokens as they are
-sampled. A row ends, and its tokens become text, by `models.decoding`: the stop rule that
+sampled. A row may be constrained to JSON of a schema (`models.constrain`, a grammar per row,
+so constrained and free rows share a batch). A row ends, and its tokens become text, by
+`models.decoding`: the stop rule that
 evaluation and batch prediction use too. Loading and unloading adapters (the admin endpoints)
 run on the engine thread between two steps; unloading an adapter that running rows use waits
 until they finish, and no new job of that adapter is admitted meanwhile. A classify task's
@@ -51,6 +53,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from whetstone.models.constrain import Constraint, Grammar, advance_rows, mask_rows
 from whetstone.models.decoding import Decoder
 from whetstone.models.kv_cache import cache_arg, cache_out
 from whetstone.models.label_scoring import LabelScores, score_labels
@@ -112,6 +115,9 @@ class Job:
     # None: none are kept.
     logprobs: int | None = None
     model: str = ""  # the label of the latency histograms (the route's model)
+    # The answer is JSON this grammar allows (`models.constrain`): a request's
+    # `response_format`, an extract task's schema. None: unconstrained.
+    grammar: Grammar | None = None
     cancelled: bool = False
     # decoding state
     tokens: list[int] = field(default_factory=list)
@@ -123,6 +129,13 @@ class Job:
     scored_sent: int = 0  # how many of `scored` went out with a Delta
     submitted: float = 0.0  # perf_counter() at submit
     last_token_at: float = 0.0  # perf_counter() at its newest token
+    constraint: Constraint | None = None  # its place in `grammar`, from its first token on
+
+    def constrained(self) -> Constraint | None:
+        """The job's constraint (started at its first token), or None."""
+        if self.grammar is not None and self.constraint is None:
+            self.constraint = self.grammar.start()
+        return self.constraint
 
     @property
     def key(self) -> str:
@@ -561,7 +574,11 @@ class Engine:
         import torch
 
         last = logits[:, -1, :].float()
-        nxt = self._choose(last, rows.jobs)
+        # Each constrained row chooses among the tokens its grammar allows; log-probabilities
+        # (confidence, `logprobs`) stay the model's own.
+        constraints = [job.constrained() for job in rows.jobs]
+        nxt = self._choose(mask_rows(last, constraints, self.decoder.stop_ids), rows.jobs)
+        advance_rows(constraints, nxt.tolist())
         logp_all = torch.log_softmax(last, -1)
         logps = logp_all.gather(1, nxt[:, None])[:, 0].tolist()
         rows.nxt = nxt

@@ -86,7 +86,9 @@ class Metrics:
             "Records lost because the disk spool was full.",
             registry=r,
         )
+        self._cascade(r)
 
+    def _cascade(self, r: CollectorRegistry) -> None:
         # The cascade (`serve.cascade`): who answered, why the hero was asked, what it cost.
         # Money is counted once per hero answer (its HTTP calls' usage), never per retry.
         self.cascade_answers = Counter(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from whetstone.errors import from_validation
+from whetstone.models.constrain import JSON_OBJECT
 from whetstone.records import Message
 from whetstone.serve.errors import APIError
 from whetstone.serve.token_text import TokenLogprob
@@ -74,12 +75,33 @@ def unsupported(param: str, what: str) -> APIError:
 
 
 def response_format_refusal(value: dict[str, Any] | None) -> str | None:
-    """Why `response_format` is refused, or None. The one place to change when constrained
-    decoding (json_object, json_schema) comes."""
-    kind = (value or {}).get("type", "text")
-    if kind == "text":
+    """Why `response_format` is refused, or None: `text`, `json_object` and `json_schema`
+    (OpenAI's shape, `{"json_schema": {"name": ..., "schema": {...}, "strict": ...}}`) are
+    implemented by constrained decoding (`response_schema`)."""
+    value = value or {}
+    kind = value.get("type", "text")
+    if kind in ("text", "json_object"):
         return None
-    return f"response_format {kind!r} (only {{'type': 'text'}})"
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            return "response_format json_schema without a json_schema object holding a schema"
+        return None
+    return f"response_format {kind!r} (only 'text', 'json_object' and 'json_schema')"
+
+
+def response_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema an answer must keep under an accepted `response_format` (any JSON
+    object for `json_object`, and for a `json_schema` without a schema), or None for text.
+    `strict` changes nothing: every constrained answer keeps its schema."""
+    value = value or {}
+    kind = value.get("type", "text")
+    if kind == "json_object":
+        return JSON_OBJECT
+    if kind == "json_schema":
+        schema = value["json_schema"].get("schema")
+        return schema if schema is not None else JSON_OBJECT
+    return None
 
 
 # Every request field is in exactly one of these (tests/test_serve_openai_options.py walks
@@ -100,7 +122,7 @@ IMPLEMENTED = frozenset(
         "seed",
         "logprobs",
         "top_logprobs",
-        "response_format",  # {"type": "text"} only: `response_format_refusal`
+        "response_format",  # text, json_object, json_schema: `response_format_refusal`
         "task",
         "whetstone_route",
     }

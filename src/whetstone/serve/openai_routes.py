@@ -15,7 +15,7 @@ from whetstone import registry
 from whetstone.records import Input
 from whetstone.serve import cascade, classify
 from whetstone.serve import openai_api as api
-from whetstone.serve.answer import Answer, Kind, encode, tokens_to_generate
+from whetstone.serve.answer import Answer, Kind, answer_grammar, encode, tokens_to_generate
 from whetstone.serve.auth import require_json, require_key
 from whetstone.serve.errors import APIError
 from whetstone.serve.routes import BASE
@@ -99,12 +99,27 @@ async def complete(
             code="unsupported_parameter",
             param="n",
         )
+    if api.response_schema(req.response_format) is not None and (
+        chosen != "workhorse" or classify.by_labels(route)
+    ):
+        # The hero answers in its own way, and a classify task with labels by choosing one.
+        raise APIError(
+            400,
+            "response_format: JSON answers are constrained on the workhorse route of a "
+            "generate or extract task, not on a cascade or hero route or a classify task "
+            "answered by its labels",
+            code="unsupported_parameter",
+            param="response_format",
+        )
     if chosen != "workhorse":
         return await cascade.answer(svc, chosen, req, inp, route, ids, kind, started)
     if classify.by_labels(route):
         return await classify.answer(svc, req, inp, route, ids, kind, started)
     n = tokens_to_generate(svc, req, len(ids))
-    answer = Answer(svc, req, inp, route, ids, kind, started, max_tokens=n, stops=stops)
+    grammar = await run_in_threadpool(answer_grammar, svc, req, route)
+    answer = Answer(
+        svc, req, inp, route, ids, kind, started, max_tokens=n, stops=stops, grammar=grammar
+    )
     answer.submit()
     if req.stream:
         return Stream(answer).response()

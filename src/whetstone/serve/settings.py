@@ -37,6 +37,11 @@ class Settings:
     request_timeout_s: float = 10.0
     keep_alive_s: int = 5
     max_connections: int = 1000
+    # An extract task's answers are constrained to JSON that keeps its schema (any JSON
+    # object without one; `models.constrain`) unless a request asks for another
+    # `response_format` (`{"type": "text"}`: free text). true: every extract task; false: none;
+    # a list of task names: those.
+    constrain_extract: bool | list[str] = True
 
     @classmethod
     def load(cls, section: dict[str, Any] | None = None, **overrides: Any) -> Settings:
@@ -57,6 +62,11 @@ class Settings:
         settings = replace(cls(), **values)
         settings.check()
         return settings
+
+    def constrains(self, task: str) -> bool:
+        """Whether extract task `task`'s answers are constrained to its schema by default."""
+        extract = self.constrain_extract
+        return extract if isinstance(extract, bool) else task in extract
 
     def check(self) -> None:
         for name in (
@@ -81,6 +91,14 @@ class Settings:
             raise InvalidInput(f"serve setting route_poll_s must be > 0, not {self.route_poll_s!r}")
         if self.max_wait_ms < 0:
             raise InvalidInput(f"serve setting max_wait_ms must be >= 0, not {self.max_wait_ms}")
+        extract = self.constrain_extract
+        if not isinstance(extract, bool) and not (
+            isinstance(extract, list) and all(isinstance(t, str) for t in extract)
+        ):
+            raise InvalidInput(
+                "serve setting constrain_extract is true, false or a list of task names, "
+                f"not {extract!r}"
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInput("the API key is empty")
 

@@ -487,7 +487,8 @@ def _tokens_per_s(p: Any) -> float:
 
 def _register(job: _Job, p: Any, data: dict[str, Any], timings: dict[str, float]) -> str:
     """Main process: plot the curve, register the best checkpoint, mark the run registered."""
-    from whetstone import __version__, registry
+    from whetstone import registry
+    from whetstone.util import VERSION
 
     run = job.run
     run.plot()
@@ -511,7 +512,7 @@ def _register(job: _Job, p: Any, data: dict[str, Any], timings: dict[str, float]
             "validation": p.evals,
             "curve": str(run.curve_path),
             "metrics": str(run.metrics_path),
-            "whetstone_version": __version__,
+            "whetstone_version": VERSION,
             "init_from": job.info.get("init_from"),
             "tokens_per_s": round(_tokens_per_s(p), 1),
             "timings": timings,

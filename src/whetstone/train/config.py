@@ -11,13 +11,16 @@ from __future__ import annotations
 import operator
 from functools import cache, reduce
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from whetstone.errors import InvalidInput, from_validation
 from whetstone.train import methods
+
+if TYPE_CHECKING:
+    from whetstone.project import Project
 
 COMMAND_LINE = "command line"
 
@@ -238,9 +241,41 @@ def from_stored(values: dict[str, Any], where: str, task_kind: str) -> TrainConf
     return build((where, values))
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+class ReadSettings(NamedTuple):
+    values: dict[str, Any]
+    # For an Axolotl or LLaMA-Factory file: its dialect and the keys it ignored, to be shown.
+    note: str | None = None
+
+
+def read_yaml(path: str | Path) -> ReadSettings:
+    """A train.yaml, or an Axolotl / LLaMA-Factory config read for the keys that map."""
+    from whetstone.train.foreign import translate
     from whetstone.util import read_yaml_mapping
 
     data = read_yaml_mapping(path, "training settings")
+    imported = translate({str(k): v for k, v in data.items()}, str(path))
+    if imported is not None:
+        return ReadSettings(imported.settings, imported.note(str(path)))
     # A train.yaml may use the flag spelling (lora-r) as well as the key (lora_r).
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return ReadSettings({str(k).replace("-", "_"): v for k, v in data.items()})
+
+
+def project_config(
+    project: Project | None,
+    config: str | Path | None,
+    flags: dict[str, Any],
+    flags_where: str = COMMAND_LINE,
+) -> tuple[TrainConfig, list[str]]:
+    """The config a run trains with: the project's `train:` section, then the `config` file,
+    then `flags`, later layers winning; with the notes to show (a foreign file's ignored keys).
+    The one way the CLI and the Python API build it."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    notes: list[str] = []
+    if project is not None:
+        layers.append((f"{project.config_path} (train:)", project.section("train")))
+    if config is not None:
+        read = read_yaml(config)
+        layers.append((str(config), read.values))
+        notes += [read.note] if read.note else []
+    layers.append((flags_where, flags))
+    return build(*layers), notes
