@@ -10,10 +10,6 @@ the test curve at a few escalation rates. Cost is relative to sending every requ
 (money at the prices in hero_bench.py). Target (issue 16): the cascade keeps >= 95% of the
 hero's field F1 while sending <= 30% of requests to the hero.
 
-A live check follows: the workhorse's own `whetstone serve` with the cascade route answers the
-test inputs over HTTP, and the share the server escalated (its `X-Whetstone-Answered-By`
-headers) is compared with the calibration's.
-
 Run:  python benchmarks/cascade.py [--work DIR]
 Writes benchmarks/results/cascade.json.
 """

@@ -225,6 +225,8 @@ def test_extract_report_has_field_f1_and_extract_error_types(
         assert f"<h3>{group} " in page
     # Extract slices are the fields the reference fills.
     assert "field=city" in page and "field=zip" in page
+    # The decode budget both answered under, and how many answers ran into it.
+    assert re.search(r"candidate \d+ of 12 answers reached \d+ tokens", page)
     p.close()
 
 

@@ -424,7 +424,20 @@ def _facts(task: Task, av: AdapterVersion, c: Comparison) -> list[list[str]]:
         ["training run", av.run_id or "–"],
         ["registered", av.created_at.isoformat()[:19]],
         ["evaluations", f"candidate {c.a.id}, baseline {c.b.id}"],
+        *([["answer budget", budget]] if (budget := _budget_fact(c)) else []),
     ]
+
+
+def _budget_fact(c: Comparison) -> str | None:
+    """The decode budget both answered under and how many answers ran into it (an answer cut
+    there is likely wrong for its length, not its content); None for label answers."""
+    parts = []
+    for role, ev in (("candidate", c.a), ("baseline", c.b)):
+        limit, hit = ev.info.get("max_new_tokens"), ev.info.get("hit_budget")
+        if limit is None or hit is None or ev.info.get("answered_by") == "label_likelihood":
+            continue
+        parts.append(f"{role} {hit} of {ev.n} answers reached {limit} tokens")
+    return "; ".join(parts) or None
 
 
 def _calibration_on(ev: Evaluation, ids: set[int]) -> dict[str, Any]:
