@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "constrained.json"
+import common
+
+RESULTS = common.RESULTS / "constrained.json"
 
 
 def invalid(task: Any, answers: list[str]) -> dict[str, int]:
@@ -92,11 +94,11 @@ def main() -> None:
         "task": args.task,
         "schema": task.schema_,
         "snapshot": snap.id,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "adapter": args.adapter,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    common.write_result(args.out.stem, result)
     print(
         "\n| model | constrained | schema-invalid / N | not JSON | breaks schema | cut by budget "
         "| exact |\n|---|---|---|---|---|---|---|"

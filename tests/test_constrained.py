@@ -108,6 +108,7 @@ def test_constrain_extract_setting_is_checked() -> None:
     assert Settings.load({"constrain_extract": ["addresses"]}).constrains("addresses")
     assert not Settings.load({"constrain_extract": ["addresses"]}).constrains("other")
     assert not Settings.load({"constrain_extract": False}).constrains("addresses")
+    assert not Settings().constrains("addresses")  # off by default (key order, see Settings)
     with pytest.raises(InvalidInput, match="constrain_extract"):
         Settings.load({"constrain_extract": "yes"})
 
@@ -122,7 +123,7 @@ def served(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any
     p.create_task("support", "generate", instruction="Answer briefly.")
     p.create_task("parcels", "extract", schema=SCHEMA)
     p.create_task("sentiment", "classify", labels=["pos", "neg"])
-    app = create_app(p, Settings(max_wait_ms=200))
+    app = create_app(p, Settings(max_wait_ms=200, constrain_extract=True))
     with running(app) as url:
         yield url
     p.close()
@@ -176,7 +177,8 @@ def test_json_object_response_format(served: str) -> None:
     assert isinstance(json.loads(answer.message.content), dict)
 
 
-def test_an_extract_task_answers_in_its_schema_by_default(served: str) -> None:
+def test_an_extract_task_answers_in_its_schema_when_set(served: str) -> None:
+    """`serve: constrain_extract: true` (this server's setting; off by default)."""
     parses_and_keeps(chat(served, model="parcels").choices[0].message.content)
     # {"type": "text"} asks for free text, even on an extract task
     free = chat(served, model="parcels", response_format={"type": "text"})

@@ -1,6 +1,7 @@
 """Every HTML page Whetstone writes (evaluation report, data card, demo report, the review
 log-in form) is a Jinja2 template under `templates/`, rendered here with autoescape on: record
-text (inputs, outputs, references) may hold markup, and a page must show it as text."""
+text (inputs, outputs, references) may hold markup, and a page must show it as text. Markdown
+templates (`*.md`: an exported adapter's model card) are rendered without HTML escaping."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jinja2
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("whetstone", "templates"),
-        autoescape=True,
+        autoescape=jinja2.select_autoescape(disabled_extensions=("md",), default=True),
         # A name the template uses but the page did not pass is a bug, not an empty string.
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -327,6 +327,18 @@ def select(
     )
 
 
+def snapshot_splits(project: Project, task: Task) -> dict[int, str]:
+    """Record id -> split in the task's latest snapshot (empty when it has none): how an hf
+    export splits its records."""
+    from whetstone.store import snapshots as stored_snaps
+
+    latest = stored_snaps.latest_snapshot_id(project.store, task.name)
+    if latest is None:
+        return {}
+    _, members = stored_snaps.snapshot_row(project.store, latest)
+    return {rid: split for rid, split, _ in members}
+
+
 def export_records(
     project: Project,
     task: str | Task,
@@ -338,7 +350,8 @@ def export_records(
 ) -> int:
     """Write the task's records to `out` in `fmt`, atomically; returns the number of rows.
     `out` must not exist (an empty folder for hf); `force` replaces a file, or an hf folder
-    an earlier export wrote."""
+    an earlier export wrote. hf writes a `DatasetDict` split as the task's latest snapshot
+    (`tabular.write_hf`)."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(
             f"unknown export format {fmt!r} (choose from {', '.join(EXPORT_FORMATS)})"
@@ -355,7 +368,13 @@ def export_records(
     if fmt == "parquet":
         return tabular.write_parquet(out, records)
     if fmt == "hf":
-        return tabular.write_hf(out, records, replace=user_target(force))
+        return tabular.write_hf(
+            out,
+            records,
+            splits=snapshot_splits(project, t),
+            extract=t.kind == Kind.extract,
+            replace=user_target(force),
+        )
     rows = (
         preference.preference_rows(t, records)
         if fmt == "preference"

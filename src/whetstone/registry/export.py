@@ -89,19 +89,210 @@ def compatibility(av: AdapterVersion) -> list[str]:
 
 
 def export_peft(project: Project, ref: str, out: Path, *, force: bool = False) -> Export:
-    """The adapter's PEFT folder, copied as is (plus Whetstone's own meta file). `out` must be
-    new or empty; `force` replaces a folder an earlier export wrote, nothing else."""
+    """The adapter's PEFT folder, made to describe itself (`describe`): the base named by a
+    portable id in `adapter_config.json`, the task's instruction in `whetstone.json` and as
+    the default system prompt of the tokenizer's chat template, a model card README.md.
+    `out` must be new or empty; `force` replaces a folder an earlier export wrote, nothing
+    else."""
     av = registry.get(project, ref)
     warnings = compatibility(av)
+    about = describe(project, av)
     with atomic_dir(
         out, replace=user_target(force), written_by="export-model --format peft"
     ) as tmp:
         shutil.copytree(av.path, tmp, dirs_exist_ok=True)
+        _write_description(av, about, tmp)
     return Export(out, warnings)
 
 
+DESCRIPTION = "whetstone.json"
+
+
+def portable_base(av: AdapterVersion) -> dict[str, Any]:
+    """How another machine finds the base model of `av`: `id` (a hub id where there is one,
+    else the local folder, `local` true), `revision` (the hub commit, when known) and
+    `local_path`, this machine's copy, only a hint."""
+    from whetstone.models import base as base_models
+
+    name = base_models.ALIASES.get(av.base_model, av.base_model)
+    if name in base_models.BUNDLED:
+        return {
+            "id": base_models.HUB_IDS[name],
+            "revision": None,
+            "local": False,
+            "local_path": base_models.resolve(name).path,
+            "note": (
+                "Whetstone trained this adapter on its bundled copy of this model, a Q4_1 "
+                "GGUF build dequantized to fp32: close to the hub weights, not identical, so "
+                "answers on the hub weights may differ slightly from Whetstone's (the merged "
+                "export carries the exact weights)."
+            ),
+        }
+    if Path(av.base_model).expanduser().exists():
+        path = str(Path(av.base_model).expanduser().resolve())
+        note = (
+            "The base model is a local folder with no hub id: another machine needs that "
+            "folder at the same path, or base_model_name_or_path edited to its copy."
+        )
+        return {"id": path, "revision": None, "local": True, "local_path": path, "note": note}
+    # A hub id: its hash is the hub commit Whetstone resolved when it trained.
+    return {
+        "id": av.base_model,
+        "revision": av.base_hash,
+        "local": False,
+        "local_path": None,
+        "note": None,
+    }
+
+
+def describe(project: Project, av: AdapterVersion) -> dict[str, Any]:
+    """What an exported adapter says about itself (`whetstone.json`, the model card)."""
+    from whetstone.prompts import instruction
+    from whetstone.util import VERSION
+
+    task = project.task(av.task)
+    return {
+        "whetstone_version": VERSION,
+        "adapter": av.name,
+        "method": av.method,
+        "task": {"name": task.name, "kind": task.kind.value},
+        "instruction": instruction(task),
+        "labels": task.labels,
+        "schema": task.schema_,
+        "metric": av.info.get("metric") or task.main_metric,
+        "best_validation": av.info.get("best_metric"),
+        "evaluation": _evaluation(project, av),
+        "snapshot": _snapshot(project, av),
+        "training": av.info.get("config") or {},
+        "base_model": portable_base(av),
+    }
+
+
+def _evaluation(project: Project, av: AdapterVersion) -> dict[str, Any] | None:
+    """The adapter's newest stored evaluation (on its own snapshot's test split if it has
+    one): the main metric with its interval."""
+    from whetstone.store import evaluations as stored_evals
+
+    rows = [
+        r
+        for r in stored_evals.evaluation_summaries(project.store, av.task)
+        if r["model"] == av.name
+    ]
+    rows.sort(
+        key=lambda r: (r["snapshot_id"] == av.snapshot_id and r["split"] == "test", r["created_at"])
+    )
+    if not rows:
+        return None
+    row = rows[-1]
+    infos = stored_evals.evaluation_infos(project.store, av.task, av.name, row["split"])
+    info = next((i for eid, i in infos if eid == row["id"]), {})
+    metric = info.get("main_metric") or av.info.get("metric") or project.task(av.task).main_metric
+    value = row["metrics"].get(metric, {})
+    return {
+        "id": row["id"],
+        "metric": metric,
+        "value": value.get("value"),
+        "low": value.get("low"),
+        "high": value.get("high"),
+        "split": row["split"],
+        "snapshot": row["snapshot_id"],
+        "n": info.get("n"),
+    }
+
+
+def _snapshot(project: Project, av: AdapterVersion) -> dict[str, Any] | None:
+    from whetstone.store import snapshots as stored_snaps
+
+    if not av.snapshot_id:
+        return None
+    try:
+        _, members = stored_snaps.snapshot_row(project.store, av.snapshot_id)
+    except NotFound:
+        return {"id": av.snapshot_id, "counts": {}}
+    counts: dict[str, int] = {}
+    for _, split, _ in members:
+        counts[split] = counts.get(split, 0) + 1
+    return {"id": av.snapshot_id, "counts": counts}
+
+
+def _write_description(av: AdapterVersion, about: dict[str, Any], folder: Path) -> None:
+    """Into an exported PEFT folder: the portable base id, `whetstone.json`, the tokenizer
+    with the instruction as its default system prompt, and the model card."""
+    from whetstone import pages
+
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = about["base_model"]["id"]
+    config["revision"] = about["base_model"]["revision"]
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+    _save_tokenizer(av, about["instruction"], folder)
+    atomic_write_text(folder / DESCRIPTION, json.dumps(about, indent=2, default=str) + "\n")
+    # A fence the instruction cannot close early.
+    fence = "~~~~~" if "```" in about["instruction"] else "```"
+    card = pages.render(
+        "model_card.md",
+        adapter=av.name,
+        method=av.method,
+        version=about["whetstone_version"],
+        task=about["task"],
+        labels=about["labels"],
+        schema=json.dumps(about["schema"]) if about["schema"] else None,
+        instruction=about["instruction"],
+        fence=fence,
+        metric=about["metric"],
+        evaluation=_rounded(about["evaluation"]),
+        validation=_round(about["best_validation"]),
+        snapshot=about["snapshot"],
+        config={
+            k: json.dumps(v) if isinstance(v, (dict, list)) else v
+            for k, v in about["training"].items()
+        },
+        base=about["base_model"],
+    )
+    atomic_write_text(folder / "README.md", card)
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _rounded(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {k: _round(v) for k, v in evaluation.items()} if evaluation else None
+
+
+def with_default_system(template: str, system: str) -> str:
+    """A chat template that puts `system` first when a chat has no system message, then
+    renders as `template` does: the instruction travels with the tokenizer."""
+    # A JSON string is a Jinja string literal (non-ASCII kept as is, which Jinja's unescaping
+    # round-trips), so any instruction text is safe inside it.
+    literal = json.dumps(system, ensure_ascii=False)
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
+        "{%- endif -%}" + template
+    )
+
+
+def _save_tokenizer(av: AdapterVersion, system: str, folder: Path) -> None:
+    """The tokenizer Whetstone prompts the adapter with (its base model's), saved into the
+    export with the instruction as the chat template's default system prompt."""
+    from transformers import AutoTokenizer
+
+    from whetstone.models import base as base_models
+
+    name = base_models.ALIASES.get(av.base_model, av.base_model)
+    source = base_models.resolve(name).path if name in base_models.BUNDLED else av.base_model
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if isinstance(tok.chat_template, str):
+        tok.chat_template = with_default_system(tok.chat_template, system)
+    tok.save_pretrained(folder)
+
+
 def export_merged(project: Project, ref: str, out: Path, *, force: bool = False) -> Export:
-    """Base + adapter merged into one full Hugging Face model folder (any engine serves it)."""
+    """Base + adapter merged into one full Hugging Face model folder (any engine serves it),
+    with `whetstone.json` and the instruction as the chat template's default system prompt."""
     from whetstone.models import base as base_models
 
     replace = user_target(force)
@@ -118,17 +309,20 @@ def export_merged(project: Project, ref: str, out: Path, *, force: bool = False)
     model, tok = base_models.load(base)
     on_cpu = base_models.to_device(model, "cpu")
     merged = PeftModel.from_pretrained(on_cpu, str(av.path)).merge_and_unload()
+    about = describe(project, av)
+    if isinstance(tok.chat_template, str):
+        # As in the peft export: the instruction travels as the default system prompt.
+        tok.chat_template = with_default_system(tok.chat_template, about["instruction"])
     with atomic_dir(out, replace=replace, written_by="export-model --format merged") as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        atomic_write_text(tmp / DESCRIPTION, json.dumps(about, indent=2, default=str) + "\n")
     return Export(out)
 
 
 def export_vllm(project: Project, refs: list[str], out: Path, *, force: bool = False) -> Export:
     """`out/adapters/<name>/` for each adapter (default: every production version, served
     under its task name) and `out/serve-vllm.sh` starting vLLM with all of them."""
-    from whetstone.models import base as base_models
-
     replace = user_target(force)
     check_target(out, folder=True, replace=replace)
     if refs:
@@ -150,41 +344,72 @@ def export_vllm(project: Project, refs: list[str], out: Path, *, force: bool = F
             "the adapters were trained on different base models; one vLLM "
             "server serves one base: export them separately"
         )
-    base = base_models.resolve(chosen[0][1].base_model)
     rank = max(int(_peft_config(av).get("r", 8)) for _, av in chosen)
     max_rank = next((r for r in VLLM_RANKS if r >= rank), None)
     if max_rank is None:
         raise InvalidInput(f"LoRA rank {rank} is above what vLLM serves ({VLLM_RANKS[-1]})")
     with atomic_dir(out, replace=replace, written_by="export-model --format vllm") as tmp:
-        modules = []
-        for name, av in chosen:
-            folder = name.replace("@", "-v")
-            shutil.copytree(av.path, tmp / "adapters" / folder)
-            modules.append(f"{name}=$HERE/adapters/{folder}")
-        command = [
-            "vllm",
-            "serve",
-            base.path,
-            "--served-model-name",
-            "base",
-            "--enable-lora",
-            "--max-lora-rank",
-            str(max_rank),
-            "--max-loras",
-            str(len(chosen)),
-        ]
-        script = (
-            "#!/bin/sh\n# Written by `whetstone export-model --format vllm`: the base model with "
-            "every adapter below, on vLLM's OpenAI-compatible server.\n"
-            'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
-            + " ".join(shlex.quote(c) for c in command)
-            + " \\\n  --lora-modules "
-            + " ".join(f'"{m}"' for m in modules)
-            + ' "$@"\n'
-        )
-        atomic_write_text(tmp / "serve-vllm.sh", script)
-        (tmp / "serve-vllm.sh").chmod(0o755)
+        _write_vllm(project, chosen, max_rank, tmp)
     return Export(out)
+
+
+def _write_vllm(
+    project: Project, chosen: list[tuple[str, AdapterVersion]], max_rank: int, folder: Path
+) -> None:
+    """The adapters (each describing itself, as the peft export does), the launch script and
+    its README into `folder`. The script names the base by its portable id and finds the
+    adapters beside itself, so the folder runs on another machine."""
+    modules, instructions = [], []
+    for name, av in chosen:
+        sub = name.replace("@", "-v")
+        shutil.copytree(av.path, folder / "adapters" / sub)
+        about = describe(project, av)
+        _write_description(av, about, folder / "adapters" / sub)
+        modules.append(f"{name}=$HERE/adapters/{sub}")
+        instructions.append((name, sub, about["instruction"]))
+    base = portable_base(chosen[0][1])
+    command = ["vllm", "serve", base["id"], "--served-model-name", "base", "--enable-lora"]
+    if base["revision"]:
+        command += ["--revision", base["revision"]]
+    command += ["--max-lora-rank", str(max_rank), "--max-loras", str(len(chosen))]
+    script = (
+        "#!/bin/sh\n# Written by `whetstone export-model --format vllm`: the base model with "
+        "every adapter below, on vLLM's OpenAI-compatible server. Clients must send each "
+        "adapter's instruction as the system message: see README.md.\n"
+        'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
+        + " ".join(shlex.quote(c) for c in command)
+        + " \\\n  --lora-modules "
+        + " ".join(f'"{m}"' for m in modules)
+        + ' "$@"\n'
+    )
+    atomic_write_text(folder / "serve-vllm.sh", script)
+    (folder / "serve-vllm.sh").chmod(0o755)
+    atomic_write_text(folder / "README.md", _vllm_readme(base, instructions))
+
+
+def _vllm_readme(base: dict[str, Any], instructions: list[tuple[str, str, str]]) -> str:
+    """One vLLM server applies one chat template to every adapter, so it cannot add each
+    task's instruction itself: the README tells clients to send it."""
+    lines = [
+        "# Whetstone adapters on vLLM (`whetstone export-model --format vllm`)",
+        "",
+        f"`./serve-vllm.sh` serves the base model `{base['id']}` "
+        + ("(a local folder)" if base["local"] else "(fetched from the Hugging Face hub by vLLM)")
+        + " with every adapter under `adapters/`, found beside the script. "
+        "Extra arguments go to `vllm serve`.",
+        "",
+        "**Clients must send the adapter's instruction as the first (system) message of every "
+        "chat.** Each adapter was trained with it; without it the adapter answers another "
+        "question (often it just echoes the input). The instructions (also in each adapter's "
+        "`whetstone.json`):",
+        "",
+    ]
+    for name, sub, text in instructions:
+        fence = "~~~~~" if "```" in text else "```"
+        lines += [f"- model `{name}` (`adapters/{sub}`):", "", fence, text, fence, ""]
+    if base.get("note"):
+        lines += [str(base["note"]), ""]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- GGUF (llama.cpp, Ollama)
