@@ -158,7 +158,7 @@ def _plan(tiny_base_dir: Path, **kw: Any) -> Any:
 def test_shortened_demo_end_to_end(tmp_path: Path, tiny_base_dir: Path) -> None:
     from whetstone.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", _plan(tiny_base_dir), progress=False)
+    result = run_demo(tmp_path / "demo", _plan(tiny_base_dir, compare_random=True), progress=False)
     folder = tmp_path / "demo"
     for name in ("demo-report.html", "demo-curve.png", "demo-results.json"):
         assert (folder / name).exists(), name
@@ -227,3 +227,18 @@ def test_demo_budget_guard_expects_turns_to_grow() -> None:
     assert next_turn_estimate([100.0]) == 100.0
     assert next_turn_estimate([100.0, 160.0]) == 220.0  # each turn trains on all labels so far
     assert next_turn_estimate([160.0, 150.0]) == 150.0  # never below the last turn
+
+
+def test_demo_default_story_is_one_arm() -> None:
+    """The default demo is the loop on the `curate next` arm only (the A/B against random
+    labelling is behind --compare-random and measured by benchmarks/active_learning.py), and
+    the command's defaults agree with the plan's."""
+    import inspect
+
+    from whetstone.cli.flywheel import demo
+    from whetstone.demo import DemoPlan
+
+    plan = DemoPlan()
+    assert plan.compare_random is False
+    assert inspect.signature(demo).parameters["compare_random"].default is False
+    assert inspect.signature(demo).parameters["turns"].default == plan.turns

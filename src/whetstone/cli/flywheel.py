@@ -68,16 +68,20 @@ def demo(
         float | None,
         typer.Option("--minutes", help="Start no new turn that would pass this budget."),
     ] = 20.0,
-    turns: Annotated[int, typer.Option("--turns")] = 3,
+    turns: Annotated[
+        int, typer.Option("--turns", help="At most this many turns (as many as fit --minutes).")
+    ] = 5,
     stream: Annotated[int, typer.Option("--stream", help="Production requests per turn.")] = 110,
     labels: Annotated[int, typer.Option("--labels", help="Human labels per turn.")] = 70,
     test_size: Annotated[int, typer.Option("--test-size", help="Held-out addresses.")] = 100,
     compare_random: Annotated[
         bool,
         typer.Option(
-            "--compare-random/--no-compare-random", help="Also run the random-labelling arm."
+            "--compare-random/--no-compare-random",
+            help="Also run a random-labelling arm (an A/B; benchmarks/active_learning.py "
+            "measures it properly).",
         ),
-    ] = True,
+    ] = False,
     serve: Annotated[
         bool,
         typer.Option(

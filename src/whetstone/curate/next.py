@@ -111,28 +111,53 @@ def next_to_label(
         return cache.embeddings(project, spec, ids, [clean_record_text(r.input_text) for r in recs])
 
     pv = vecs(pool)
-    nearest = np.zeros(len(pool), dtype=np.float32)  # highest cosine to anything labelled
-    if labelled:
-        lv = vecs(labelled)
-        for start in range(0, len(pool), 256):
-            nearest[start : start + 256] = (pv[start : start + 256] @ lv.T).max(axis=1)
+    lv = vecs(labelled) if labelled else None
     unc = np.array([uncertainty(r) for r in pool], dtype=np.float32)
-    dens = density_of(pv) if density else np.ones(len(pool), dtype=np.float32)
-    typical = dens**density
     # Above every other score (which are at most 1): teacher-disagreed first, least agreed first.
     first = np.array([_disagreement(r) for r in pool], dtype=np.float32)
-    out: list[tuple[Record, float, dict[str, float]]] = []
-    taken = np.zeros(len(pool), dtype=bool)
-    for _ in range(min(n, len(pool))):
+    return [
+        (pool[i], score, parts)
+        for i, score, parts in rank(unc, pv, lv, n, density=density, first=first)
+    ]
+
+
+def rank(
+    unc: Any,
+    pool_vecs: Any,
+    labelled_vecs: Any | None,
+    n: int,
+    *,
+    density: float = 1.0,
+    first: Any | None = None,
+) -> list[tuple[int, float, dict[str, float]]]:
+    """The greedy queue on plain arrays: (pool position, score, {uncertainty, distance,
+    density}) for the `n` best of a pool with per-row uncertainty `unc` and unit embeddings
+    `pool_vecs`, given the unit embeddings of what is already labelled (None: nothing).
+    `first` adds a per-row bonus (the teacher's disagreement). The active-learning benchmark
+    runs the strategy through this, so it measures what `curate next` does."""
+    import numpy as np
+
+    pv = pool_vecs
+    nearest = np.zeros(len(pv), dtype=np.float32)  # highest cosine to anything labelled
+    if labelled_vecs is not None and len(labelled_vecs):
+        for start in range(0, len(pv), 256):
+            nearest[start : start + 256] = (pv[start : start + 256] @ labelled_vecs.T).max(axis=1)
+    unc = np.asarray(unc, dtype=np.float32)
+    dens = density_of(pv) if density else np.ones(len(pv), dtype=np.float32)
+    typical = dens**density
+    bonus = np.zeros(len(pv), dtype=np.float32) if first is None else first
+    out: list[tuple[int, float, dict[str, float]]] = []
+    taken = np.zeros(len(pv), dtype=bool)
+    for _ in range(min(n, len(pv))):
         dist = np.clip(1.0 - nearest, 0.0, 1.0)
-        score = np.where(taken, -1.0, unc * dist * typical + first)
+        score = np.where(taken, -1.0, unc * dist * typical + bonus)
         i = int(np.argmax(score))
         parts = {
             "uncertainty": float(unc[i]),
             "distance": float(dist[i]),
             "density": float(dens[i]),
         }
-        out.append((pool[i], float(score[i]), parts))
+        out.append((i, float(score[i]), parts))
         taken[i] = True
         nearest = np.maximum(nearest, pv @ pv[i])
     return out
