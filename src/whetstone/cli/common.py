@@ -7,8 +7,9 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -27,6 +28,14 @@ class State:
 
 
 state = State()
+
+# `eval` and `predict` answer as the server does when asked.
+Constrained = Annotated[
+    bool,
+    typer.Option(
+        "--constrained", help="Constrain an extract task's answers to its JSON schema, as served."
+    ),
+]
 
 # Libraries whose warnings, log lines and progress bars a user did not ask for: deprecation
 # notices addressed to their callers ("`is_gradient_checkpointing` is deprecated" on every

@@ -77,13 +77,7 @@ def eval_cmd(
     ] = False,
     rerun: Rerun = False,
     as_json: AsJson = False,
-    constrained: Annotated[
-        bool,
-        typer.Option(
-            "--constrained",
-            help="Constrain an extract task's answers to its JSON schema, as served.",
-        ),
-    ] = False,
+    constrained: common.Constrained = False,
 ) -> None:
     """Run a model over a snapshot split and store its metrics with 95% intervals (Wilson for
     0/1 metrics, percentile bootstrap for the others)."""

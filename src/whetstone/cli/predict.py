@@ -45,13 +45,7 @@ def predict(
             "--capture/--no-capture", help="Store a TEXT's answer as a production record."
         ),
     ] = False,
-    constrained: Annotated[
-        bool,
-        typer.Option(
-            "--constrained",
-            help="Constrain an extract task's answers to its JSON schema, as served.",
-        ),
-    ] = False,
+    constrained: common.Constrained = False,
 ) -> None:
     """Answer TEXT, or every stored record of a status, with the base model or an adapter."""
     from whetstone.predict import check_text, load_predictor, predict_records
