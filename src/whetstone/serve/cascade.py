@@ -391,9 +391,10 @@ async def _ask_hero(svc: Services, task: Task, inp: Input, outcome: Outcome) -> 
     else:
         _count(svc, task, reply)  # an empty answer was paid for all the same
         outcome.hero = reply
-        unusable = _unusable(task, reply, outcome.workhorse)
+        text = hero_answer(task, reply.text)
+        unusable = _unusable(task, reply, text, outcome.workhorse)
         if unusable is None:
-            outcome.hero_output = hero_answer(task, reply.text)
+            outcome.hero_output = text
             return
         error = unusable
     metrics.hero_failures.labels(task.name).inc()
@@ -403,12 +404,12 @@ async def _ask_hero(svc: Services, task: Task, inp: Input, outcome: Outcome) -> 
     log.warning("cascade %s: %s; %s", task.name, error, _fallback(outcome))
 
 
-def _unusable(task: Task, reply: HeroReply, workhorse: Done | None) -> str | None:
+def _unusable(task: Task, reply: HeroReply, text: str, workhorse: Done | None) -> str | None:
     """Why the hero's answer is not returned: empty, or failing the task's checks (a label
     outside the set, broken JSON) where the workhorse's answer passes them. None: use it."""
     if not reply.text.strip():
         return f"the hero ({reply.model}) sent an empty answer"
-    why = prompts.answer_fails_checks(task, hero_answer(task, reply.text))
+    why = prompts.answer_fails_checks(task, text)
     if why is None or workhorse is None or prompts.answer_fails_checks(task, workhorse.text):
         return None
     return f"the hero's answer fails the task's checks ({why})"
