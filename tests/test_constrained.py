@@ -83,6 +83,20 @@ def test_constrained_and_free_rows_share_a_batch(tiny: tuple[Any, Any]) -> None:
     assert set(json.loads(mixed[2].text)) == {"b"}
 
 
+def test_keys_come_in_the_schemas_order(tiny: tuple[Any, Any]) -> None:
+    """The grammar writes keys as `properties` lists them (an extract task's schema lists its
+    fields in the order they are taught), not sorted: the first key here sorts last."""
+    model, tok = tiny
+    ordered = {
+        "type": "object",
+        "properties": {"zip": {"type": "boolean"}, "city": {"type": "boolean"}},
+        "required": ["zip", "city"],
+        "additionalProperties": False,
+    }
+    for g in generate(model, tok, CHATS, max_new_tokens=24, schema=ordered):
+        assert list(json.loads(g.text)) == ["zip", "city"]
+
+
 def test_a_schema_that_cannot_constrain_is_refused(tiny: tuple[Any, Any]) -> None:
     model, tok = tiny
     with pytest.raises(SchemaError, match="strin"):

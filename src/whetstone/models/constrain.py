@@ -150,7 +150,9 @@ def compile_schema(tok: Tokenizer, stop_ids: frozenset[int], schema: Any) -> Gra
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON schema is an object, not {type(schema).__name__}")
     try:
-        text = json.dumps(schema, sort_keys=True)
+        # Not sort_keys: the grammar writes an object's keys in the order `properties` lists
+        # them, so two schemas differing only in that order are two grammars.
+        text = json.dumps(schema)
     except (TypeError, ValueError) as e:
         raise SchemaError(f"the schema is not JSON: {e}") from None
     with _lock:
