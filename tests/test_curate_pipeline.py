@@ -162,6 +162,21 @@ def test_cleanlab_flags_planted_label_flips(topics: Any) -> None:
     assert suggestion["detail"]["suggested"] == "sport"
 
 
+def test_dedup_keeps_the_human_label_over_a_newer_teacher_copy(topics: Any) -> None:
+    """A teacher's label of the same input, newer and of the same review status, must not
+    displace the person's: only a human reference can be evaluated and gated on."""
+    p = topics
+    _add(p, "topic", [(s, "sport") for s in SPORT] + [(f, "food") for f in FOOD])
+    text = "The keeper saved a penalty in the last minute of the cup final."
+    human = _add(p, "topic", [(text, "sport")], status=Status.unreviewed)[0]
+    teacher = _add(p, "topic", [(text, "sport")], source=Source.teacher, status=Status.unreviewed)[
+        0
+    ]
+    res = curate(p, "topic", {"steps": ["validate", "dedup", "split"]})
+    kept = set(res.snapshot.ids("all"))
+    assert human in kept and teacher not in kept
+
+
 def test_split_keeps_groups_fixes_test_and_checks_contamination(
     project: Any, monkeypatch: Any
 ) -> None:

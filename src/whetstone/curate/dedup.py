@@ -1,7 +1,9 @@
 """Step 4, duplicates: exact and near (`whetstone.neardup`'s definition, at the `jaccard`
 threshold) and, on top, semantic (MiniLM cosine threshold, between texts whose numbers do not
-conflict). Each cluster keeps its best member — corrected over accepted over the rest, then the newest — and records that
-earlier snapshots put in test are never removed here, so the test split stays put."""
+conflict). Each cluster keeps its best member — a human reference over a teacher's label (a
+distilled copy of a record a person labelled must not displace it), then corrected over
+accepted over the rest, then the newest — and records that earlier snapshots put in test are
+never removed here, so the test split stays put."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 from whetstone import neardup
 from whetstone.curate import cache
 from whetstone.curate.state import Row, Run
-from whetstone.records import Status
+from whetstone.records import Status, human_reference
 
 _STATUS_RANK = {Status.corrected: 2, Status.accepted: 1}
 _BLOCK = 256  # rows per block of the cosine matrix: memory grows as n x 256 floats, not n x n
@@ -82,10 +84,16 @@ def semantic_pairs(
     return pairs
 
 
-def rank(row: Row) -> tuple[int, int, Any, int]:
+def rank(row: Row) -> tuple[bool, bool, int, Any, int]:
     """Sort key of the best member of a cluster (highest first)."""
     r = row.record
-    return (row.prior_split == "test", _STATUS_RANK.get(r.status, 0), r.created_at, row.id)
+    return (
+        row.prior_split == "test",
+        human_reference(r),
+        _STATUS_RANK.get(r.status, 0),
+        r.created_at,
+        row.id,
+    )
 
 
 def run(ctx: Run) -> None:
