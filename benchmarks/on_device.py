@@ -146,8 +146,12 @@ def adapter(args: argparse.Namespace) -> tuple[Any, str, Any]:
     from whetstone.evaluate.metrics import main_score
     from whetstone.train import train_config, train_task
 
-    tmp = Path(tempfile.mkdtemp(prefix="whetstone-on-device-"))
-    project = whetstone.init(tmp / "proj")
+    root = (
+        Path(args.train_into)
+        if args.train_into
+        else Path(tempfile.mkdtemp(prefix="whetstone-on-device-")) / "proj"
+    )
+    project = whetstone.init(root)
     load_demo_data(project)
     snap = split_records(project, TASK, args.test, 48, args.records)
     cfg = train_config(method="lora", max_steps=args.max_steps, lr=2e-3, eval_every=args.max_steps)
@@ -162,6 +166,9 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=200, help="held-out test records scored")
     ap.add_argument("--records", type=int, default=300, help="training records (no --project)")
     ap.add_argument("--max-steps", type=int, default=120, help="training steps (no --project)")
+    ap.add_argument(
+        "--train-into", help="a new folder to train the adapter in and keep (default: temporary)"
+    )
     ap.add_argument("--threads", type=int, default=common.usable_cores())
     ap.add_argument("--quants", default=",".join(QUANTS))
     args = ap.parse_args()
