@@ -29,7 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-RESULTS = Path(__file__).parent / "results" / "serve.json"
+import common
+
 QUESTIONS = [
     "Where is my parcel?",
     "How do I reset my password?",
@@ -164,7 +165,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--modes", default="single,mixed,naive,constrained")
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    ap.add_argument("--out", default="serve", help="results/<out>.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import logging
@@ -246,8 +247,7 @@ def main() -> None:
         print("constrained overhead, ms/token:", results["constrained_overhead_ms_per_token"])
     if not args.skip_memory:
         memory_and_targets(results, project, tasks, list(modes), concurrency)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    path = common.write_result(args.out, results)
     print()
     print(
         "| mode | clients | output tok/s | p50 ms | p95 ms | ms/token |\n|---|---|---|---|---|---|"
@@ -259,7 +259,7 @@ def main() -> None:
                 f"| {mode} | {c} | {r['tokens_per_s']} | {r['p50_ms']} | {r['p95_ms']} "
                 f"| {r['ms_per_token']} |"
             )
-    print(f"wrote {args.out}")
+    print(f"wrote {path}")
 
 
 def memory_and_targets(
