@@ -61,7 +61,9 @@ def encoded(task: Any, recs: list[Any], max_length: int) -> tuple[list[Any], Any
     from whetstone.train.data import encode_records
 
     tok = base.load_tokenizer(base.resolve(None))
-    return encode_records(tok, task, recs, max_length=max_length, policy="left")
+    # The bundled model's decoder stops at its tokenizer's EOS alone (its end of turn).
+    stop_ids = frozenset({tok.eos_token_id})
+    return encode_records(tok, task, recs, stop_ids=stop_ids, max_length=max_length, policy="left")
 
 
 def epoch_tokens(project: Any, train: list[Any], max_length: int) -> dict[str, int]:

@@ -190,10 +190,12 @@ def test_batched_losses_equal_one_row_at_a_time(tiny_base_dir: Path) -> None:
     import torch
 
     from whetstone.models import base
+    from whetstone.models.decoding import Decoder
     from whetstone.train.data import encode_example
     from whetstone.train.scoring import reference_losses
 
     model, tok = base.load(str(tiny_base_dir))
+    stop_ids = Decoder.of(model, tok).stop_ids
     task = Task(name="addr", kind=Kind.extract, schema=ADDRESS_SCHEMA)
     items = [(t, json.dumps(r, sort_keys=True)) for t, r in ADDRESSES]
     items += [("a short one: 1 A St, B 2", json.dumps({"number": "1", "street": "A St"}))]
@@ -205,10 +207,10 @@ def test_batched_losses_equal_one_row_at_a_time(tiny_base_dir: Path) -> None:
     expected = []
     with torch.inference_mode():
         for row in rows:
-            ex = encode_example(tok, task, row.record)
+            ex = encode_example(tok, task, row.record, stop_ids=stop_ids)
             ids = torch.tensor([ex.ids])
             expected.append(float(model(input_ids=ids, labels=torch.tensor([ex.labels])).loss))
-    assert len({len(encode_example(tok, task, r.record)) for r in rows}) > 3
+    assert len({len(encode_example(tok, task, r.record, stop_ids=stop_ids)) for r in rows}) > 3
     for batch_size in (16, 3, 1):
         pairs = [(r.input, r.reference) for r in rows]
         got = reference_losses(model, tok, task, pairs, batch_size=batch_size)

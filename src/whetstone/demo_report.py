@@ -4,9 +4,10 @@ human labels spent), choosing by `curate next` against choosing at random."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from whetstone import pages
+from whetstone.plots import figure_png
 from whetstone.util import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -15,45 +16,38 @@ if TYPE_CHECKING:
 COLOURS = {"curate-next": "#1f77b4", "random": "#ff7f0e"}
 
 
-def plot_curve(result: DemoResult, path: Path) -> None:
-    import matplotlib
+def plot_curve(result: DemoResult) -> bytes:
+    def draw(fig: Any) -> None:
+        axes = fig.subplots(1, 2)
+        for ax, key, title in (
+            (axes[0], "field_f1", "field F1"),
+            (axes[1], "exact_match", "whole-object exact match"),
+        ):
+            base = result.baseline[key]
+            for arm in COLOURS:
+                rows = [r for r in result.rows if r.arm == arm]
+                if not rows:
+                    continue
+                xs = [0] + [r.labels for r in rows]
+                m = [base] + [getattr(r, key) for r in rows]
+                ys = [x.get("value", 0.0) * 100 for x in m]
+                lo = [x.get("low", x.get("value", 0.0)) * 100 for x in m]
+                hi = [x.get("high", x.get("value", 0.0)) * 100 for x in m]
+                label = "chosen by curate next" if arm == "curate-next" else "chosen at random"
+                ax.plot(xs, ys, marker="o", color=COLOURS[arm], label=label)
+                ax.fill_between(xs, lo, hi, color=COLOURS[arm], alpha=0.15)
+            ax.axhline(
+                base.get("value", 0.0) * 100, color="grey", linestyle=":", label="base model"
+            )
+            ax.set_xlabel("human labels spent")
+            ax.set_ylabel(f"held-out {title} (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            ax.set_title(title)
+        axes[0].legend(loc="lower right", fontsize=8)
+        fig.suptitle("The flywheel's learning curve (production model after each turn, 95% CI)")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for ax, key, title in (
-        (axes[0], "field_f1", "field F1"),
-        (axes[1], "exact_match", "whole-object exact match"),
-    ):
-        base = result.baseline[key]
-        for arm in COLOURS:
-            rows = [r for r in result.rows if r.arm == arm]
-            if not rows:
-                continue
-            xs = [0] + [r.labels for r in rows]
-            m = [base] + [getattr(r, key) for r in rows]
-            ys = [x.get("value", 0.0) * 100 for x in m]
-            lo = [x.get("low", x.get("value", 0.0)) * 100 for x in m]
-            hi = [x.get("high", x.get("value", 0.0)) * 100 for x in m]
-            label = "chosen by curate next" if arm == "curate-next" else "chosen at random"
-            ax.plot(xs, ys, marker="o", color=COLOURS[arm], label=label)
-            ax.fill_between(xs, lo, hi, color=COLOURS[arm], alpha=0.15)
-        ax.axhline(base.get("value", 0.0) * 100, color="grey", linestyle=":", label="base model")
-        ax.set_xlabel("human labels spent")
-        ax.set_ylabel(f"held-out {title} (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.set_title(title)
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("The flywheel's learning curve (production model after each turn, 95% CI)")
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return figure_png(draw, (10, 4), dpi=110)
 
 
 def _pct(m: dict[str, float]) -> str:
@@ -128,12 +122,13 @@ HEADERS = [
 
 def write_demo_report(folder: Path, result: DemoResult) -> tuple[str, str]:
     png = folder / "demo-curve.png"
-    plot_curve(result, png)
+    curve = plot_curve(result)
+    atomic_write_bytes(png, curve)
     page = pages.render(
         "demo_report.html",
         machine=result.machine,
         minutes=result.seconds / 60,
-        curve=pages.png_data_uri(png.read_bytes()),
+        curve=pages.png_data_uri(curve),
         headers=HEADERS,
         rows=table_rows(result),
         verdict=verdict_lines(result),

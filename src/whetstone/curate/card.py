@@ -4,7 +4,6 @@ length histograms, duplicate clusters, noise suspects, split sizes."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -13,43 +12,38 @@ from typing import Any
 
 from whetstone import pages
 from whetstone.curate.state import Run, StepReport
+from whetstone.plots import figure_png
 from whetstone.records import Kind
 from whetstone.snapshots import SPLITS, Snapshot
 from whetstone.util import atomic_dir
 
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+# The card's figures are drawn smaller than the report's: four of them share one page.
+DPI = 90
 
 
 def _bar(title: str, counts: Mapping[str, float], horizontal: bool = False) -> bytes:
-    import matplotlib.pyplot as plt
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        keys = [str(k) for k in counts]
+        (ax.barh if horizontal else ax.bar)(keys, list(counts.values()), color="#4c72b0")
+        ax.set_title(title)
+        if not horizontal:
+            ax.tick_params(axis="x", labelrotation=30)
 
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(counts) + 1.5) if horizontal else (6, 3))
-    keys = [str(k) for k in counts]
-    (ax.barh if horizontal else ax.bar)(keys, list(counts.values()), color="#4c72b0")
-    ax.set_title(title)
-    if not horizontal:
-        ax.tick_params(axis="x", labelrotation=30)
-    return _png(fig)
+    return figure_png(draw, (6, 0.3 * len(counts) + 1.5) if horizontal else (6, 3), dpi=DPI)
 
 
 def _hist(title: str, series: dict[str, list[int]], unit: str) -> bytes:
-    import matplotlib.pyplot as plt
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for name, values in series.items():
+            if values:
+                ax.hist(values, bins=30, alpha=0.6, label=name)
+        ax.set_title(title)
+        ax.set_xlabel(unit)
+        ax.legend()
 
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for name, values in series.items():
-        if values:
-            ax.hist(values, bins=30, alpha=0.6, label=name)
-    ax.set_title(title)
-    ax.set_xlabel(unit)
-    ax.legend()
-    return _png(fig)
+    return figure_png(draw, (6, 3), dpi=DPI)
 
 
 def _distribution(ctx: Run, rows: list[Any]) -> tuple[str, dict[str, int]]:
@@ -74,9 +68,6 @@ def _short(text: str, n: int = 120) -> str:
 
 
 def write(ctx: Run, snap: Snapshot, reports: list[StepReport]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     rows = ctx.rows
     title, dist = _distribution(ctx, rows)
     tokens = ctx.card.get("tokens", {})

@@ -32,6 +32,7 @@ from whetstone.errors import InvalidInput
 from whetstone.evaluate import metrics as m
 from whetstone.evaluate.stats import intervals, paired_bootstrap
 from whetstone.models.hero import Hero, HeroError, project_hero, project_hero_config
+from whetstone.plots import figure_png
 from whetstone.project import Project
 from whetstone.prompts import answer_fails_checks, chat, normalise_answer
 from whetstone.records import Kind, Task, canonical_json, utcnow
@@ -465,8 +466,6 @@ def cascade_info(cal: Calibration, limit: int | None) -> dict[str, Any]:
 def plot_curve(cal: Calibration) -> bytes:
     """Escalation (x) against the task metric (y), hero-only and workhorse-only as reference
     lines, the chosen point marked; the relative cost on the right-hand axis."""
-    from whetstone.evaluate.report import figure_png
-
     c, chosen = cal.curve, cal.choice.point
     xs = [p.escalation for p in c.points]
 

@@ -12,8 +12,6 @@ PNGs, embedded as data: URIs and also saved beside the HTML file. All record tex
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from whetstone import pages
 from whetstone.evaluate import metrics as m
+from whetstone.plots import figure_png, read_jsonl_rows, training_curves
 from whetstone.project import Project
 from whetstone.records import Kind, Task, input_text, utcnow
 from whetstone.util import atomic_write_bytes, atomic_write_text, check_target, user_target
@@ -104,23 +103,6 @@ def failures(project: Project, task: Task, c: Comparison) -> dict[str, list[Fail
 # ---------------------------------------------------------------- plots
 
 
-def figure_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=size, dpi=100)
-    try:
-        draw(fig)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
-
-
 def run_history(project: Project, av: AdapterVersion) -> list[dict[str, Any]]:
     """The rows of the adapter's training run's metrics.jsonl (empty when there is none)."""
     path = av.info.get("metrics")
@@ -129,53 +111,8 @@ def run_history(project: Project, av: AdapterVersion) -> list[dict[str, Any]]:
         candidates.append(project.home / "runs" / av.run_id / "metrics.jsonl")
     for p in candidates:
         if p.is_file():
-            rows = []
-            for line in p.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut short by a killed run
-            return rows
+            return read_jsonl_rows(p)
     return []
-
-
-def plot_curves(rows: list[dict[str, Any]], metric: str) -> bytes | None:
-    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train" and "loss" in r]
-    val = [r for r in rows if r.get("kind") == "validation"]
-    vloss = [(r["step"], r["val_loss"]) for r in val if r.get("val_loss") is not None]
-    # A language-model run validates by token accuracy and scores the task metric once, at
-    # the checkpoint choice; the label head validates by the metric itself.
-    vacc = [(r["step"], r["token_accuracy"]) for r in val if r.get("token_accuracy") is not None]
-    vmetric = [
-        (r["step"], r["metric"])
-        for r in rows
-        if r.get("kind") in ("validation", "checkpoint_choice") and r.get("metric") is not None
-    ]
-    if not (train or vloss or vmetric or vacc):
-        return None
-
-    def draw(fig: Any) -> None:
-        ax1, ax2 = fig.subplots(1, 2)
-        if train:
-            ax1.plot(*zip(*train, strict=True), color="tab:blue", alpha=0.8, label="train loss")
-        if vloss:
-            ax1.plot(*zip(*vloss, strict=True), "o-", color="tab:orange", label="validation loss")
-        ax1.set(xlabel="step", ylabel="loss", title="loss")
-        ax1.legend()
-        ax1.grid(alpha=0.3)
-        if vacc:
-            ax2.plot(*zip(*vacc, strict=True), "o-", color="tab:purple", label="token accuracy")
-        if vmetric:
-            ax2.plot(*zip(*vmetric, strict=True), "s", color="tab:green", label=metric)
-        if vacc or vmetric:
-            ax2.set_ylim(-0.02, 1.02)
-            ax2.legend()
-        else:
-            ax2.text(0.5, 0.5, "no validation metric logged", ha="center", va="center")
-        ax2.set(xlabel="step", ylabel="score", title=f"validation ({metric} at the end)")
-        ax2.grid(alpha=0.3)
-
-    return figure_png(draw, (10, 3.8))
 
 
 def plot_confusion(conf: dict[str, Any]) -> bytes:
@@ -594,7 +531,7 @@ def write_report(
         return {"src": pages.png_data_uri(png), "name": f"{stem}-{name}.png", "alt": alt}
 
     curves = figure(
-        plot_curves(run_history(project, av), task.main_metric),
+        training_curves(run_history(project, av), task.main_metric),
         "curves",
         "learning curves",
         "No training curves: the adapter's run has no metrics.jsonl.",

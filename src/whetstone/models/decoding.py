@@ -11,6 +11,9 @@ not the tokenizer's EOS), or where a caller's *stop string* first appears in its
 text is the tokens before the stop id, decoded without special tokens and cut before the
 stop string. Whitespace is left as decoded: an answer is compared and stored after
 `prompts.normalise_answer`, which strips it.
+
+Training teaches the same end (`end_answer`): an answer's tokens run through its first stop
+id, so the model learns to write the token decoding stops at, and nothing after it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from whetstone.errors import InvalidInput
 from whetstone.prompts import answer_text
 from whetstone.records import Input, Task
 
@@ -68,6 +72,21 @@ class Decoder:
         if tokens and tokens[-1] in self.stop_ids:
             return True
         return bool(stop) and self.answer(tokens, stop).stopped
+
+
+def end_answer(tok: Tokenizer, ids: Sequence[int], stop_ids: frozenset[int]) -> list[int]:
+    """Answer tokens `ids` ended as a model is taught to end them: cut after the first stop id
+    (what a chat template writes after its end-of-turn token, such as a newline, is never
+    generated), or, when none is there, with the tokenizer's EOS appended (the smallest stop
+    id if EOS is not one). Raise InvalidInput when there is no stop id to end with."""
+    ids = list(ids)
+    end = next((i for i, t in enumerate(ids) if t in stop_ids), None)
+    if end is not None:
+        return ids[: end + 1]
+    if not stop_ids:
+        raise InvalidInput("the tokenizer and model have no end-of-turn token to end an answer")
+    eos = tok.eos_token_id
+    return [*ids, int(eos) if eos in stop_ids else min(stop_ids)]
 
 
 # The decode budget a task's answers get when nobody sets one: long enough for the longest

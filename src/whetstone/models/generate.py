@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from whetstone.models.constrain import Grammar, advance_rows, mask_rows
-from whetstone.models.decoding import Decoder
+from whetstone.models.decoding import Decoder, end_answer
 from whetstone.models.kv_cache import cache_arg, cache_out
 
 if TYPE_CHECKING:
@@ -47,17 +47,43 @@ class Generation:
     label_probs: dict[str, float] | None = None
 
 
+def _chat_ids(
+    tok: Tokenizer, chat: list[dict[str, str]], *, add_generation_prompt: bool
+) -> list[int]:
+    """Token ids of `chat` rendered with the model's template."""
+    encoded = tok.apply_chat_template(
+        chat, add_generation_prompt=add_generation_prompt, tokenize=True
+    )
+    # A BatchEncoding (a mapping) where transformers returns a dict, else the ids.
+    ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+    # transformers types the result of every mode (text, batches) alike: one tokenized chat
+    # gives one list of ids.
+    return list(cast("list[int]", ids))
+
+
 def encode_prompts(tok: Tokenizer, chats: list[list[dict[str, str]]]) -> list[list[int]]:
     """Token ids of each chat rendered with the model's template, ready for the answer."""
-    out: list[list[int]] = []
-    for chat in chats:
-        encoded = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        # A BatchEncoding (a mapping) where transformers returns a dict, else the ids.
-        ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
-        # transformers types the result of every mode (text, batches) alike: one tokenized
-        # chat gives one list of ids.
-        out.append(list(cast("list[int]", ids)))
-    return out
+    return [_chat_ids(tok, chat, add_generation_prompt=True) for chat in chats]
+
+
+def answer_token_ids(
+    tok: Tokenizer,
+    prompt_ids: list[int],
+    messages: list[dict[str, str]],
+    answer: str,
+    stop_ids: frozenset[int],
+) -> list[int] | None:
+    """The tokens a model is taught to write for `answer` after `messages` (whose prompt,
+    from `encode_prompts`, is `prompt_ids`): the template's assistant turn holding `answer`,
+    ended by `decoding.end_answer` at the first of `stop_ids`. None when the template renders
+    the prompt differently once an answer follows, so the prompt inference sends is not its
+    prefix: the caller decides what that means (training refuses such a model)."""
+    full = _chat_ids(
+        tok, [*messages, {"role": "assistant", "content": answer}], add_generation_prompt=False
+    )
+    if full[: len(prompt_ids)] != prompt_ids:
+        return None
+    return end_answer(tok, full[len(prompt_ids) :], stop_ids)
 
 
 def prompt_forward(

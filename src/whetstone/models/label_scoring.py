@@ -3,7 +3,7 @@
 A classify task's answer is one of a few known labels, so instead of letting the model write
 (an untrained base model rambles for hundreds of tokens), each label is scored: the
 log-likelihood of the tokens the model is taught to write for it (its assistant turn, see
-`train.data.encode_pair`) up to and including the end-of-turn token decoding stops at. The
+`generate.answer_token_ids`) up to and including the end-of-turn token decoding stops at. The
 end token is what tells "pos" from "positive": a label that is a prefix of another loses
 unless the model would stop after it. The most likely label is the answer (ties: the first
 in the caller's order); the softmax over the labels' log-likelihoods is its distribution.
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from whetstone.errors import InvalidInput
-from whetstone.models.decoding import Decoder
+from whetstone.models.decoding import Decoder, end_answer
 from whetstone.models.generate import (
     GENERATE_BATCH,
+    answer_token_ids,
     encode_prompts,
     expand_cache,
     pad_rows,
@@ -66,34 +67,18 @@ class LabelScores:
 def label_token_ids(
     tok: Tokenizer, chat: list[dict[str, str]], labels: list[str], decoder: Decoder
 ) -> list[list[int]]:
-    """Each label's answer tokens as training teaches them (the chat template's assistant
-    turn after `chat`'s prompt), ending at the first stop id, or with EOS appended when the
-    template writes none. A classify answer's text is its label (`prompts.answer_text`)."""
+    """Each label's answer tokens as training teaches them (`generate.answer_token_ids`: the
+    chat template's assistant turn after `chat`'s prompt, ending at the first stop id). A
+    classify answer's text is its label (`prompts.answer_text`)."""
     prompt = encode_prompts(tok, [chat])[0]
     out: list[list[int]] = []
     for label in labels:
-        encoded = tok.apply_chat_template([*chat, {"role": "assistant", "content": label}])
-        full = list(
-            cast("list[int]", encoded["input_ids"] if isinstance(encoded, Mapping) else encoded)
-        )
-        # A template that renders the prompt differently once an answer follows cannot be
-        # trained on (training refuses it); the label's plain tokens are the best guess.
-        answer = (
-            full[len(prompt) :]
-            if full[: len(prompt)] == prompt
-            else list(tok.encode(label, add_special_tokens=False))
-        )
-        end = next((i for i, t in enumerate(answer) if t in decoder.stop_ids), None)
-        if end is not None:
-            answer = answer[: end + 1]
-        elif tok.eos_token_id is not None:
-            answer = [*answer, int(tok.eos_token_id)]
-        elif decoder.stop_ids:
-            answer = [*answer, min(decoder.stop_ids)]
-        else:
-            raise InvalidInput(
-                "the tokenizer and model have no end-of-turn token to score labels by"
-            )
+        answer = answer_token_ids(tok, prompt, chat, label, decoder.stop_ids)
+        if answer is None:
+            # A template that renders the prompt differently once an answer follows cannot be
+            # trained on (training refuses it); the label's plain tokens are the best guess.
+            plain = tok.encode(label, add_special_tokens=False)
+            answer = end_answer(tok, plain, decoder.stop_ids)
         out.append(answer)
     return out
 

@@ -396,12 +396,14 @@ def _train_lm(
     resume: dict[str, Any] | None,
 ) -> tuple[Any, dict[str, Any]]:
     """Encode the records, prepare the method on the model and run the training loop."""
-    from whetstone.models.decoding import answer_budget
+    from whetstone.models.decoding import Decoder, answer_budget
     from whetstone.train import methods
     from whetstone.train.data import shared_prefix
     from whetstone.train.loop import Setup, train_loop
 
-    train, val, report = _encode(job, cfg, tok, train_recs, val_recs)
+    # Answers end where this model's decoding will stop them.
+    stop_ids = Decoder.of(model, tok).stop_ids
+    train, val, report = _encode(job, cfg, tok, stop_ids, train_recs, val_recs)
     prepared: CausalLM = methods.get(cfg.method).prepare(model, cfg)
     if job.info.get("init_from") and resume is None:
         warm_start(prepared, job.project, str(job.info["init_from"]))
@@ -449,7 +451,12 @@ def validation_sample(val: list[Example], cfg: LoopConfig) -> int:
 
 
 def _encode(
-    job: _Job, cfg: LoopConfig, tok: Tokenizer, train_recs: list[Record], val_recs: list[Record]
+    job: _Job,
+    cfg: LoopConfig,
+    tok: Tokenizer,
+    stop_ids: frozenset[int],
+    train_recs: list[Record],
+    val_recs: list[Record],
 ) -> tuple[list[Example], list[Example], DataReport]:
     """Training and validation examples, and the report of what did not fit (printed)."""
     from whetstone.progress import console
@@ -459,12 +466,18 @@ def _encode(
         tok,
         job.task,
         train_recs,
+        stop_ids=stop_ids,
         max_length=cfg.max_length,
         policy=cfg.truncation,
         weight_of=lambda r: 1.0 if human_reference(r) else cfg.teacher_weight,
     )
     val, _ = encode_records(
-        tok, job.task, val_recs, max_length=cfg.max_length, policy=cfg.truncation
+        tok,
+        job.task,
+        val_recs,
+        stop_ids=stop_ids,
+        max_length=cfg.max_length,
+        policy=cfg.truncation,
     )
     if not train:
         raise InvalidInput(
@@ -491,7 +504,7 @@ def _register(job: _Job, p: Any, data: dict[str, Any], timings: dict[str, float]
     from whetstone.util import VERSION
 
     run = job.run
-    run.plot()
+    run.plot(job.task.main_metric)
     run.write_info(status="finished", best_metric=p.best_metric, best_step=p.best_step)
     av = registry.register(
         job.project,

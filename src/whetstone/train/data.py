@@ -2,7 +2,7 @@
 
 Every example is the chat `whetstone.prompts.chat` builds (the same one inference uses) with
 the reference as the assistant turn, rendered by the tokenizer's chat template. Only the
-answer's tokens (up to and including the end-of-turn token) carry a loss.
+answer's tokens (up to and including the end-of-turn token decoding stops at) carry a loss.
 
 Batches waste little on padding: with `packing`, the examples of a micro-batch are packed into
 a few rows of near-equal length, each example keeping its own position ids (0, 1, 2, ...) and
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from whetstone.errors import InvalidInput
-from whetstone.models.generate import encode_prompts
+from whetstone.models.generate import answer_token_ids, encode_prompts
 from whetstone.prompts import answer_text, chat
 from whetstone.records import Input, Record, Task
 
@@ -68,43 +68,38 @@ class DataReport:
         )
 
 
-def _ids(encoded: Any) -> list[int]:
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-
-
-def encode_example(tok: Tokenizer, task: Task, record: Record) -> Example:
-    """Prompt and answer tokens of one record, the answer ending at the end-of-turn token."""
+def encode_example(
+    tok: Tokenizer, task: Task, record: Record, *, stop_ids: frozenset[int]
+) -> Example:
+    """Prompt and answer tokens of one record, the answer ending at the first of `stop_ids`
+    (the model's decoder's, `Decoder.of(model, tok).stop_ids`: training teaches the token
+    decoding stops at)."""
     if record.reference is None:
         raise InvalidInput(f"record {record.id} has no reference to train on")
-    return encode_pair(tok, task, record.input, record.reference, record_id=record.id)
+    return encode_pair(
+        tok, task, record.input, record.reference, stop_ids=stop_ids, record_id=record.id
+    )
 
 
 def encode_pair(
-    tok: Tokenizer, task: Task, inp: Input, reference: str, *, record_id: int | None = None
+    tok: Tokenizer,
+    task: Task,
+    inp: Input,
+    reference: str,
+    *,
+    stop_ids: frozenset[int],
+    record_id: int | None = None,
 ) -> Example:
     """`encode_example` for an input and reference that need not be a stored record (curation
     scores its normalised, redacted rows exactly as training will see them)."""
     messages = chat(task, inp)
     prompt = encode_prompts(tok, [messages])[0]
-    full = _ids(
-        tok.apply_chat_template(
-            [
-                *messages,
-                {"role": "assistant", "content": answer_text(task, inp, reference)},
-            ]
-        )
-    )
-    if full[: len(prompt)] != prompt:
+    answer = answer_token_ids(tok, prompt, messages, answer_text(task, inp, reference), stop_ids)
+    if answer is None:
         raise InvalidInput(
             "the tokenizer's chat template renders the prompt differently with an answer appended; "
             "this base model cannot be trained with answer-only loss"
         )
-    answer = full[len(prompt) :]
-    # Stop at the end-of-turn token: what follows it (a newline) is never generated.
-    if tok.eos_token_id in answer:
-        answer = answer[: answer.index(tok.eos_token_id) + 1]
-    else:
-        answer = [*answer, tok.eos_token_id]
     return Example(record_id=record_id, ids=prompt + answer, n_prompt=len(prompt))
 
 
@@ -113,18 +108,20 @@ def encode_records(
     task: Task,
     records: list[Record],
     *,
+    stop_ids: frozenset[int],
     max_length: int,
     policy: str,
     weight_of: Callable[[Record], float] | None = None,
 ) -> tuple[list[Example], DataReport]:
-    """Encode records, applying the over-length policy: "left" cuts the prompt from the left
-    (inference cuts long prompts the same way) and keeps the whole answer; "drop" drops the
-    example. An answer that alone does not fit is always dropped: a cut answer teaches the
-    model to stop early. `weight_of` gives each example its loss weight (default 1)."""
+    """Encode records (answers ending at the first of `stop_ids`, see `encode_example`),
+    applying the over-length policy: "left" cuts the prompt from the left (inference cuts long
+    prompts the same way) and keeps the whole answer; "drop" drops the example. An answer that
+    alone does not fit is always dropped: a cut answer teaches the model to stop early.
+    `weight_of` gives each example its loss weight (default 1)."""
     report = DataReport(records=len(records), policy=f"truncation={policy}")
     out: list[Example] = []
     for r in records:
-        ex = encode_example(tok, task, r)
+        ex = encode_example(tok, task, r, stop_ids=stop_ids)
         if weight_of is not None:
             ex.weight = weight_of(r)
         answer = len(ex) - ex.n_prompt

@@ -485,7 +485,7 @@ def run_validation(t: Training) -> None:
         s.run.log(row)
         if better:
             save_best(s)
-        s.run.plot()
+        s.run.plot(s.task.main_metric)
 
     s.procs.on_main(write)
 

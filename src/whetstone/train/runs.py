@@ -3,7 +3,7 @@
 run.json        task, snapshot, base model, status (running / finished / registered)
 config.yaml     the full effective TrainConfig
 metrics.jsonl   one row per logged step and per validation
-curve.png       training loss, validation loss and the task metric by step
+curve.png       loss (train, validation), token accuracy and the task metric by step
 checkpoint/     the latest resumable state (written atomically)
 best/           the artefact folder of the best validation so far: what gets registered
 train.lock      held (flock) by the process training the run; holds its pid. The file stays;
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from whetstone.errors import InvalidInput, NotFound, WhetstoneError
+from whetstone.plots import read_jsonl_rows, training_curves
 from whetstone.project import Project
 from whetstone.util import atomic_dir, atomic_write_bytes, atomic_write_text
 
@@ -77,64 +78,19 @@ class Run:
             f.write(json.dumps(row) + "\n")
 
     def history(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by a kill
-        return rows
+        return read_jsonl_rows(self.metrics_path)
 
     def keep_history_until(self, step: int) -> None:
         """On resume: forget rows logged after the checkpoint, they will be logged again."""
         rows = [r for r in self.history() if r.get("step", 0) <= step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    def plot(self) -> None:
-        import io
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rows = self.history()
-        train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
-        val = [r for r in rows if r.get("kind") == "validation"]
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        if train:
-            ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", alpha=0.7)
-        if val:
-            ax.plot(
-                [r["step"] for r in val],
-                [r["val_loss"] for r in val],
-                "o-",
-                label="validation loss",
-                color="tab:orange",
-            )
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        # A language-model run validates by token accuracy, the label head by its metric.
-        pts = [
-            (r["step"], score)
-            for r in val
-            if (score := r.get("token_accuracy", r.get("metric"))) is not None
-        ]
-        if pts:
-            ax2 = ax.twinx()
-            ax2.plot(*zip(*pts, strict=True), "s-", color="tab:green", label="validation score")
-            ax2.set_ylabel("validation token accuracy / metric")
-            ax2.set_ylim(0, 1)
-            ax2.legend(loc="upper right")
-        ax.legend(loc="upper left")
-        ax.set_title(f"run {self.id}")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        atomic_write_bytes(self.curve_path, buf.getvalue())
+    def plot(self, metric: str) -> None:
+        """Draw curve.png from metrics.jsonl; `metric` names the task's main metric. Before
+        anything is logged there is nothing to draw, and no file is written."""
+        png = training_curves(self.history(), metric)
+        if png is not None:
+            atomic_write_bytes(self.curve_path, png)
 
 
 def runs_dir(project: Project) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from whetstone.models.decoding import Decoder
 from whetstone.records import Input, Task
 from whetstone.train.data import collate, encode_pair
 from whetstone.train.loop import token_losses
@@ -32,7 +33,8 @@ def reference_losses(
 
     from whetstone.progress import progress
 
-    examples = [encode_pair(tok, task, inp, ref) for inp, ref in pairs]
+    stop_ids = Decoder.of(model, tok).stop_ids
+    examples = [encode_pair(tok, task, inp, ref, stop_ids=stop_ids) for inp, ref in pairs]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     dev = str(next(model.parameters()).device)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
