@@ -1,6 +1,7 @@
 """Workhorse and hero: the cascade on the bundled addresses, side by side in one run.
 
-Workhorse: the quick start's adapter (200 human labels, 40 LoRA steps). Hero: the bundled model
+Workhorse: the quick start's adapter (200 human labels, 40 LoRA steps; `--workhorse-steps N`
+for the same labels trained longer). Hero: the bundled model
 with an adapter trained on 600 other labelled addresses, served by a second `whetstone serve`
 over HTTP (see hero_bench.py). Every score is on the 300 human-labelled test records.
 
@@ -10,8 +11,8 @@ the test curve at a few escalation rates. Cost is relative to sending every requ
 (money at the prices in hero_bench.py). Target (issue 16): the cascade keeps >= 95% of the
 hero's field F1 while sending <= 30% of requests to the hero.
 
-Run:  python benchmarks/cascade.py [--work DIR]
-Writes benchmarks/results/cascade.json.
+Run:  python benchmarks/cascade.py [--work DIR] [--workhorse-steps 40]
+Writes benchmarks/results/cascade.json (cascade-<N>-steps.json for another step count).
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def point_row(name: str, p: Any, hero_score: float) -> list[Any]:
     ]
 
 
-def calibrations(work: Path, port: int) -> tuple[Any, Any, dict[str, Any]]:
+def calibrations(work: Path, port: int, shop: str) -> tuple[Any, Any, dict[str, Any]]:
     """Calibrate on validation (the stored threshold), and the test curve to measure it on."""
     from whetstone.evaluate.cascade import calibrate
 
     with hb.serving_hero(work, port) as url:
-        hb.set_hero(work / "shop", hb.hero_section(url))
-        project = hb.open_project(work / "shop")
-        adapter = hb.marker(work, "shop")["adapter"]  # type: ignore[index]
+        hb.set_hero(work / shop, hb.hero_section(url))
+        project = hb.open_project(work / shop)
+        adapter = hb.marker(work, shop)["adapter"]  # type: ignore[index]
         t0 = time.perf_counter()
         test = calibrate(project, hb.TASK, adapter, split="test")
         test_s = time.perf_counter() - t0
@@ -53,11 +54,14 @@ def calibrations(work: Path, port: int) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def main() -> None:
-    args = hb.arguments(__doc__).parse_args()
+    ap = hb.arguments(__doc__)
+    ap.add_argument("--workhorse-steps", type=int, default=hb.STUDENT_STEPS)
+    args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     hero = hb.hero_project(args.work)
-    shop = hb.shop_project(args.work)
-    val, test, timing = calibrations(args.work, args.port)
+    shop = hb.shop_project(args.work, args.workhorse_steps)
+    name = hb.shop_name(args.workhorse_steps)
+    val, test, timing = calibrations(args.work, args.port, name)
     c = test.curve
     chosen = test.at(val.choice.point.threshold)
     from whetstone.evaluate.cascade import Point
@@ -90,7 +94,7 @@ def main() -> None:
         f"({share:.1%} at {chosen.escalation:.1%})"
     )
     path = common.write_result(
-        "cascade",
+        "cascade" if name == "shop" else f"cascade-{args.workhorse_steps}-steps",
         {
             "hero": {
                 **hero,

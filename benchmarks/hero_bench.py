@@ -145,9 +145,16 @@ def hero_project(work: Path) -> dict[str, Any]:
     return trained_project(work, "hero", "hero", HERO_STEPS, "hero")
 
 
-def shop_project(work: Path) -> dict[str, Any]:
-    """The workhorse: the pool's 200 human labels, the quick start's recipe."""
-    return trained_project(work, "shop", "pool", STUDENT_STEPS, "workhorse")
+def shop_name(steps: int = STUDENT_STEPS) -> str:
+    """The workhorse project's folder: `shop` for the quick start's recipe, `shop-N` for N
+    steps (the cascade can be measured with a longer-trained workhorse too)."""
+    return "shop" if steps == STUDENT_STEPS else f"shop-{steps}"
+
+
+def shop_project(work: Path, steps: int = STUDENT_STEPS) -> dict[str, Any]:
+    """The workhorse: the pool's 200 human labels, `steps` LoRA steps (default: the quick
+    start's recipe)."""
+    return trained_project(work, shop_name(steps), "pool", steps, "workhorse")
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:

@@ -301,3 +301,16 @@ def test_eval_and_predict_run_a_gguf_file(proj: Any, f16_export: Path) -> None:
     first = next(iter(proj.store.iter_records("a", ids=[ev.predictions[0].record_id])))
     predictor = load_predictor(proj, "a", str(f16_export))
     assert predictor([first.input], max_new_tokens=4)[0].text == ev.predictions[0].prediction
+
+
+def test_a_refused_check_writes_only_with_accept_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's verdict decides (`--accept-drop` keeps the refusal in the report); the
+    folder-replacing `--force` has nothing to do with it."""
+    from whetstone.evaluate import ondevice
+
+    verdict = {"passed": False, "verdict": "field_f1 fell 3.0 points (tolerance 2.0)"}
+    monkeypatch.setattr(ondevice, "check_shipped", lambda *a, **k: dict(verdict))
+    with pytest.raises(ondevice.ExportRefused, match="--accept-drop"):
+        ondevice.export_check(None, records=4)(None)  # type: ignore[arg-type]
+    report = ondevice.export_check(None, records=4, accept_drop=True)(None)  # type: ignore[arg-type]
+    assert report["forced"] and report["verdict"] == verdict["verdict"]

@@ -113,8 +113,15 @@ def export_model(
         bool,
         typer.Option(
             "--force",
-            help="Replace the folder an earlier export wrote there (nothing else); GGUF: "
-            "write the export even when its check refuses it.",
+            help="Replace the folder an earlier export wrote there (nothing else).",
+        ),
+    ] = False,
+    accept_drop: Annotated[
+        bool,
+        typer.Option(
+            "--accept-drop",
+            help="GGUF: write the export even when its check refuses it (the report keeps "
+            "the refusal).",
         ),
     ] = False,
 ) -> None:
@@ -137,7 +144,7 @@ def export_model(
         default = Path(f"{refs[0].replace('@', '-v')}-{fmt}")
         if fmt in export.GGUF_FORMATS:
             result = _export_gguf(
-                p, refs[0], out or default, fmt, quant, check_records, tolerance, force
+                p, refs[0], out or default, fmt, quant, check_records, tolerance, force, accept_drop
             )
         else:
             fn = export.export_peft if fmt == "peft" else export.export_merged
@@ -156,6 +163,7 @@ def _export_gguf(
     records: int,
     tolerance: float,
     force: bool,
+    accept_drop: bool,
 ) -> Any:
     from whetstone.errors import InvalidInput
     from whetstone.evaluate.ondevice import export_check
@@ -163,12 +171,12 @@ def _export_gguf(
 
     if records < 1:
         raise InvalidInput("--check-records must be at least 1")
-    check = export_check(p, records=records, tolerance=tolerance, force=force)
+    check = export_check(p, records=records, tolerance=tolerance, accept_drop=accept_drop)
     result = export.export_gguf(p, ref, out, fmt=fmt, quant=quant, force=force, check=check)
     report = result.report or {}
     common.out.print(f"check: {report.get('check')}", markup=False, highlight=False)
     style = "green" if report.get("passed") else "yellow"
     common.out.print(f"[{style}]{report.get('verdict')}[/{style}]")
     if report.get("forced"):
-        common.err.print("warning: the check refused this export; written because of --force")
+        common.err.print("warning: the check refused this export; written because of --accept-drop")
     return result

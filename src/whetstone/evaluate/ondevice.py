@@ -37,16 +37,18 @@ def export_check(
     *,
     records: int = DEFAULT_RECORDS,
     tolerance: float = DEFAULT_TOLERANCE,
-    force: bool = False,
+    accept_drop: bool = False,
 ) -> Check:
     """The check `registry.export.export_gguf` runs on a written export: its report, or
-    `ExportRefused` (unless `force`, which keeps the refusal in the report)."""
+    `ExportRefused` (unless `accept_drop`, which keeps the refusal in the report)."""
 
     def check(shipped: Shipped) -> dict[str, Any]:
         report = check_shipped(project, shipped, records=records, tolerance=tolerance)
         if not report["passed"]:
-            if not force:
-                raise ExportRefused(f"export refused: {report['verdict']} (--force writes it)")
+            if not accept_drop:
+                raise ExportRefused(
+                    f"export refused: {report['verdict']} (--accept-drop writes it)"
+                )
             report["forced"] = True
         return report
 
