@@ -1,41 +1,60 @@
-"""Does `curate next` save labels? A multi-seed active-learning benchmark on the demo addresses.
+"""Does `curate next` save labels? A multi-seed active-learning benchmark on a bundled task.
 
-The bundled 1,488 hand-labelled addresses are split once (by a hash of the text, as
-`curation_value.py` does): a fixed held-out **test** split (`--test`; pool rows that duplicate
-a test row are set aside), a fixed **validation** split (`--validation`, checkpoint choice
-only) and an unlabelled **pool** (`--pool`, >= 800). Each arm labels the pool in sequential
-batches up to each budget of the curve (default 40, 80, 160, 320): the batch that takes an
-arm from budget a to budget b is chosen with the uncertainty of the adapter that arm trained
-at budget a (the base model's for the first batch), as a user running `curate next` between
-turns would. The arms:
+`--task addresses` (the default): the 1,488 hand-labelled US addresses, an extract task scored
+by field F1 (and whole-object exact match). `--task intents`: the 693 SNIPS voice-assistant
+requests, a classify task over 7 intents scored by accuracy (and macro F1), so the default
+strategy is not tuned to addresses alone. What differs by task is one `TaskSpec` (below); the
+code path is the same.
+
+The rows are split once (by a hash of the text, as `curation_value.py` does): a fixed held-out
+**test** split (`--test`; pool rows that duplicate a test row are set aside), a fixed
+**validation** split (`--validation`, checkpoint choice only) and an unlabelled **pool**
+(`--pool`). Addresses: 400 / 40 / 900. Intents: 150 / 40 / 480 (11 pool rows duplicate a test
+row, so 492 are left after test and validation; the 150 test rows hold 17 to 34 of each
+intent). Each arm labels the pool in sequential batches up to each budget of the curve
+(addresses 40, 80, 160, 320; intents 20, 40, 80, 160): the batch that takes an arm from
+budget a to budget b is chosen with the uncertainty of the adapter that arm trained at budget
+a (the base model's for the first batch), as a user running `curate next` between turns
+would. The arms:
 
     random               uniform over the unlabelled pool (seeded)
     curate-next          today's `curate next`: uncertainty x novelty x typicality, greedy
                          (whetstone.curate.next.rank, the function `curate next` runs)
-    uncertainty          the most uncertain records (1 - exp(mean token log-prob))
+    uncertainty          the most uncertain records (`curate.next.uncertainty`)
     diversity            k-center greedy on the MiniLM embeddings (coreset; Sener & Savarese
                          2018), from what is labelled (a seeded random record at cold start)
     cluster-uncertainty  k-means into as many clusters as the batch, the most uncertain record
                          of each (diverse mini-batch active learning, Zhdanov 2019): it covers
                          the pool when the model's uncertainty means little (the cold start)
 
-Every arm trains the same recipe from the base model on all its labels: LoRA, the same
-optimizer steps for a label count (`--steps`, default max(40, budget/4)), the checkpoint
-chosen on the validation split, and is scored on the test split (field F1, whole-object exact
-match). Seeds (`--seeds`, >= 3 for a claim) vary both the picks and the training.
+A record's uncertainty is what `curate next` reads from a stored record, 1 - exp(confidence),
+with the confidence the predictor gives (`predict.load_predictor`, as `whetstone predict` and
+the server store it): for addresses the answer's mean token log-prob, for intents the log of
+the chosen label's probability under label likelihood (`models.label_scoring`), so 1 - the top
+label's probability (least confidence).
 
-Reported: the curve per arm with a band across seeds (PNG), the area under it (field F1 over
-budgets, trapezoid, normalised by the budget range), and the labels each arm needs to reach
+Every arm trains the same recipe from the base model on all its labels: LoRA (the project's
+default method for every task kind, intents included), the same optimizer steps for a label
+count (`--steps`, default max(40, budget/4), batches of 8), the checkpoint chosen on the
+validation split, and is scored on the test split. Intents keep the addresses' steps rule: a
+label answer is a few tokens, so a step is as cheap as an address step, and the many passes
+over the smallest budgets (16 at 20 labels) are what the validation checkpoint guards against
+in both tasks; one rule keeps the two curves comparable. Seeds (`--seeds`, >= 3 for a claim)
+vary both the picks and the training.
+
+Reported: the curve of the main metric per arm with a band across seeds (PNG), the area under
+it (trapezoid, normalised by the budget range), and the labels each arm needs to reach
 random's mean score at the largest budget, with a 95% interval from a bootstrap over seeds
 (linear interpolation between budgets; "never" when the arm's curve stays below).
 
-Resumable and cached under `--work` (default ~/.cache/whetstone-bench/active-learning): the
-split, pool embeddings, every model's per-record pool confidences, and one JSON state per
-(arm, budget, seed) under runs/, skipped when present. `--report-only` summarises what is
-there. Results go to benchmarks/results/active_learning.json (or `--out NAME`).
+Resumable and cached under `--work` (default ~/.cache/whetstone-bench/active-learning, with
+`-intents` for the intents): the split, pool embeddings, every model's per-record pool
+confidences, and one JSON state per (arm, budget, seed) under runs/, skipped when present.
+`--report-only` summarises what is there. Results go to benchmarks/results/active_learning.json
+(addresses) or active_learning_intents.json, each with its PNG (or `--out NAME`, or a path).
 
-Run:  python benchmarks/active_learning.py [--arms random,curate-next] [--budgets 40,80]
-          [--seeds 0,1,2] [--steps 20] [--test-max 200]
+Run:  python benchmarks/active_learning.py [--task intents] [--arms random,curate-next]
+          [--budgets 40,80] [--seeds 0,1,2] [--steps 20] [--test-max 200]
 Every arm at every point on 2 CPU cores is many hours (each 40-step training is minutes, and
 each uncertainty pass answers the whole pool); a GPU runs the full grid.
 """
@@ -46,17 +65,100 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import common
 
-TASK = "addresses"
 ARMS = ("random", "curate-next", "uncertainty", "diversity", "cluster-uncertainty")
 NEEDS_UNCERTAINTY = frozenset({"curate-next", "uncertainty", "cluster-uncertainty"})
-DEFAULT_BUDGETS = (40, 80, 160, 320)
-DEFAULT_WORK = Path.home() / ".cache" / "whetstone-bench" / "active-learning"
-METRICS = ("field_f1", "object_exact")
+WORK_ROOT = Path.home() / ".cache" / "whetstone-bench"
+
+
+# ---- the tasks ---------------------------------------------------------------------------------
+def _address_rows() -> list[tuple[str, str]]:
+    from whetstone.demo_data import demo_rows
+    from whetstone.records import canonical_json
+
+    return [(text, canonical_json(ref)) for text, ref in demo_rows()]
+
+
+def _address_task(project: Any, name: str) -> None:
+    from curation_value import SHORT_INSTRUCTION
+
+    from whetstone.demo_data import demo_schema
+    from whetstone.records import Kind
+
+    # The short prompt (same for every arm) makes each step and answer ~2.8x cheaper on CPU.
+    project.create_task(name, Kind.extract, instruction=SHORT_INSTRUCTION, schema=demo_schema())
+
+
+def _intent_rows() -> list[tuple[str, str]]:
+    from whetstone.demo_data import intent_rows
+
+    return intent_rows()
+
+
+def _intent_task(project: Any, name: str) -> None:
+    from whetstone.demo_data import intent_labels, intents_instruction
+    from whetstone.records import Kind
+
+    # The demo's own instruction: it names the labels, which label likelihood scores.
+    project.create_task(
+        name, Kind.classify, instruction=intents_instruction(), labels=list(intent_labels())
+    )
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the benchmark does differently per task; everything else is one code path."""
+
+    name: str  # the task in the benchmark's project
+    metrics: tuple[str, ...]  # evaluation metrics kept; the first is the curve's and the AUC's
+    metric_label: str  # the first metric, as tables and the plot name it
+    title: str
+    test: int  # default split sizes (test fixed, validation for the checkpoint, pool)
+    validation: int
+    pool: int
+    budgets: tuple[int, ...]  # default curve
+    results: str  # results/<results>.json and .png
+    work: Path  # default --work
+    rows: Callable[[], list[tuple[str, str]]]  # (text, stored reference) of every labelled row
+    create_task: Callable[[Any, str], None]  # (project, name): the task, as the arms train it
+
+
+TASKS = {
+    "addresses": TaskSpec(
+        name="addresses",
+        metrics=("field_f1", "object_exact"),
+        metric_label="field F1",
+        title="Active learning on the demo addresses",
+        test=400,
+        validation=40,
+        pool=900,
+        budgets=(40, 80, 160, 320),
+        results="active_learning",  # the name results committed before --task keep
+        work=WORK_ROOT / "active-learning",
+        rows=_address_rows,
+        create_task=_address_task,
+    ),
+    "intents": TaskSpec(
+        name="intents",
+        metrics=("accuracy", "macro_f1"),
+        metric_label="accuracy",
+        title="Active learning on the demo intents",
+        test=150,
+        validation=40,
+        pool=480,  # of the 492 left after test, validation and the test duplicates
+        budgets=(20, 40, 80, 160),  # 7 intents: the first batch is ~3 of each
+        results="active_learning_intents",
+        work=WORK_ROOT / "active-learning-intents",
+        rows=_intent_rows,
+        create_task=_intent_task,
+    ),
+}
 
 
 # ---- the strategies: positions into the pool, on plain arrays ---------------------------------
@@ -222,19 +324,24 @@ def bootstrap_labels(
 
 
 def summarise(
-    states: list[dict[str, Any]], base: dict[str, Any] | None, budgets: list[int]
+    states: list[dict[str, Any]],
+    base: dict[str, Any] | None,
+    budgets: list[int],
+    metrics: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Curves (mean, min, max across seeds), AUC per arm, labels to reach random's final."""
+    """Curves of each of `metrics` (mean, min, max across seeds); for the first, the AUC per
+    arm and the labels to reach random's final."""
     import numpy as np
 
-    curves: dict[str, dict[str, dict[int, list[float]]]] = {m: {} for m in METRICS}
+    main = metrics[0]
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {m: {} for m in metrics}
     for s in states:
-        for m in METRICS:
+        for m in metrics:
             curves[m].setdefault(s["arm"], {}).setdefault(s["budget"], []).append(
                 s["metrics"][m]["value"]
             )
     table: dict[str, Any] = {}
-    for arm, per_budget in curves["field_f1"].items():
+    for arm, per_budget in curves[main].items():
         done = [b for b in budgets if per_budget.get(b)]
         means = [float(np.mean(per_budget[b])) for b in done]
         table[arm] = {
@@ -246,17 +353,17 @@ def summarise(
                         "max": round(float(np.max(curves[m][arm][b])), 4),
                         "seeds": len(curves[m][arm][b]),
                     }
-                    for m in METRICS
+                    for m in metrics
                 }
                 for b in done
             },
-            "auc_field_f1": round(auc(done, means), 4) if done else None,
+            f"auc_{main}": round(auc(done, means), 4) if done else None,
         }
     # The bootstrap resamples whole curves: only seeds that have every budget.
     by_seed: dict[str, dict[int, dict[int, float]]] = {}
     for s in states:
         by_seed.setdefault(s["arm"], {}).setdefault(s["seed"], {})[s["budget"]] = s["metrics"][
-            "field_f1"
+            main
         ]["value"]
     whole = {
         arm: {b: [c[b] for c in seeds.values() if len(c) == len(budgets)] for b in budgets}
@@ -269,7 +376,7 @@ def summarise(
     }
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
+def plot(summary: dict[str, Any], path: Path, spec: TaskSpec) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,19 +384,20 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # Every curve starts at the base model (0 labels), which every arm shares.
+    main = spec.metrics[0]
     start = []
     if summary.get("base"):
-        b0 = summary["base"]["field_f1"]["value"]
+        b0 = summary["base"][main]["value"]
         start = [{"mean": b0, "min": b0, "max": b0}]
     for arm, row in summary["arms"].items():
         pts = row["points"]
         xs = [0] * len(start) + [int(b) for b in pts]
-        f1 = start + [pts[b]["field_f1"] for b in pts]
-        ax.plot(xs, [p["mean"] * 100 for p in f1], marker="o", label=arm)
-        ax.fill_between(xs, [p["min"] * 100 for p in f1], [p["max"] * 100 for p in f1], alpha=0.15)
+        ys = start + [pts[b][main] for b in pts]
+        ax.plot(xs, [p["mean"] * 100 for p in ys], marker="o", label=arm)
+        ax.fill_between(xs, [p["min"] * 100 for p in ys], [p["max"] * 100 for p in ys], alpha=0.15)
     ax.set_xlabel("human labels")
-    ax.set_ylabel("field F1 % on the test split (band: min-max over seeds)")
-    ax.set_title("Active learning on the demo addresses")
+    ax.set_ylabel(f"{spec.metric_label} % on the test split (band: min-max over seeds)")
+    ax.set_title(spec.title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -312,6 +420,7 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     import whetstone
     from whetstone.models import embeddings
 
+    spec: TaskSpec = TASKS[args.task]
     split_path = work / "split.json"
     if split_path.exists():
         split = json.loads(split_path.read_text())
@@ -321,22 +430,20 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             )
         project = whetstone.open(str(work / "project"))
     else:
-        from curation_value import SHORT_INSTRUCTION, split_demo
+        from curation_value import split_demo
 
-        from whetstone.demo_data import demo_schema
-        from whetstone.records import Kind, Record, Source, Status, canonical_json, content_key
+        from whetstone.records import Record, Source, Status, content_key
 
         project = whetstone.init(str(work / "project"))
-        # The short prompt (same for every arm) makes each step and answer ~2.8x cheaper on CPU.
-        project.create_task(TASK, Kind.extract, instruction=SHORT_INSTRUCTION, schema=demo_schema())
-        parts = split_demo(args.test, args.validation, args.pool)
+        spec.create_task(project, spec.name)
+        parts = split_demo(args.test, args.validation, args.pool, spec.rows())
         ids: dict[str, list[int]] = {}
         for role in ("test", "validation", "pool"):
             recs = [
                 Record(
-                    task=TASK,
+                    task=spec.name,
                     input=text,
-                    reference=canonical_json(ref),
+                    reference=ref,
                     status=Status.accepted,
                     source=Source.imported,
                     tags=["demo", f"al-{role}"],
@@ -355,20 +462,21 @@ def setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     if emb_path.exists():
         vecs = np.load(emb_path)
     else:
-        texts = texts_of(project, split["ids"]["pool"])
+        texts = texts_of(project, spec.name, split["ids"]["pool"])
         vecs = np.asarray(embeddings.embed(texts), dtype=np.float32)
         np.save(emb_path, vecs)
     return {"project": project, "split": split, "vecs": vecs}
 
 
-def texts_of(project: Any, ids: list[int]) -> list[str]:
-    by_id = {r.id: r.input_text for r in project.store.iter_records(TASK, ids=ids)}
+def texts_of(project: Any, task: str, ids: list[int]) -> list[str]:
+    by_id = {r.id: r.input_text for r in project.store.iter_records(task, ids=ids)}
     return [by_id[i] for i in ids]
 
 
 def confidences(ctx: dict[str, Any], model: str, ids: list[int]) -> dict[int, float]:
-    """Each pool record's answer confidence (mean token log-prob) under `model`, cached per
-    model; records answered before are not answered again."""
+    """Each pool record's answer confidence under `model` as the predictor gives it (an
+    extract answer's mean token log-prob, a classify answer's label log-probability), cached
+    per model; records answered before are not answered again."""
     from whetstone.predict import load_predictor
 
     path = ctx["work"] / "uncertainty" / f"{model.replace('/', '_').replace('@', '-')}.json"
@@ -376,8 +484,9 @@ def confidences(ctx: dict[str, Any], model: str, ids: list[int]) -> dict[int, fl
     todo = [i for i in ids if i not in have]
     if todo:
         t0 = time.perf_counter()
-        predictor = load_predictor(ctx["project"], TASK, model)
-        texts: list[Any] = texts_of(ctx["project"], todo)  # prompts, as the predictor takes
+        task = ctx["spec"].name
+        predictor = load_predictor(ctx["project"], task, model)
+        texts: list[Any] = texts_of(ctx["project"], task, todo)  # prompts, as the predictor takes
         for start in range(0, len(todo), 64):  # saved as it goes: an interrupted pass resumes
             gens = predictor(
                 texts[start : start + 64],
@@ -409,8 +518,8 @@ def train_and_score(
     assignment = {rid: "train" for rid in picked}
     assignment |= {rid: "validation" for rid in ids["validation"]}
     assignment |= {rid: "test" for rid in ids["test"][: args.test_max]}
-    project = ctx["project"]
-    snap = snapshots.freeze(project, TASK, assignment, info={"method": "active-learning"})
+    project, spec = ctx["project"], ctx["spec"]
+    snap = snapshots.freeze(project, spec.name, assignment, info={"method": "active-learning"})
     cfg = train_config(
         method="lora",
         max_steps=steps,
@@ -425,11 +534,11 @@ def train_and_score(
         seed=seed,
     )
     t0 = time.perf_counter()
-    result = train_task(project, TASK, cfg, snapshot_id=snap.id, metric=main_score)
+    result = train_task(project, spec.name, cfg, snapshot_id=snap.id, metric=main_score)
     train_s = time.perf_counter() - t0
     ev = evaluate(
         project,
-        TASK,
+        spec.name,
         result.adapter,
         "test",
         snap.id,
@@ -444,7 +553,7 @@ def train_and_score(
         "best_validation": result.best_metric,
         "train_s": round(train_s, 1),
         "eval_s": round(time.perf_counter() - t0 - train_s, 1),
-        "metrics": {m: ev.metrics[m] for m in METRICS},
+        "metrics": {m: ev.metrics[m] for m in spec.metrics},
     }
 
 
@@ -469,7 +578,7 @@ def run_point(
         conf = confidences(ctx, model, todo)
         unc = np.zeros(len(pool_ids), dtype=np.float32)
         for rid, c in conf.items():
-            unc[pos[rid]] = uncertainty(Record(task=TASK, input="", confidence=c))
+            unc[pos[rid]] = uncertainty(Record(task=ctx["spec"].name, input="", confidence=c))
     t0 = time.perf_counter()
     batch = choose(
         arm, ctx["vecs"], labelled, unc, budget - len(labelled), seed, ctx["args"].candidates
@@ -499,31 +608,31 @@ def base_score(ctx: dict[str, Any]) -> dict[str, Any]:
     path = ctx["work"] / f"base-test{ctx['args'].test_max}.json"
     if path.exists():
         return json.loads(path.read_text())
-    ids, args = ctx["split"]["ids"], ctx["args"]
+    ids, args, spec = ctx["split"]["ids"], ctx["args"], ctx["spec"]
     snap = snapshots.freeze(
-        ctx["project"], TASK, {rid: "test" for rid in ids["test"][: args.test_max]}, info={}
+        ctx["project"], spec.name, {rid: "test" for rid in ids["test"][: args.test_max]}, info={}
     )
     ev = evaluate(
         ctx["project"],
-        TASK,
+        spec.name,
         "base",
         "test",
         snap.id,
         batch_size=args.batch_size,
         max_new_tokens=ctx["max_new"],
     )
-    out = {m: ev.metrics[m] for m in METRICS}
+    out = {m: ev.metrics[m] for m in spec.metrics}
     _dump(path, out)
     return out
 
 
-def answer_budget(project: Any) -> int:
+def answer_budget(project: Any, task: str) -> int:
     """Answer length cap: the longest reference in tokens plus a margin (as training's
     validation does), the same for every model."""
     from whetstone.models import base
 
     tok = base.load_tokenizer(base.resolve(project.base_model))
-    refs = [r.reference or "" for r in project.store.iter_records(TASK, has_reference=True)]
+    refs = [r.reference or "" for r in project.store.iter_records(task, has_reference=True)]
     return max(len(tok(r)["input_ids"]) for r in refs) + 16
 
 
@@ -550,24 +659,28 @@ def run_grid(ctx: dict[str, Any], arms: list[str], budgets: list[int], seeds: li
                 state = run_point(ctx, arm, seed, budget, prev)
                 state["wall_s"] = round(time.perf_counter() - t0, 1)
                 _dump(path, state)
-                f1 = state["metrics"]["field_f1"]["value"]
-                print(f"  field F1 {f1 * 100:.1f} · {state['wall_s']:.0f} s")
+                spec = ctx["spec"]
+                score = state["metrics"][spec.metrics[0]]["value"]
+                print(f"  {spec.metric_label} {score * 100:.1f} · {state['wall_s']:.0f} s")
 
 
 def _csv(text: str, cast: Any) -> list[Any]:
     return [cast(x) for x in text.split(",") if x.strip()]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--task", choices=list(TASKS), default="addresses")
     ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
+    ap.add_argument("--budgets", default=None, help="default: the task's curve")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps at every budget")
-    ap.add_argument("--test", type=int, default=400, help="held-out test records (fixed)")
-    ap.add_argument("--test-max", type=int, default=400, help="score on the first N test records")
-    ap.add_argument("--validation", type=int, default=40)
-    ap.add_argument("--pool", type=int, default=900)
+    ap.add_argument("--test", type=int, default=None, help="held-out test records (fixed)")
+    ap.add_argument(
+        "--test-max", type=int, default=None, help="score on the first N test records (all)"
+    )
+    ap.add_argument("--validation", type=int, default=None)
+    ap.add_argument("--pool", type=int, default=None)
     ap.add_argument(
         "--val-records", type=int, default=0, help="validate on at most N (0: all of them)"
     )
@@ -578,22 +691,44 @@ def parse_args() -> argparse.Namespace:
         help="uncertainty arms choose among a seeded sample of this many (0: the whole pool)",
     )
     ap.add_argument("--batch-size", type=int, default=16, help="generation batch")
-    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--work", type=Path, default=None, help="default: by task, under ~/.cache")
     ap.add_argument("--report-only", action="store_true", help="summarise the states there")
-    ap.add_argument("--out", default="active_learning", help="results/<out>.json")
-    return ap.parse_args()
+    ap.add_argument(
+        "--out", default=None, help="results/<out>.json and .png, or a path without suffix"
+    )
+    return with_task_defaults(ap.parse_args(argv))
+
+
+def with_task_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every setting left unset from the task's spec; what was given stays."""
+    spec = TASKS[args.task]
+    defaults = {
+        "budgets": ",".join(map(str, spec.budgets)),
+        "test": spec.test,
+        "validation": spec.validation,
+        "pool": spec.pool,
+        "work": spec.work,
+        "out": spec.results,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.test_max is None:
+        args.test_max = args.test
+    return args
 
 
 def main() -> None:
     args = parse_args()
+    spec = TASKS[args.task]
     arms, budgets, seeds = _csv(args.arms, str), _csv(args.budgets, int), _csv(args.seeds, int)
     unknown = [a for a in arms if a not in ARMS]
     if unknown or budgets != sorted(set(budgets)) or args.pool < max(budgets):
         raise SystemExit(f"--arms from {', '.join(ARMS)}; --budgets increasing and at most --pool")
     work = args.work.expanduser()
     work.mkdir(parents=True, exist_ok=True)
-    ctx = {"work": work, "args": args, **setup(work, args)}
-    ctx["max_new"] = answer_budget(ctx["project"])
+    ctx = {"work": work, "args": args, "spec": spec, **setup(work, args)}
+    ctx["max_new"] = answer_budget(ctx["project"], spec.name)
     t0 = time.perf_counter()
     base = base_score(ctx)
     if not args.report_only:
@@ -607,23 +742,29 @@ def main() -> None:
     ]
     if not states:
         raise SystemExit(f"no finished points under {work / 'runs'}")
-    summary = summarise(states, base, budgets)
+    summary = summarise(states, base, budgets, spec.metrics)
+    main_metric = spec.metrics[0]
+    # An absolute --out is a path of its own (a trial run's results stay out of the repo).
     png = common.RESULTS / f"{args.out}.png"
-    plot(summary, png)
+    plot(summary, png, spec)
     rows = [
         [
             arm,
             *(
-                f"{row['points'][str(b)]['field_f1']['mean'] * 100:.1f} (n={row['points'][str(b)]['field_f1']['seeds']})"
+                f"{row['points'][str(b)][main_metric]['mean'] * 100:.1f} (n={row['points'][str(b)][main_metric]['seeds']})"
                 if str(b) in row["points"]
                 else "–"
                 for b in budgets
             ),
-            row["auc_field_f1"],
+            row[f"auc_{main_metric}"],
         ]
         for arm, row in summary["arms"].items()
     ]
-    common.print_table("field F1 % (mean over seeds)", ["arm", *map(str, budgets), "AUC"], rows)
+    common.print_table(
+        f"{spec.name}: {spec.metric_label} % (mean over seeds)",
+        ["arm", *map(str, budgets), "AUC"],
+        rows,
+    )
     print(json.dumps(summary["labels_to_reach_random_final"], indent=1))
     path = common.write_result(
         args.out,
@@ -634,7 +775,9 @@ def main() -> None:
             "summary": summary,
             "points": [{k: v for k, v in s.items() if k != "picked"} for s in states],
             "this_invocation_s": round(time.perf_counter() - t0, 1),
-            "curve_png": str(png.relative_to(common.ROOT)),
+            "curve_png": str(
+                png.relative_to(common.ROOT) if png.is_relative_to(common.ROOT) else png
+            ),
         },
     )
     print(f"wrote {path} and {png}")

@@ -133,9 +133,12 @@ def near_duplicate(
 
 
 # ---- the data set ----------------------------------------------------------------------------
-def split_demo(n_test: int, n_val: int, n_pool: int) -> dict[str, Any]:
-    """Test, validation and pool rows of the demo data; pool rows that duplicate a test row
-    (exactly, by 5-gram Jaccard >= 0.5 or MiniLM cosine >= 0.97) are set aside."""
+def split_demo(
+    n_test: int, n_val: int, n_pool: int, data: list[tuple[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Test, validation and pool rows of the demo data (or of `data`, (text, reference)
+    pairs); pool rows that duplicate a test row (exactly, by 5-gram Jaccard >= 0.5 or MiniLM
+    cosine >= 0.97) are set aside."""
     import numpy as np
 
     from whetstone import neardup
@@ -143,7 +146,7 @@ def split_demo(n_test: int, n_val: int, n_pool: int) -> dict[str, Any]:
     from whetstone.models import embeddings
     from whetstone.snapshots import split_bucket
 
-    rows = sorted(demo_rows(), key=lambda r: split_bucket(r[0]))
+    rows = sorted(demo_rows() if data is None else data, key=lambda r: split_bucket(r[0]))
     test, rest = rows[:n_test], rows[n_test:]
     vecs = embeddings.embed([t for t, _ in rows])
     test_vecs, rest_vecs = vecs[:n_test], vecs[n_test:]
@@ -156,7 +159,7 @@ def split_demo(n_test: int, n_val: int, n_pool: int) -> dict[str, Any]:
         clean.append((text, ref))
     if len(clean) < n_val + n_pool:
         raise SystemExit(
-            f"only {len(clean)} addresses left after the test split: cannot take {n_val}+{n_pool}"
+            f"only {len(clean)} rows left after the test split: cannot take {n_val}+{n_pool}"
         )
     return {
         "test": test,

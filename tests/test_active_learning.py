@@ -15,13 +15,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from active_learning import (
     ARMS,
+    TASKS,
     auc,
     bootstrap_labels,
     candidates,
     choose,
     labels_to_reach,
+    parse_args,
     pick_cluster_uncertainty,
     pick_diversity,
+    summarise,
 )
 
 
@@ -106,3 +109,36 @@ def test_labels_to_reach_and_area_under_the_curve() -> None:
     assert out["random"]["labels"] == 160.0
     assert out["better"]["labels"] == 80.0 and out["better"]["interval_95"] == [80.0, 80.0]
     assert out["better"]["of_random_budget"] == 0.5
+
+
+def test_addresses_keep_their_settings_and_other_tasks_get_their_own() -> None:
+    a = parse_args([])
+    assert (a.task, a.out, a.budgets) == ("addresses", "active_learning", "40,80,160,320")
+    assert (a.test, a.test_max, a.validation, a.pool) == (400, 400, 40, 900)
+    assert a.work == Path.home() / ".cache" / "whetstone-bench" / "active-learning"
+    i = parse_args(["--task", "intents", "--test-max", "60", "--out", "/tmp/x"])
+    assert (i.out, i.test_max, i.test, i.budgets) == ("/tmp/x", 60, 150, "20,40,80,160")
+    assert "intents" in str(i.work) and parse_args(["--task", "intents"]).out.endswith("intents")
+    for spec in TASKS.values():
+        rows = spec.rows()
+        # The split fits the task's data and every reference is stored as text.
+        assert spec.test + spec.validation + spec.pool <= len(rows)
+        assert max(spec.budgets) <= spec.pool and isinstance(rows[0][1], str)
+
+
+def test_summary_follows_the_tasks_main_metric() -> None:
+    def state(arm: str, budget: int, seed: int, acc: float) -> dict[str, Any]:
+        m = {"accuracy": {"value": acc}, "macro_f1": {"value": acc / 2}}
+        return {"arm": arm, "budget": budget, "seed": seed, "metrics": m}
+
+    states = [
+        state(arm, b, s, acc)
+        for s in (0, 1)
+        for arm, accs in (("random", (0.4, 0.6)), ("curate-next", (0.6, 0.8)))
+        for b, acc in zip((20, 40), accs, strict=True)
+    ]
+    out = summarise(states, None, [20, 40], TASKS["intents"].metrics)
+    row = out["arms"]["curate-next"]
+    assert row["auc_accuracy"] == pytest.approx(0.7)
+    assert row["points"]["40"]["macro_f1"]["mean"] == pytest.approx(0.4)
+    assert out["labels_to_reach_random_final"]["curate-next"]["labels"] == 20.0
