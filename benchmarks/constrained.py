@@ -55,6 +55,7 @@ def main() -> None:
 
     import whetstone
     from whetstone.evaluate import runner
+    from whetstone.evaluate.metrics import aggregate
     from whetstone.predict import load_predictor
 
     copy = Path(tempfile.mkdtemp(prefix="whetstone-constrained-")) / "proj"
@@ -74,9 +75,8 @@ def main() -> None:
             )
             answers = [g.text for g in gens]
             bad = invalid(task, answers)
-            exact = sum(
-                1 for r, a in zip(recs, answers, strict=True) if a == (r.reference or "").strip()
-            )
+            # The task's own metrics: keys compared as parsed fields, never by their order.
+            scores = aggregate(task, answers, [r.reference or "" for r in recs])
             row = {
                 "model": predictor.name,
                 "constrained": constrained,
@@ -84,7 +84,8 @@ def main() -> None:
                 "invalid": bad["not_json"] + bad["breaks_schema"],
                 **bad,
                 "hit_budget": sum(1 for g in gens if g.output_tokens >= budget),
-                "object_exact": exact,
+                "object_exact": round(scores["object_exact"] * len(recs)),
+                "field_f1": round(scores["field_f1"], 4),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "max_new_tokens": budget,
             }
@@ -101,13 +102,13 @@ def main() -> None:
     common.write_result(args.out.stem, result)
     print(
         "\n| model | constrained | schema-invalid / N | not JSON | breaks schema | cut by budget "
-        "| exact |\n|---|---|---|---|---|---|---|"
+        "| exact | field F1 |\n|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
             f"| {r['model']} | {'yes' if r['constrained'] else 'no'} | {r['invalid']} / "
             f"{r['records']} | {r['not_json']} | {r['breaks_schema']} | {r['hit_budget']} "
-            f"| {r['object_exact']} |"
+            f"| {r['object_exact']} | {r['field_f1'] * 100:.1f} |"
         )
     print(f"wrote {args.out}")
     project.close()

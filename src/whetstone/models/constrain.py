@@ -34,8 +34,42 @@ if TYPE_CHECKING:
 # without a schema of its own.
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
+# A vendor keyword (JSON Schema leaves "x-" names to extensions, as llguidance's own
+# "x-guidance"): the object's keys may come in any order. JSON Schema itself does not order
+# keys, but llguidance's JSON grammar writes them in the order `properties` lists them, and a
+# specialist is taught to write an extract answer's keys in the order their values appear in
+# the input (`prompts.answer_text`): forced into the schema's order it misplaces fields.
+ANY_KEY_ORDER = "x-whetstone-any-key-order"
+
 # Compact JSON on one line (see the module doc): llguidance's JsonCompileOptions.
 _OPTIONS: Any = {"whitespace_flexible": False}
+
+
+def any_key_order(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its keys allowed in any order (`ANY_KEY_ORDER`)."""
+    return {**schema, ANY_KEY_ORDER: True}
+
+
+def _any_order_lark(schema: dict[str, Any]) -> str | None:
+    """A Lark grammar (llguidance's dialect, `%json` for each value) of a compact JSON object
+    whose keys are `schema`'s properties, each value keeping its own schema, in any order; None
+    when the schema lists no properties (any object: the JSON grammar already allows any
+    order). What it gives up, so that the model's own order stands: `required` (an answer
+    missing a field is caught by the task's checks, `prompts.answer_fails_checks`) and a key
+    written twice (which no trained specialist does; the pairs are still at most as many as
+    the fields)."""
+    props = schema.get("properties")
+    if not isinstance(props, dict) or not props:
+        return None
+    rules = [f"p{i}" for i in range(len(props))]
+    # At most as many pairs as there are fields: an answer ends like one in the schema's order.
+    more = f' ("," pair){{0,{len(rules) - 1}}}' if len(rules) > 1 else ""
+    lines = [f'start: "{{" (pair{more})? "}}"', "pair: " + " | ".join(rules)]
+    for rule, (key, sub) in zip(rules, props.items(), strict=True):
+        value = {**(sub if isinstance(sub, dict) else {}), "x-guidance": _OPTIONS}
+        # The key with its colon as a Lark string literal: JSON's escaping is Lark's.
+        lines.append(f"{rule}: {json.dumps(json.dumps(key) + ':')} %json {json.dumps(value)}")
+    return "\n".join(lines)
 
 
 class SchemaError(ValueError):
@@ -164,8 +198,15 @@ def compile_schema(tok: Tokenizer, stop_ids: frozenset[int], schema: Any) -> Gra
         if found is not None:
             compiler.grammars.move_to_end(text)
             return found
+    lark = _any_order_lark(schema) if schema.get(ANY_KEY_ORDER) else None
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=_OPTIONS)
+        if lark is not None:
+            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        else:
+            plain = {k: v for k, v in schema.items() if k != ANY_KEY_ORDER}
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                json.dumps(plain), overrides=_OPTIONS
+            )
     except ValueError as e:
         raise SchemaError(str(e)) from None
     matcher = llguidance.LLMatcher(compiler.lltok, grammar, log_level=0)

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 
-from whetstone import prompts, records
-from whetstone.models.constrain import JSON_OBJECT, Grammar, SchemaError, compile_schema
+from whetstone import prompts
+from whetstone.models.constrain import Grammar, SchemaError, compile_schema
 from whetstone.models.generate import encode_prompts
 from whetstone.models.hero import sampling_temperature
+from whetstone.predict import answer_schema
 from whetstone.records import Input, Record, Source, Task, to_messages
 from whetstone.serve import openai_api as api
 from whetstone.serve.capture import new_ref
@@ -77,12 +78,9 @@ def answer_grammar(svc: Services, req: api.Sampling, route: Route) -> Grammar | 
     second the first time, for the tokenizer), so callers run this off the event loop."""
     if req.response_format is not None:
         schema = api.response_schema(req.response_format)
-    elif (
-        route.task is not None
-        and route.task.kind == records.Kind.extract
-        and svc.settings.constrains(route.task.name)
-    ):
-        schema = route.task.schema_ or JSON_OBJECT
+    elif route.task is not None and svc.settings.constrains(route.task.name):
+        # An extract task's own (None for the others), in the order an adapter was taught.
+        schema = answer_schema(route.task, taught=route.adapter is not None)
     else:
         schema = None
     if schema is None:

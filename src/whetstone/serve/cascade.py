@@ -36,6 +36,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from whetstone import prompts
 from whetstone.errors import InvalidInput, first_line
@@ -52,7 +53,7 @@ from whetstone.records import Input, Kind, Record, Task
 from whetstone.registry import AdapterVersion
 from whetstone.serve import classify
 from whetstone.serve import openai_api as api
-from whetstone.serve.answer import Answer, tokens_to_generate
+from whetstone.serve.answer import Answer, answer_grammar, tokens_to_generate
 from whetstone.serve.answer import Kind as Endpoint
 from whetstone.serve.engine import Delta, Done, Failed
 from whetstone.serve.errors import APIError
@@ -363,7 +364,11 @@ async def _workhorse(
         a = await classify.scored(svc, req, inp, route, ids, kind, started)
     else:
         n = tokens_to_generate(svc, req, len(ids))
-        a = Answer(svc, req, inp, route, ids, kind, started, max_tokens=n, stops=req.stops)
+        # An extract task's own schema, as on the workhorse route (`constrain_extract`).
+        grammar = await run_in_threadpool(answer_grammar, svc, req, route)
+        a = Answer(
+            svc, req, inp, route, ids, kind, started, max_tokens=n, stops=req.stops, grammar=grammar
+        )
         a.submit()
     try:
         while True:
