@@ -118,17 +118,52 @@ def test_an_extract_tasks_own_constraint_takes_keys_in_any_order(tiny: tuple[Any
     model, tok = tiny
     task = Task(name="parcels", kind=Kind.extract, schema=SCHEMA)
     stops = frozenset({tok.eos_token_id})
-    own = compile_schema(tok, stops, answer_schema(task))
+    own = compile_schema(tok, stops, answer_schema(task, taught=True))
     ordered = compile_schema(tok, stops, SCHEMA)
     in_order, reordered = '{"city":"Oslo","kind":"home"', '{"kind":"home","city":"Oslo"'
     assert _accepts(tok, own, in_order) and _accepts(tok, own, reordered)
     assert _accepts(tok, ordered, in_order) and not _accepts(tok, ordered, reordered)
     for bad in ('{"town":"Oslo"', '{"n":"12"', '{"city": "Oslo"'):
         assert not _accepts(tok, own, bad), bad
-    for g in generate(model, tok, CHATS, max_new_tokens=48, schema=answer_schema(task)):
+    for g in generate(
+        model, tok, CHATS, max_new_tokens=48, schema=answer_schema(task, taught=True)
+    ):
         keeps_fields(g.text)
     # The base model was never taught an order: the schema's leads it.
     assert answer_schema(task, taught=False) == SCHEMA
+
+
+def test_any_order_reaches_nested_objects_and_keeps_each_schema(tiny: tuple[Any, Any]) -> None:
+    """Nested objects take their keys in any order too (references are key-sorted all the
+    way down); a key in another script is written as training writes it; a property the
+    schema forbids (`false`) is refused; extra keys come only where the schema allows them;
+    a value may refer to the root's `$defs`."""
+    from whetstone.models.constrain import any_key_order, compile_schema
+
+    _, tok = tiny
+    stops = frozenset({tok.eos_token_id})
+    schema = {
+        "type": "object",
+        "$defs": {"code": {"type": "string", "maxLength": 4}},
+        "properties": {
+            "straße": {"type": "string"},
+            "place": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "zip": {"$ref": "#/$defs/code"}},
+                "additionalProperties": False,
+            },
+            "gone": False,
+        },
+        "additionalProperties": False,
+    }
+    own = compile_schema(tok, stops, any_key_order(schema))
+    assert _accepts(tok, own, '{"place":{"zip":"0150","city":"Oslo"},"straße":"Storgata"}')
+    assert not _accepts(tok, own, '{"stra\\u00dfe":"x"')  # not as training writes it
+    assert not _accepts(tok, own, '{"gone":"x"')
+    assert not _accepts(tok, own, '{"place":{"zip":"01500"')  # the $ref's maxLength holds
+    assert not _accepts(tok, own, '{"other":"x"')
+    open_schema = {k: v for k, v in schema.items() if k != "additionalProperties"}
+    assert _accepts(tok, compile_schema(tok, stops, any_key_order(open_schema)), '{"other":1}')
 
 
 def test_a_schema_that_cannot_constrain_is_refused(tiny: tuple[Any, Any]) -> None:
@@ -171,7 +206,9 @@ def served(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any
     p.create_task("support", "generate", instruction="Answer briefly.")
     p.create_task("parcels", "extract", schema=SCHEMA)
     p.create_task("sentiment", "classify", labels=["pos", "neg"])
-    app = create_app(p, Settings(max_wait_ms=200, constrain_extract=True))
+    # A valid JSON Schema whose keyword the grammar engine lacks.
+    p.create_task("odd", "extract", schema={"type": "object", "not": {"required": ["x"]}})
+    app = create_app(p, Settings(max_wait_ms=200))  # constrain_extract: the default
     with running(app) as url:
         yield url
     p.close()
@@ -237,6 +274,22 @@ def test_an_extract_task_answers_in_its_schema_by_default(served: str) -> None:
     # {"type": "text"} asks for free text, even on an extract task
     free = chat(served, model="parcels", response_format={"type": "text"})
     assert not_json(free.choices[0].message.content)
+
+
+def test_a_tasks_schema_the_grammar_cannot_use_leaves_answers_free(served: str) -> None:
+    """The client asked for nothing: no 400 for the task's own schema, a free answer."""
+    answer = chat(served, model="odd", max_tokens=8).choices[0].message.content
+    assert not answer.startswith("{")  # a constrained one opens its object at once
+
+
+def test_a_clients_schema_keeps_its_order(served: str) -> None:
+    """Whetstone's any-order keyword is for a task's own schema; in a client's it is dropped,
+    so the answer keeps the order `properties` lists."""
+    from whetstone.models.constrain import ANY_KEY_ORDER
+
+    ordered = {**SCHEMA, ANY_KEY_ORDER: True}
+    text = chat(served, response_format=json_schema(ordered)).choices[0].message.content
+    assert list(json.loads(text)) == list(SCHEMA["properties"])
 
 
 def test_constrained_and_free_requests_in_one_batch(served: str) -> None:

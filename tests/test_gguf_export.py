@@ -313,4 +313,4 @@ def test_a_refused_check_writes_only_with_accept_drop(monkeypatch: pytest.Monkey
     with pytest.raises(ondevice.ExportRefused, match="--accept-drop"):
         ondevice.export_check(None, records=4)(None)  # type: ignore[arg-type]
     report = ondevice.export_check(None, records=4, accept_drop=True)(None)  # type: ignore[arg-type]
-    assert report["forced"] and report["verdict"] == verdict["verdict"]
+    assert report["accepted_drop"] and report["verdict"] == verdict["verdict"]

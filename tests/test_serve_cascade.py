@@ -195,6 +195,16 @@ def test_a_failed_check_escalates_without_a_threshold(served: Any) -> None:
     assert {"escalated", "hero-disagreed"} <= set(rec.tags)
 
 
+def test_the_cascades_workhorse_answers_in_the_tasks_schema_by_default(served: Any) -> None:
+    """With `constrain_extract` on (the default) the workhorse step is constrained as the
+    workhorse route is: the tiny model, which writes no JSON freely, opens the task's object."""
+    p, _ = served
+    app = create_app(p, Settings(max_wait_ms=50, max_adapters=8))
+    with running(app) as url:
+        rec = record_of(p, ask(url, "addresses", ADDRESS))
+    assert rec.meta["cascade"]["workhorse"]["output"].startswith("{")
+
+
 @pytest.mark.parametrize("mode", ["slow", "fail", "garbage"])
 def test_a_failing_hero_leaves_the_workhorse_answer(
     served: Any, stub: tuple[StubHero, str], mode: str

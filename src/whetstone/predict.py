@@ -116,7 +116,7 @@ class GgufPredictor:
         labels: list[str] | None = None,
         constrained: bool = False,
     ) -> list[Generation]:
-        if constrained and answer_schema(self.task) is not None:
+        if constrained and answer_schema(self.task, taught=True) is not None:
             raise InvalidInput(
                 "constrained decoding runs in transformers; a GGUF model answers unconstrained"
             )
@@ -134,7 +134,7 @@ class GgufPredictor:
         return gens
 
 
-def answer_schema(task: Task, *, taught: bool = True) -> dict[str, Any] | None:
+def answer_schema(task: Task, *, taught: bool) -> dict[str, Any] | None:
     """The JSON schema that constrains a task's answers when asked (`constrained`, and the
     server's `constrain_extract`): an extract task's own, any JSON object without one; None for
     other tasks. A model `taught` the task (an adapter) writes its keys in the order it

@@ -54,9 +54,17 @@ def calibrate_cmd(
     """Run workhorse and hero on the held-out split, draw the quality-cost curve and store
     the chosen confidence threshold on the adapter version."""
     from whetstone.evaluate.cascade import calibrate
+    from whetstone.records import Kind
+    from whetstone.serve.settings import Settings
 
+    p = common.project()
+    # The workhorse is judged on the answers the server gives: constrained where it
+    # constrains this task's (`serve: constrain_extract`).
+    constrained = p.task(task).kind == Kind.extract and (
+        Settings.load(p.section("serve")).constrains(task)
+    )
     cal = calibrate(
-        common.project(),
+        p,
         task,
         model,
         target=target,
@@ -64,6 +72,7 @@ def calibrate_cmd(
         limit=limit,
         snapshot_id=snapshot,
         split=split,
+        constrained=constrained,
     )
     if as_json:
         common.print_json(cal.info)

@@ -177,6 +177,6 @@ def _export_gguf(
     common.out.print(f"check: {report.get('check')}", markup=False, highlight=False)
     style = "green" if report.get("passed") else "yellow"
     common.out.print(f"[{style}]{report.get('verdict')}[/{style}]")
-    if report.get("forced"):
+    if report.get("accepted_drop"):
         common.err.print("warning: the check refused this export; written because of --accept-drop")
     return result

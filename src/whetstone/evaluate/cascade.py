@@ -292,6 +292,7 @@ class Calibration:
     hero_failed: int  # records the hero failed on (the workhorse's answer stands in)
     evaluation_id: str
     plot: Path
+    constrained: bool = False  # the workhorse's answers were schema-constrained
     info: dict[str, Any] = field(default_factory=dict)  # what was stored as info["cascade"]
     # The per-record columns the curve came from, to measure any threshold (`at`).
     workhorse_columns: m.Columns | None = None
@@ -336,10 +337,13 @@ def calibrate(
     snapshot_id: str | None = None,
     hero: Hero | None = None,
     split: str = "test",
+    constrained: bool = False,
 ) -> Calibration:
     """Calibrate the cascade of `model` (default: the task's production adapter) on `split`
     of the task's latest snapshot (or `snapshot_id`), store the chosen threshold on the
-    adapter version (`info["cascade"]`) and draw the curve (see the module's docstring)."""
+    adapter version (`info["cascade"]`) and draw the curve (see the module's docstring).
+    `constrained`: the workhorse's answers schema-constrained, as the server gives them
+    (`constrain_extract`), so the threshold is measured on the answers it will judge."""
     from whetstone import registry, snapshots
     from whetstone.evaluate.runner import evaluate, records_to_score, score
 
@@ -350,7 +354,7 @@ def calibrate(
     av = workhorse(project, task, model)
     snap = snapshots.load(project, snapshot_id) if snapshot_id else snapshots.latest(project, task)
     snap_id = snap.id if snap else None
-    ev = evaluate(project, task, av.name, split, snap_id, limit=limit)
+    ev = evaluate(project, task, av.name, split, snap_id, limit=limit, constrained=constrained)
     recs = records_to_score(project, snapshots.load(project, str(ev.snapshot_id)), split, limit)
     by_id = {p.record_id: p for p in ev.predictions}
     recs = [r for r in recs if r.id in by_id]
@@ -378,6 +382,7 @@ def calibrate(
         versus_hero=paired_bootstrap(chosen, hero_cols, c.metric),
         hero_asked=hero_asked,
         hero_failed=failed,
+        constrained=constrained,
         evaluation_id=ev.id,
         plot=cascade_plot_path(project, av),
         workhorse_columns=wh_cols,
@@ -455,6 +460,7 @@ def cascade_info(cal: Calibration, limit: int | None) -> dict[str, Any]:
         "hero_failed": cal.hero_failed,
         "snapshot_id": cal.snapshot_id,
         "split": cal.split,
+        "constrained": cal.constrained,
         "evaluation": cal.evaluation_id,
         "plot": str(cal.plot),
     }

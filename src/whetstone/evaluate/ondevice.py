@@ -49,7 +49,7 @@ def export_check(
                 raise ExportRefused(
                     f"export refused: {report['verdict']} (--accept-drop writes it)"
                 )
-            report["forced"] = True
+            report["accepted_drop"] = True
         return report
 
     return check

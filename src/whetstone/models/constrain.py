@@ -50,26 +50,82 @@ def any_key_order(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, ANY_KEY_ORDER: True}
 
 
+# Keywords that make an object's keys more than a list of properties: such an object keeps
+# the JSON grammar (and the schema's order).
+_NOT_A_LIST = ("$ref", "anyOf", "oneOf", "allOf", "not", "if", "patternProperties")
+
+
+def _listed_object(schema: Any) -> bool:
+    """An object schema that is a list of properties (and perhaps extra keys), nothing more."""
+    return (
+        isinstance(schema, dict)
+        and isinstance(schema.get("properties"), dict)
+        and bool(schema["properties"])
+        and schema.get("type", "object") == "object"
+        and not any(k in schema for k in _NOT_A_LIST)
+    )
+
+
+def _lark_text(text: str) -> str:
+    """`text` as a Lark string literal (JSON's escaping is Lark's; other scripts stay as
+    they are written, as training writes them: `ensure_ascii=False`)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _any_order_lark(schema: dict[str, Any]) -> str | None:
-    """A Lark grammar (llguidance's dialect, `%json` for each value) of a compact JSON object
-    whose keys are `schema`'s properties, each value keeping its own schema, in any order; None
-    when the schema lists no properties (any object: the JSON grammar already allows any
-    order). What it gives up, so that the model's own order stands: `required` (an answer
-    missing a field is caught by the task's checks, `prompts.answer_fails_checks`) and a key
-    written twice (which no trained specialist does; the pairs are still at most as many as
-    the fields)."""
-    props = schema.get("properties")
-    if not isinstance(props, dict) or not props:
+    """A Lark grammar (llguidance's dialect, `%json` for a value) of compact JSON whose
+    objects that list their properties take their keys in any order, nested ones too, each
+    value keeping its own schema; None when the top is not such an object (any object: the
+    JSON grammar already allows any order). What it gives up, so that the model's own order
+    stands: `required`, `minProperties`/`maxProperties` (an answer missing a field is caught by
+    the task's checks, `prompts.answer_fails_checks`) and a key written twice (which no trained
+    specialist does; without extra keys the pairs are at most as many as the fields). Objects
+    inside arrays keep the schema's order."""
+    if not _listed_object(schema):
         return None
-    rules = [f"p{i}" for i in range(len(props))]
+    # Every value's own schema may refer to the root's definitions.
+    defs: dict[str, Any] = {k: schema[k] for k in ("$defs", "definitions") if k in schema}
+    rules: list[str] = []
+    top = _object_rules(schema, defs, rules, "o")
+    return "\n".join([f"start: {top}", *rules])
+
+
+def _value(sub: Any, defs: dict[str, Any], rules: list[str], name: str) -> str:
+    """The grammar of one value: an object listing its properties as its own rules, any
+    other schema as `%json` (compact, with the root's definitions)."""
+    if _listed_object(sub):
+        return _object_rules(sub, defs, rules, name)
+    body = {**defs, **(sub if isinstance(sub, dict) else {}), "x-guidance": _OPTIONS}
+    return f"%json {json.dumps(body, ensure_ascii=False)}"
+
+
+def _object_rules(schema: dict[str, Any], defs: dict[str, Any], rules: list[str], name: str) -> str:
+    """Add the rules of one object with its keys in any order; return its rule's name."""
+    pairs = []
+    for i, (key, sub) in enumerate(schema["properties"].items()):
+        if sub is False:  # a property the schema forbids
+            continue
+        pair = f"{name}_{i}"
+        rules.append(
+            f"{pair}: {_lark_text(json.dumps(key, ensure_ascii=False) + ':')} "
+            f"{_value(sub, defs, rules, pair + 'v')}"
+        )
+        pairs.append(pair)
+    extra = schema.get("additionalProperties", True)
+    bounded = extra is False
+    if not bounded:  # keys the schema does not list, as it allows them
+        key = f"%json {json.dumps({'type': 'string', 'x-guidance': _OPTIONS})}"
+        rules.append(f'{name}_x: {key} ":" {_value(extra, defs, rules, name + "_xv")}')
+        pairs.append(f"{name}_x")
+    if not pairs:
+        rules.append(f'{name}: "{{}}"')
+        return name
+    rules.append(f"{name}_pair: " + " | ".join(pairs))
     # At most as many pairs as there are fields: an answer ends like one in the schema's order.
-    more = f' ("," pair){{0,{len(rules) - 1}}}' if len(rules) > 1 else ""
-    lines = [f'start: "{{" (pair{more})? "}}"', "pair: " + " | ".join(rules)]
-    for rule, (key, sub) in zip(rules, props.items(), strict=True):
-        value = {**(sub if isinstance(sub, dict) else {}), "x-guidance": _OPTIONS}
-        # The key with its colon as a Lark string literal: JSON's escaping is Lark's.
-        lines.append(f"{rule}: {json.dumps(json.dumps(key) + ':')} %json {json.dumps(value)}")
-    return "\n".join(lines)
+    more = "*" if not bounded else f"{{0,{len(pairs) - 1}}}" if len(pairs) > 1 else None
+    tail = f' ("," {name}_pair){more}' if more else ""
+    rules.append(f'{name}: "{{" ({name}_pair{tail})? "}}"')
+    return name
 
 
 class SchemaError(ValueError):
@@ -80,9 +136,8 @@ class Grammar:
     """A compiled JSON schema for one tokenizer and its stop ids: made once (a request's
     schema, a task's), then one `Constraint` per answer."""
 
-    def __init__(self, template: Any, schema: dict[str, Any]):
+    def __init__(self, template: Any):
         self._template = template  # an llguidance LLMatcher at the start of the grammar
-        self.schema = schema
 
     def start(self) -> Constraint:
         """A fresh constraint for one answer."""
@@ -212,7 +267,7 @@ def compile_schema(tok: Tokenizer, stop_ids: frozenset[int], schema: Any) -> Gra
     matcher = llguidance.LLMatcher(compiler.lltok, grammar, log_level=0)
     if matcher.is_error():
         raise SchemaError(matcher.get_error())
-    compiled = Grammar(matcher, schema)
+    compiled = Grammar(matcher)
     with _lock:
         compiler.grammars[text] = compiled
         while len(compiler.grammars) > _GRAMMARS_KEPT:

@@ -10,6 +10,7 @@ assigned before the store is touched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse
 
 from whetstone import prompts
+from whetstone.errors import first_line
 from whetstone.models.constrain import Grammar, SchemaError, compile_schema
 from whetstone.models.generate import encode_prompts
 from whetstone.models.hero import sampling_temperature
@@ -29,6 +31,8 @@ from whetstone.serve.errors import APIError
 from whetstone.serve.routes import Route
 from whetstone.serve.state import Services
 from whetstone.serve.token_text import TokenLogprob
+
+log = logging.getLogger("whetstone.serve")
 
 INCOMPLETE = "incomplete"  # the tag of a streamed answer cut short
 Kind = Literal["chat", "completion"]
@@ -73,28 +77,48 @@ def answer_grammar(svc: Services, req: api.Sampling, route: Route) -> Grammar | 
     """The grammar a generated answer keeps (`models.constrain`): the request's
     `response_format` (json_object, json_schema), else an extract task's own schema (any JSON
     object without one) where the `constrain_extract` setting says so; None for free text
-    (`{"type": "text"}` asks for that even on an extract task). A schema that cannot
-    constrain decoding is a 400 naming `response_format`. Compiling takes milliseconds (a
+    (`{"type": "text"}` asks for that even on an extract task). A request's schema that cannot
+    constrain decoding is a 400 naming `response_format`; a task's own that cannot (a keyword
+    the grammar engine lacks) leaves its answers free, said once in the log: the client asked
+    for nothing, and the task's checks still judge the answer. Compiling takes milliseconds (a
     second the first time, for the tokenizer), so callers run this off the event loop."""
     if req.response_format is not None:
-        schema = api.response_schema(req.response_format)
+        schema, own = api.response_schema(req.response_format), False
     elif route.task is not None and svc.settings.constrains(route.task.name):
         # An extract task's own (None for the others), in the order an adapter was taught.
-        schema = answer_schema(route.task, taught=route.adapter is not None)
+        schema, own = answer_schema(route.task, taught=route.adapter is not None), True
     else:
-        schema = None
+        schema, own = None, False
     if schema is None:
         return None
     try:
         with svc.tokenizer_lock:  # llguidance reads the tokenizer once
             return compile_schema(svc.tokenizer, svc.engine.decoder.stop_ids, schema)
     except SchemaError as e:
+        if own:
+            assert route.task is not None
+            _unconstrained_once(route.task.name, e)
+            return None
         raise APIError(
             400,
             f"response_format: the JSON schema cannot constrain decoding: {e}",
             code="invalid_value",
             param="response_format",
         ) from None
+
+
+_said_unconstrained: set[str] = set()
+
+
+def _unconstrained_once(task: str, why: SchemaError) -> None:
+    if task not in _said_unconstrained:
+        _said_unconstrained.add(task)
+        log.warning(
+            "task %s: its schema cannot constrain decoding, so its answers are free "
+            "(constrain_extract): %s",
+            task,
+            first_line(why),
+        )
 
 
 class Answer:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from whetstone.errors import from_validation
-from whetstone.models.constrain import JSON_OBJECT
+from whetstone.models.constrain import ANY_KEY_ORDER, JSON_OBJECT
 from whetstone.records import Message
 from whetstone.serve.errors import APIError
 from whetstone.serve.token_text import TokenLogprob
@@ -100,6 +100,10 @@ def response_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
         return JSON_OBJECT
     if kind == "json_schema":
         schema = value["json_schema"].get("schema")
+        if isinstance(schema, dict):
+            # Whetstone's own keyword is for a task's schema, not a client's (whose keys keep
+            # the schema's order, as OpenAI's structured outputs do).
+            schema = {k: v for k, v in schema.items() if k != ANY_KEY_ORDER}
         return schema if schema is not None else JSON_OBJECT
     return None
 
