@@ -11,6 +11,7 @@ serving. Writes benchmarks/results/serve.json and prints a table.
 
     python benchmarks/serve.py [--max-tokens 16] [--requests-per-client 2] [--threads N]
         [--modes single,constrained] [--skip-memory]
+    python benchmarks/serve.py --mask-only     # the constraint's own cost per decode step
 """
 
 from __future__ import annotations
@@ -157,6 +158,41 @@ def run_load(
     }
 
 
+def mask_cost(rows: int = 32, repeats: int = 5) -> dict[str, Any]:
+    """The constraint's own cost, apart from the model: milliseconds per decode step for a
+    batch of `rows` constrained answers (the allowed-token mask of every row, applied to the
+    logits, and each row's matcher advanced), walking a valid answer to SCHEMA token by
+    token. End-to-end rows differ by less than their own noise; this is the overhead itself."""
+    import torch
+
+    from whetstone.models import base as base_models
+    from whetstone.models.constrain import advance_rows, compile_schema, mask_rows
+
+    tok = base_models.load_tokenizer(base_models.resolve(None))
+    stops = frozenset({int(tok.eos_token_id)})
+    grammar = compile_schema(tok, stops, SCHEMA)
+    answer = json.dumps(
+        {"name": "Ada Lovelace", "street": "12 St James's Square", "city": "London"},
+        separators=(",", ":"),
+    )
+    ids = tok.encode(answer, add_special_tokens=False)
+    logits = torch.zeros((rows, len(tok)))
+    steps, seconds = 0, 0.0
+    for _ in range(repeats):
+        constraints = [grammar.start() for _ in range(rows)]
+        t0 = time.perf_counter()
+        for t in ids:
+            mask_rows(logits, constraints, stops)
+            advance_rows(constraints, [t] * rows)
+        seconds += time.perf_counter() - t0
+        steps += len(ids)
+    return {
+        "rows": rows,
+        "ms_per_step": round(seconds / steps * 1000, 3),
+        "ms_per_row_token": round(seconds / steps / rows * 1000, 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-tokens", type=int, default=16)
@@ -165,9 +201,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--modes", default="single,mixed,naive,constrained")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--mask-only",
+        action="store_true",
+        help="only the constraint's own cost per decode step (results/constraint_mask.json)",
+    )
     ap.add_argument("--out", default="serve", help="results/<out>.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.mask_only:
+        cost = {str(r): mask_cost(r) for r in (1, 8, 32)}
+        print(json.dumps(cost))
+        print(f"wrote {common.write_result('constraint_mask', {'schema': SCHEMA, 'cost': cost})}")
+        return
     import logging
 
     logging.getLogger("whetstone").setLevel(logging.ERROR)
@@ -245,6 +291,9 @@ def main() -> None:
             for c in t["single adapter"]
         }
         print("constrained overhead, ms/token:", results["constrained_overhead_ms_per_token"])
+    if "constrained" in args.modes.split(","):
+        results["constraint_mask_cost"] = {str(r): mask_cost(r) for r in (1, 8, 32)}
+        print("constraint mask cost:", results["constraint_mask_cost"])
     if not args.skip_memory:
         memory_and_targets(results, project, tasks, list(modes), concurrency)
     path = common.write_result(args.out, results)
