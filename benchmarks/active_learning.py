@@ -377,31 +377,31 @@ def summarise(
 
 
 def plot(summary: dict[str, Any], path: Path, spec: TaskSpec) -> None:
-    import matplotlib
+    from whetstone.plots import figure_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     # Every curve starts at the base model (0 labels), which every arm shares.
     main = spec.metrics[0]
     start = []
     if summary.get("base"):
         b0 = summary["base"][main]["value"]
         start = [{"mean": b0, "min": b0, "max": b0}]
-    for arm, row in summary["arms"].items():
-        pts = row["points"]
-        xs = [0] * len(start) + [int(b) for b in pts]
-        ys = start + [pts[b][main] for b in pts]
-        ax.plot(xs, [p["mean"] * 100 for p in ys], marker="o", label=arm)
-        ax.fill_between(xs, [p["min"] * 100 for p in ys], [p["max"] * 100 for p in ys], alpha=0.15)
-    ax.set_xlabel("human labels")
-    ax.set_ylabel(f"{spec.metric_label} % on the test split (band: min-max over seeds)")
-    ax.set_title(spec.title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot(1, 1, 1)
+        for arm, row in summary["arms"].items():
+            pts = row["points"]
+            xs = [0] * len(start) + [int(b) for b in pts]
+            ys = start + [pts[b][main] for b in pts]
+            ax.plot(xs, [p["mean"] * 100 for p in ys], marker="o", label=arm)
+            ax.fill_between(
+                xs, [p["min"] * 100 for p in ys], [p["max"] * 100 for p in ys], alpha=0.15
+            )
+        ax.set_xlabel("human labels")
+        ax.set_ylabel(f"{spec.metric_label} % on the test split (band: min-max over seeds)")
+        ax.set_title(spec.title)
+        ax.legend()
+
+    path.write_bytes(figure_png(draw, (7, 4.5), dpi=120))
 
 
 # ---- the running -------------------------------------------------------------------------------
