@@ -13,6 +13,9 @@ The adapter: `--project DIR --adapter addresses@N` for an existing one, else one
 here on the demo addresses (`--records`, `--max-steps`), on a fixed split as in
 address_quality.py. Needs `bash scripts/ondevice.sh` (converters and llama-cpp-python).
 
+Speed is each engine's at its best thread count for generation, of 1 and `--threads` (each
+engine set up as a user would; both counts are kept in the JSON).
+
 Run:  python benchmarks/on_device.py [--test 200] [--threads 2]
 Writes benchmarks/results/on_device.json.
 """
@@ -117,6 +120,19 @@ def _child(kind: str, spec: dict[str, Any], queue: Any) -> None:
     queue.put(_speed_llama(spec) if kind == "llama" else _speed_torch(spec))
 
 
+def measure_best(kind: str, spec: dict[str, Any], threads: list[int]) -> dict[str, Any]:
+    """The engine's speed at its best thread count for generation (each engine as a user would
+    set it up): on this 2-vCPU machine llama.cpp generates a 135M model 3x faster on one thread
+    than on two (its threads synchronise on every small matrix), PyTorch about the same."""
+    runs = {n: measure(kind, {**spec, "threads": n}) for n in threads}
+    best = max(runs, key=lambda n: runs[n]["tg_tok_s"])
+    return {
+        **runs[best],
+        "threads": best,
+        "tg_tok_s_by_threads": {str(n): round(r["tg_tok_s"], 1) for n, r in runs.items()},
+    }
+
+
 def measure(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Speed and peak RSS of one engine, in a fresh process (so RSS is that engine's alone)."""
     ctx = mp.get_context("spawn")
@@ -187,7 +203,8 @@ def main() -> None:
     ]
     chats = [chat(task, r.input) for r in recs[:SPEED_PROMPTS]]
     spec = {"chats": chats, "threads": args.threads, "project": str(project.root), "adapter": name}
-    torch_speed = measure("torch", spec)
+    thread_counts = sorted({1, args.threads})
+    torch_speed = measure_best("torch", spec, thread_counts)
     rows = [_row("PyTorch adapter", None, torch_ev, torch_speed, None, torch_speed)]
     results: dict[str, Any] = {"pytorch": {"metrics": torch_ev.metrics, **torch_speed}}
     out_root = Path(tempfile.mkdtemp(prefix="whetstone-gguf-bench-"))
@@ -199,7 +216,7 @@ def main() -> None:
             project, TASK, str(file), "test", snap.id, limit=args.test, max_new_tokens=budget
         )
         paired = compare_evaluations(project, task, ev, torch_ev)
-        speed = measure("llama", {**spec, "file": str(file)})
+        speed = measure_best("llama", {**spec, "file": str(file)}, thread_counts)
         results[quant] = {
             "file_bytes": file.stat().st_size,
             "metrics": ev.metrics,
@@ -215,7 +232,8 @@ def main() -> None:
         }
         rows.append(_row(f"llama.cpp {quant}", file, ev, speed, paired, torch_speed))
     common.print_table(
-        f"{name} on {torch_ev.n} held-out addresses, {args.threads} threads (95% intervals)",
+        f"{name} on {torch_ev.n} held-out addresses; speed at each engine's best of "
+        f"{thread_counts} threads (95% intervals)",
         [
             "engine",
             "file MiB",
@@ -271,7 +289,7 @@ def _row(
         f"{file.stat().st_size / 2**20:.0f}" if file else "-",
         f"{speed['peak_rss_mib']:.0f} ({speed['model_rss_mib']:.0f})",
         f"{speed['pp_tok_s']:.0f}",
-        f"{speed['tg_tok_s']:.1f}",
+        f"{speed['tg_tok_s']:.1f} ({speed['threads']}t)",
         f"{speed['tg_tok_s'] / torch_speed['tg_tok_s']:.1f}",
         common.ci(ev.metrics["field_f1"]),
         common.ci(ev.metrics["object_exact"]),

@@ -4,7 +4,7 @@ keeps the schema.
 The grammar work is llguidance's (the library vLLM, SGLang and llama.cpp use for structured
 output): it reads the Hugging Face tokenizer itself (byte-level BPE pieces included), compiles
 a JSON schema into a grammar in milliseconds and computes a row's allowed tokens lazily (with
-applying the mask, 0.24-0.74 ms a row and token on this project's 2-core CPU; benchmarks/serve.py
+applying the mask, 0.3-1 ms a row and token on this project's 2-core CPU; benchmarks/serve.py
 --mask-only). Both decoders use this module: batch generation (`models.generate`,
 for evaluation and predict) and the serving engine (`serve.engine`, one constraint per row).
 
