@@ -57,12 +57,21 @@ def demo_task_and_records(
 
 
 def encoded(task: Any, recs: list[Any], max_length: int) -> tuple[list[Any], Any]:
+    """The records as Whetstone's training encodes them, answers ending at the bundled model's
+    decoder's stop ids (its tokenizer's and its generation config's EOS, as `train` takes them
+    from the loaded model)."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
     from whetstone.models import base
+    from whetstone.models.decoding import Decoder
     from whetstone.train.data import encode_records
 
-    tok = base.load_tokenizer(base.resolve(None))
-    # The bundled model's decoder stops at its tokenizer's EOS alone (its end of turn).
-    stop_ids = frozenset({tok.eos_token_id})
+    resolved = base.resolve(None)
+    tok = base.load_tokenizer(resolved)
+    config = SimpleNamespace(generation_config=GenerationConfig.from_pretrained(resolved.path))
+    stop_ids = Decoder.of(config, tok).stop_ids  # Decoder.of reads only the generation config
     return encode_records(tok, task, recs, stop_ids=stop_ids, max_length=max_length, policy="left")
 
 
