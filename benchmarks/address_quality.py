@@ -44,17 +44,6 @@ def split_records(project: Any, task: str, n_test: int, n_val: int, n_train: int
     return snapshots.freeze(project, task, assignment, info={"method": "benchmark-split"})
 
 
-def answer_budget(project: Any, task: str, snap: Any) -> int:
-    """Generation budget for evaluation: the longest reference answer in tokens plus a
-    margin, the same for base and adapter (as the training loop's validation does)."""
-    from whetstone import snapshots
-    from whetstone.models import base
-
-    tok = base.load_tokenizer(base.resolve(None))
-    refs = [r.reference or "" for r in snapshots.records(project, snap, "all")]
-    return max(len(tok(r)["input_ids"]) for r in refs) + 16
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--records", type=int, default=300, help="training records (at most)")
@@ -80,6 +69,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import whetstone
+    from whetstone import snapshots
     from whetstone.demo_data import load_demo_data
     from whetstone.evaluate.metrics import main_score
     from whetstone.evaluate.runner import evaluate
@@ -105,7 +95,9 @@ def main() -> None:
         packing=not args.no_packing,
         seed=args.seed,
     )
-    max_new = answer_budget(project, "addresses", snap)
+    max_new = common.answer_budget(
+        project.task("addresses"), snapshots.records(project, snap, "all")
+    )
 
     t0 = time.perf_counter()
     result = train_task(project, "addresses", cfg, snapshot_id=snap.id, metric=main_score)

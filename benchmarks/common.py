@@ -106,3 +106,15 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 def ci(m: dict[str, Any], scale: float = 100.0) -> str:
     """`value [low, high]` of a metric with its bootstrap interval, in points."""
     return f"{m['value'] * scale:.1f} [{m['low'] * scale:.1f}, {m['high'] * scale:.1f}]"
+
+
+def answer_budget(task: Any, records: Any) -> int:
+    """`max_new_tokens` for a benchmark's generations: the task's default decode budget
+    (`whetstone.models.decoding.answer_budget`, what `evaluate` and training's validation
+    use), from `records`' references under the bundled model's tokenizer; the same for every
+    model a benchmark compares."""
+    from whetstone.models import base
+    from whetstone.models.decoding import answer_budget as budget
+
+    tok = base.load_tokenizer(base.resolve(None))
+    return budget(tok, task, [(r.input, str(r.reference)) for r in records if r.reference])

@@ -286,14 +286,6 @@ def outcome_of(diff: dict[str, float]) -> str:
     return "loses" if diff["high"] < 0 else "ties"
 
 
-def answer_budget(refs: list[str]) -> int:
-    """Generation budget: the longest clean reference in tokens plus a margin."""
-    from whetstone.models import base
-
-    tok = base.load_tokenizer(base.resolve(None))
-    return max(len(tok(r)["input_ids"]) for r in refs) + 16
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--train-pool", type=int, default=200, help="clean pool rows before noise")
@@ -350,8 +342,8 @@ def main() -> None:
     data = build_project(project, args)
     base_snap, noise = data["snapshot"], data["noise"]
     task = project.task(TASK)
-    max_new = answer_budget(
-        [r.reference or "" for r in project.store.iter_records(TASK, ids=data["roles"]["test"])]
+    max_new = common.answer_budget(
+        task, project.store.iter_records(TASK, ids=data["roles"]["test"])
     )
 
     pool_steps = -(-len(data["roles"]["train"]) // args.batch_size) * args.epochs
