@@ -48,8 +48,8 @@ random's mean score at the largest budget, with a 95% interval from a bootstrap 
 (linear interpolation between budgets; "never" when the arm's curve stays below).
 
 Resumable and cached under `--work` (default ~/.cache/whetstone-bench/active-learning, with
-`-intents` for the intents): the split, pool embeddings, every model's per-record pool
-confidences, and one JSON state per (arm, budget, seed) under runs/, skipped when present.
+`-intents` for the intents): the split, the decode budget, pool embeddings, every model's
+per-record pool confidences, and one JSON state per (arm, budget, seed) under runs/, skipped when present.
 `--report-only` summarises what is there. Results go to benchmarks/results/active_learning.json
 (addresses) or active_learning_intents.json, each with its PNG (or `--out NAME`, or a path).
 
@@ -626,14 +626,18 @@ def base_score(ctx: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def answer_budget(project: Any, task: str) -> int:
-    """Answer length cap: the longest reference in tokens plus a margin (as training's
-    validation does), the same for every model."""
-    from whetstone.models import base
-
-    tok = base.load_tokenizer(base.resolve(project.base_model))
-    refs = [r.reference or "" for r in project.store.iter_records(task, has_reference=True)]
-    return max(len(tok(r)["input_ids"]) for r in refs) + 16
+def answer_budget(work: Path, project: Any, task: str) -> int:
+    """Answer length cap, the same for every model and point: the task's default decode budget
+    (`common.answer_budget`) over every labelled row, fixed in the work folder on its first
+    run like the split, so a resumed curve keeps the budget its first points had."""
+    path = work / "answer-budget.json"
+    if path.exists():
+        return int(json.loads(path.read_text())["max_new_tokens"])
+    value = common.answer_budget(
+        project.task(task), project.store.iter_records(task, has_reference=True)
+    )
+    _dump(path, {"max_new_tokens": value})
+    return value
 
 
 def run_grid(ctx: dict[str, Any], arms: list[str], budgets: list[int], seeds: list[int]) -> None:
@@ -728,7 +732,7 @@ def main() -> None:
     work = args.work.expanduser()
     work.mkdir(parents=True, exist_ok=True)
     ctx = {"work": work, "args": args, "spec": spec, **setup(work, args)}
-    ctx["max_new"] = answer_budget(ctx["project"], spec.name)
+    ctx["max_new"] = answer_budget(work, ctx["project"], spec.name)
     t0 = time.perf_counter()
     base = base_score(ctx)
     if not args.report_only:
