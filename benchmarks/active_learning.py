@@ -775,7 +775,10 @@ def main() -> None:
         {
             "settings": {**vars(args), "work": str(work), "max_new_tokens": ctx["max_new"]},
             "split": {k: v for k, v in ctx["split"].items() if k != "ids"},
-            "steps_per_budget": {str(b): steps_for(b, args.steps) for b in budgets},
+            # What the points trained (a resumed curve may hold points of another --steps).
+            "steps_per_budget": {
+                str(b): sorted({s["steps"] for s in states if s["budget"] == b}) for b in budgets
+            },
             "summary": summary,
             "points": [{k: v for k, v in s.items() if k != "picked"} for s in states],
             "this_invocation_s": round(time.perf_counter() - t0, 1),
