@@ -24,6 +24,7 @@ from active_learning import (
     parse_args,
     pick_cluster_uncertainty,
     pick_diversity,
+    steps_for,
     summarise,
 )
 
@@ -109,6 +110,13 @@ def test_labels_to_reach_and_area_under_the_curve() -> None:
     assert out["random"]["labels"] == 160.0
     assert out["better"]["labels"] == 80.0 and out["better"]["interval_95"] == [80.0, 80.0]
     assert out["better"]["of_random_budget"] == 0.5
+
+
+def test_steps_are_fixed_or_grow_with_the_labels() -> None:
+    assert [steps_for(b, None) for b in (40, 320)] == [40, 80]
+    assert [steps_for(b, 60) for b in (40, 320)] == [60, 60]
+    assert [steps_for(b, None, 1.5) for b in (20, 80, 320)] == [40, 120, 480]
+    assert parse_args(["--steps-per-label", "1"]).steps_per_label == 1.0
 
 
 def test_addresses_keep_their_settings_and_other_tasks_get_their_own() -> None:
