@@ -39,10 +39,11 @@ count (`--steps` at every budget, or `--steps-per-label`, default max(40, budget
 of 8), the checkpoint chosen on the validation split, and is scored on the test split. On the
 addresses at 40 and 80 labels that default leaves every run's best checkpoint at its last step
 (README): there the steps, not the labels, bound the score, so a curve that means to measure
-labels there needs `--steps-per-label` (steps that grow with the labels). Intents keep the addresses' steps rule: a
-label answer is a few tokens, so a step is as cheap as an address step, and the many passes
-over the smallest budgets (16 at 20 labels) are what the validation checkpoint guards against
-in both tasks; one rule keeps the two curves comparable. Seeds (`--seeds`, >= 3 for a claim)
+labels there needs `--steps-per-label` (steps that grow with the labels). The committed
+intents curve keeps the addresses' default rule: a label answer is a few tokens, so a step is
+as cheap as an address step, and the many passes over the smallest budgets (16 at 20 labels)
+are what the validation checkpoint guards against in both tasks; one rule keeps the two
+curves comparable. Seeds (`--seeds`, >= 3 for a claim)
 vary both the picks and the training.
 
 Reported: the curve of the main metric per arm with a band across seeds (PNG), the area under
@@ -52,7 +53,8 @@ random's mean score at the largest budget, with a 95% interval from a bootstrap 
 
 Resumable and cached under `--work` (default ~/.cache/whetstone-bench/active-learning, with
 `-intents` for the intents): the split, the decode budget, pool embeddings, every model's
-per-record pool confidences, and one JSON state per (arm, budget, seed) under runs/, skipped when present.
+per-record pool confidences, and one JSON state per (arm, budget, seed) under runs/, skipped
+when present.
 `--report-only` summarises what is there. Results go to benchmarks/results/active_learning.json
 (addresses) or active_learning_intents.json, each with its PNG (or `--out NAME`, or a path).
 
